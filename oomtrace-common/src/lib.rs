@@ -1,0 +1,192 @@
+//! Event and map layouts shared by the eBPF programs and userspace, defined once.
+//!
+//! Every ring-buffer record starts with a `u32` kind (one of the `KIND_*` constants) so that userspace
+//! can tell the records apart before it looks at the rest. All structs are `#[repr(C)]` with explicit
+//! padding, so both sides agree on the bytes without any compiler guesswork.
+#![no_std]
+
+/// Coalesced charge totals of one (thread, memcg) pair.
+pub const KIND_CHARGE: u32 = 1;
+/// An OOM victim was chosen (oom:mark_victim); sent by the thread that invoked the OOM killer.
+pub const KIND_OOM_VICTIM: u32 = 2;
+/// A memcg reclaim pass ended (vmscan:mm_vmscan_memcg_reclaim_end): the memcg hit its limit.
+pub const KIND_RECLAIM: u32 = 4;
+/// A thread that charged a watched memcg exited (sched:sched_process_exit).
+pub const KIND_THREAD_EXIT: u32 = 5;
+
+pub const COMM_LEN: usize = 16;
+
+/// Indexes into the per-CPU `STATS` array.
+pub mod stat {
+    /// Ring-buffer reservations that failed: an event was lost (its totals are not: they stay in
+    /// the charge map and are read by the next sweep).
+    pub const RING_DROPS: u32 = 0;
+    /// The charge map was full, so a (thread, memcg) pair could not be tracked at all.
+    pub const MAP_FULL: u32 = 1;
+    /// Memcg stat updates seen for watched memcgs (the tracepoint hits that did work).
+    pub const CHARGE_HITS: u32 = 2;
+    /// Records written to the ring buffer.
+    pub const EVENTS: u32 = 3;
+    /// Rare events (OOM, reclaim, exit) lost because the ring buffer was full.
+    pub const RARE_DROPS: u32 = 4;
+    pub const COUNT: u32 = 5;
+}
+
+/// Net bytes charged, by kind, cumulative since the pair was first seen. Net: uncharges made by the
+/// same thread (munmap, exit) subtract.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChargeTotals {
+    /// Anonymous memory (NR_ANON_MAPPED), including THP.
+    pub anon: i64,
+    /// Page cache and shmem (NR_FILE_PAGES).
+    pub file: i64,
+    /// Kernel memory charged to the memcg: page tables, KVM secondary page tables, kernel stacks, slab.
+    pub kernel: i64,
+    /// The part of `anon` charged while the thread was serving a KVM guest page fault.
+    pub guest: i64,
+}
+
+impl ChargeTotals {
+    /// All charged bytes (anon + file + kernel); `guest` is a part of `anon`.
+    pub const fn total(&self) -> i64 {
+        self.anon + self.file + self.kernel
+    }
+}
+
+/// Key of the in-kernel charge map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ChargeKey {
+    pub tid: u32,
+    pub _pad: u32,
+    pub memcg_id: u64,
+}
+
+/// Value of the in-kernel charge map. Only the eBPF side writes it; userspace only reads, so a
+/// sweep from userspace never races with an update.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ChargeValue {
+    pub totals: ChargeTotals,
+    /// `totals.total()` when the last record for this pair was sent.
+    pub emitted_total: i64,
+    pub last_emit_ns: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ChargeEvent {
+    pub kind: u32,
+    pub tid: u32,
+    pub tgid: u32,
+    /// 1 when this is the first record of the pair (the map entry was just created).
+    pub first: u32,
+    pub ts_ns: u64,
+    pub memcg_id: u64,
+    pub totals: ChargeTotals,
+    pub comm: [u8; COMM_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OomVictimEvent {
+    pub kind: u32,
+    /// The thread that invoked the OOM killer (current at mark_victim).
+    pub invoker_tid: u32,
+    pub invoker_tgid: u32,
+    pub victim_pid: u32,
+    pub ts_ns: u64,
+    /// Memory values from the tracepoint, in kB (0 on kernels whose tracepoint only has the pid).
+    pub total_vm_kb: u64,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+    pub pgtables_kb: u64,
+    pub uid: u32,
+    pub oom_score_adj: i32,
+    pub invoker_comm: [u8; COMM_LEN],
+    pub victim_comm: [u8; COMM_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ReclaimEvent {
+    pub kind: u32,
+    pub tid: u32,
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+    pub duration_ns: u64,
+    pub nr_reclaimed: u64,
+    /// The watched memcg this thread charged last (the reclaim tracepoints carry no memcg).
+    pub memcg_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadExitEvent {
+    pub kind: u32,
+    pub tid: u32,
+    pub tgid: u32,
+    pub group_dead: u32,
+    pub ts_ns: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Names of the globals userspace injects before loading (values come from the running kernel's
+/// BTF and tracefs formats; Rust eBPF has no CO-RE).
+pub mod globals {
+    pub const FILTER_ON: &str = "FILTER_ON";
+    pub const FLUSH_BYTES: &str = "FLUSH_BYTES";
+    pub const FLUSH_NS: &str = "FLUSH_NS";
+    pub const PAGE_SIZE: &str = "PAGE_SIZE";
+    pub const GUEST_TRACKING: &str = "GUEST_TRACKING";
+    pub const ITEM_ANON: &str = "ITEM_ANON";
+    pub const ITEM_FILE: &str = "ITEM_FILE";
+    pub const ITEM_PAGETABLE: &str = "ITEM_PAGETABLE";
+    pub const ITEM_SEC_PAGETABLE: &str = "ITEM_SEC_PAGETABLE";
+    pub const ITEM_KSTACK_KB: &str = "ITEM_KSTACK_KB";
+    pub const ITEM_SLAB_RECL_B: &str = "ITEM_SLAB_RECL_B";
+    pub const ITEM_SLAB_UNRECL_B: &str = "ITEM_SLAB_UNRECL_B";
+    pub const OFF_LRUVEC_ID: &str = "OFF_LRUVEC_ID";
+    pub const OFF_LRUVEC_ITEM: &str = "OFF_LRUVEC_ITEM";
+    pub const OFF_LRUVEC_VAL: &str = "OFF_LRUVEC_VAL";
+    pub const OFF_VICTIM_PID: &str = "OFF_VICTIM_PID";
+    pub const OFF_VICTIM_COMM: &str = "OFF_VICTIM_COMM";
+    /// Offset of the first rss field (total_vm); -1 when the tracepoint has only the pid.
+    pub const OFF_VICTIM_TOTAL_VM: &str = "OFF_VICTIM_TOTAL_VM";
+    pub const OFF_VICTIM_ANON: &str = "OFF_VICTIM_ANON";
+    pub const OFF_VICTIM_FILE: &str = "OFF_VICTIM_FILE";
+    pub const OFF_VICTIM_SHMEM: &str = "OFF_VICTIM_SHMEM";
+    pub const OFF_VICTIM_UID: &str = "OFF_VICTIM_UID";
+    pub const OFF_VICTIM_PGTABLES: &str = "OFF_VICTIM_PGTABLES";
+    pub const OFF_VICTIM_ADJ: &str = "OFF_VICTIM_ADJ";
+    pub const OFF_RECLAIM_NR: &str = "OFF_RECLAIM_NR";
+    pub const OFF_EXIT_GROUP_DEAD: &str = "OFF_EXIT_GROUP_DEAD";
+}
+
+/// Map names, shared so that neither side can misspell them.
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    pub const CHARGES: &str = "CHARGES";
+    pub const WATCHED: &str = "WATCHED";
+    pub const STATS: &str = "STATS";
+    pub const SEEN_THREADS: &str = "SEEN_THREADS";
+    pub const IN_GUEST_FAULT: &str = "IN_GUEST_FAULT";
+    pub const RECLAIM_START: &str = "RECLAIM_START";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: plain #[repr(C)] integer structs with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for ChargeKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ChargeValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ChargeTotals {}
+}

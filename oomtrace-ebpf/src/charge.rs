@@ -1,0 +1,130 @@
+//! memcg:mod_memcg_lruvec_state → per (thread, memcg) charge totals, coalesced into ring records.
+//!
+//! This runs for every memcg stat update on the machine, so the fast path is: read the item, drop
+//! it unless it is one of the seven charge items, then one hash lookup for the memcg filter.
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_log_ebpf::warn;
+use oomtrace_common::{ChargeEvent, ChargeKey, ChargeTotals, ChargeValue, KIND_CHARGE, stat};
+
+use crate::{
+    globals::{self as g, get},
+    maps::{
+        CHARGES, EVENTS, IN_GUEST_FAULT, SEEN_THREADS, WATCHED, count, current_comm, current_ids, now_ns,
+    },
+};
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Anon,
+    File,
+    Kernel,
+}
+
+/// Maps a node_stat_item to its kind and converts `val` (whose unit depends on the item) to bytes.
+#[inline(always)]
+fn classify(item: i32, val: i64) -> Option<(Kind, i64)> {
+    let page = get(&g::PAGE_SIZE);
+    if item == get(&g::ITEM_ANON) {
+        Some((Kind::Anon, val * page))
+    } else if item == get(&g::ITEM_FILE) {
+        Some((Kind::File, val * page))
+    } else if item == get(&g::ITEM_PAGETABLE) || item == get(&g::ITEM_SEC_PAGETABLE) {
+        Some((Kind::Kernel, val * page))
+    } else if item == get(&g::ITEM_KSTACK_KB) {
+        Some((Kind::Kernel, val * 1024))
+    } else if item == get(&g::ITEM_SLAB_RECL_B) || item == get(&g::ITEM_SLAB_UNRECL_B) {
+        Some((Kind::Kernel, val))
+    } else {
+        None
+    }
+}
+
+#[tracepoint]
+pub fn memcg_lruvec_state(ctx: TracePointContext) -> u32 {
+    let _ = try_charge(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_charge(ctx: &TracePointContext) -> Result<(), i32> {
+    // SAFETY: offsets come from this kernel's tracefs format for this tracepoint.
+    let item: i32 = unsafe { ctx.read_at(get(&g::OFF_LRUVEC_ITEM) as usize)? };
+    // SAFETY: as above.
+    let val: i32 = unsafe { ctx.read_at(get(&g::OFF_LRUVEC_VAL) as usize)? };
+    let Some((kind, bytes)) = classify(item, val as i64) else {
+        return Ok(());
+    };
+    // SAFETY: as above.
+    let memcg_id: u64 = unsafe { ctx.read_at(get(&g::OFF_LRUVEC_ID) as usize)? };
+    if get(&g::FILTER_ON) != 0 && WATCHED.get_ptr(&memcg_id).is_none() {
+        return Ok(());
+    }
+    count(stat::CHARGE_HITS);
+    let (tid, tgid) = current_ids();
+    let key = ChargeKey { tid, _pad: 0, memcg_id };
+    let guest = matches!(kind, Kind::Anon)
+        && get(&g::GUEST_TRACKING) != 0
+        && IN_GUEST_FAULT.get_ptr(&tid).is_some();
+
+    let now = now_ns();
+    let (value, first) = match CHARGES.get_ptr_mut(&key) {
+        Some(v) => (v, false),
+        None => {
+            let fresh = ChargeValue { tgid, ..ChargeValue::default() };
+            if CHARGES.insert(&key, &fresh, 0).is_err() {
+                count(stat::MAP_FULL);
+                warn!(ctx, "oomtrace: charge map full, tid {} not tracked", tid);
+                return Ok(());
+            }
+            let _ = SEEN_THREADS.insert(&tid, &memcg_id, 0);
+            match CHARGES.get_ptr_mut(&key) {
+                Some(v) => (v, true),
+                None => return Ok(()),
+            }
+        }
+    };
+    // SAFETY: `value` points into the map entry for this thread's own key; only this thread
+    // updates it, and tracepoint programs do not nest on one CPU.
+    let v = unsafe { &mut *value };
+    match kind {
+        Kind::Anon => v.totals.anon += bytes,
+        Kind::File => v.totals.file += bytes,
+        Kind::Kernel => v.totals.kernel += bytes,
+    }
+    if guest {
+        v.totals.guest += bytes;
+    }
+    let total = v.totals.total();
+    let pending = total - v.emitted_total;
+    let due = first
+        || pending >= get(&g::FLUSH_BYTES)
+        || pending <= -get(&g::FLUSH_BYTES)
+        || (pending != 0 && now.wrapping_sub(v.last_emit_ns) >= get(&g::FLUSH_NS));
+    if !due {
+        return Ok(());
+    }
+    emit(tid, tgid, memcg_id, v.totals, now, first);
+    v.emitted_total = total;
+    v.last_emit_ns = now;
+    Ok(())
+}
+
+#[inline(always)]
+fn emit(tid: u32, tgid: u32, memcg_id: u64, totals: ChargeTotals, now: u64, first: bool) {
+    let event = ChargeEvent {
+        kind: KIND_CHARGE,
+        tid,
+        tgid,
+        first: first as u32,
+        ts_ns: now,
+        memcg_id,
+        totals,
+        comm: current_comm(),
+    };
+    if EVENTS.output(&event, 0).is_ok() {
+        count(stat::EVENTS);
+    } else {
+        // The totals stay in CHARGES; the next record or sweep carries them.
+        count(stat::RING_DROPS);
+    }
+}

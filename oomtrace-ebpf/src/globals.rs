@@ -1,0 +1,43 @@
+//! Values injected by userspace before load (from the running kernel's BTF and tracefs formats).
+//! Read through `get` so the compiler cannot fold the defaults in.
+
+macro_rules! global {
+    ($name:ident: $ty:ty = $default:expr) => {
+        #[unsafe(no_mangle)]
+        pub static $name: $ty = $default;
+    };
+}
+
+global!(FILTER_ON: u32 = 0);
+global!(FLUSH_BYTES: i64 = 256 * 1024);
+global!(FLUSH_NS: u64 = 1_000_000_000);
+global!(PAGE_SIZE: i64 = 4096);
+global!(GUEST_TRACKING: u32 = 0);
+global!(ITEM_ANON: i32 = -1);
+global!(ITEM_FILE: i32 = -1);
+global!(ITEM_PAGETABLE: i32 = -1);
+global!(ITEM_SEC_PAGETABLE: i32 = -1);
+global!(ITEM_KSTACK_KB: i32 = -1);
+global!(ITEM_SLAB_RECL_B: i32 = -1);
+global!(ITEM_SLAB_UNRECL_B: i32 = -1);
+global!(OFF_LRUVEC_ID: u32 = 8);
+global!(OFF_LRUVEC_ITEM: u32 = 16);
+global!(OFF_LRUVEC_VAL: u32 = 20);
+global!(OFF_VICTIM_PID: u32 = 8);
+global!(OFF_VICTIM_COMM: i32 = -1);
+global!(OFF_VICTIM_TOTAL_VM: i32 = -1);
+global!(OFF_VICTIM_ANON: i32 = -1);
+global!(OFF_VICTIM_FILE: i32 = -1);
+global!(OFF_VICTIM_SHMEM: i32 = -1);
+global!(OFF_VICTIM_UID: i32 = -1);
+global!(OFF_VICTIM_PGTABLES: i32 = -1);
+global!(OFF_VICTIM_ADJ: i32 = -1);
+global!(OFF_RECLAIM_NR: u32 = 8);
+global!(OFF_EXIT_GROUP_DEAD: i32 = -1);
+
+#[inline(always)]
+pub fn get<T: Copy>(v: &'static T) -> T {
+    // SAFETY: `v` is a valid static; the volatile read stops the compiler from assuming the
+    // default value, since userspace rewrites .rodata before load.
+    unsafe { core::ptr::read_volatile(v) }
+}

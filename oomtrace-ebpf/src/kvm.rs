@@ -1,0 +1,21 @@
+//! kvm:kvm_page_fault / kvm:kvm_entry: marks a vCPU thread as serving a guest page fault from the
+//! fault exit until it re-enters the guest, so the anon charges it makes meanwhile count as guest RAM.
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+
+use crate::maps::{IN_GUEST_FAULT, current_ids};
+
+#[tracepoint]
+pub fn kvm_page_fault(_ctx: TracePointContext) -> u32 {
+    let (tid, _) = current_ids();
+    let _ = IN_GUEST_FAULT.insert(&tid, &1, 0);
+    0
+}
+
+#[tracepoint]
+pub fn kvm_entry(_ctx: TracePointContext) -> u32 {
+    let (tid, _) = current_ids();
+    if IN_GUEST_FAULT.get_ptr(&tid).is_some() {
+        let _ = IN_GUEST_FAULT.remove(&tid);
+    }
+    0
+}

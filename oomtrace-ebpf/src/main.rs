@@ -1,0 +1,22 @@
+//! oomtrace eBPF programs, tracepoint tier. One small program per hook; the shared maps and the
+//! globals injected by userspace live in `maps` and `globals`.
+#![no_std]
+#![no_main]
+
+mod charge;
+mod globals;
+mod kvm;
+mod maps;
+mod oom;
+mod reclaim;
+mod thread_exit;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,68 @@
+//! Maps shared by the programs. All bounded; a failed insert or reservation is counted in STATS.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use oomtrace_common::{ChargeKey, ChargeValue, stat};
+
+/// Records to userspace: coalesced charges and rare events. 4 MiB holds ~50k records.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Per (thread, memcg) cumulative charge totals. Written only here, read by userspace sweeps.
+#[map]
+pub static CHARGES: HashMap<ChargeKey, ChargeValue> = HashMap::with_max_entries(65536, 0);
+
+/// Memcg ids (cgroup inode numbers) to trace when FILTER_ON is set. Kept up to date by userspace.
+#[map]
+pub static WATCHED: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Threads that charged a watched memcg → the last such memcg. Filters reclaim and exit events.
+#[map]
+pub static SEEN_THREADS: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
+
+/// vCPU threads between kvm:kvm_page_fault and the next kvm:kvm_entry → fault address.
+#[map]
+pub static IN_GUEST_FAULT: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Threads inside a memcg reclaim pass → its start time.
+#[map]
+pub static RECLAIM_START: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(p) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, and tracepoint programs do not nest on one CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Sends a rare event one by one; counts it when the ring is full.
+#[inline(always)]
+pub fn send<T>(event: &T) {
+    if EVENTS.output(event, 0).is_ok() {
+        count(stat::EVENTS);
+    } else {
+        count(stat::RARE_DROPS);
+    }
+}
+
+#[inline(always)]
+pub fn current_ids() -> (u32, u32) {
+    let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    (id as u32, (id >> 32) as u32)
+}
+
+#[inline(always)]
+pub fn current_comm() -> [u8; 16] {
+    aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16])
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: bpf_ktime_get_ns has no preconditions; it reads the monotonic clock.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+}

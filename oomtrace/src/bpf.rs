@@ -1,0 +1,226 @@
+//! Loading and attaching the eBPF programs (tracepoint tier). Which programs to use is decided
+//! before loading, from what this kernel has; the decision is recorded for `doctor` and captures.
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use oomtrace_common::{ChargeKey, ChargeValue, globals as g, maps as m, stat};
+use serde::Serialize;
+
+use crate::{kernel_enums::ChargeItems, model::Counters, tracefs::Format};
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oomtrace"));
+
+/// One hook: which program serves it, through which tracepoint, or why it is off.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct HookChoice {
+    pub hook: &'static str,
+    pub program: &'static str,
+    pub tracepoint: &'static str,
+    pub required: bool,
+    /// "tracepoint" when used; otherwise "off".
+    pub tier: &'static str,
+    pub reason: String,
+}
+
+struct Hook {
+    hook: &'static str,
+    program: &'static str,
+    category: &'static str,
+    name: &'static str,
+    tracepoint: &'static str,
+    required: bool,
+}
+
+const HOOKS: &[Hook] = &[
+    Hook { hook: "charge", program: "memcg_lruvec_state", category: "memcg", name: "mod_memcg_lruvec_state", tracepoint: "memcg:mod_memcg_lruvec_state", required: true },
+    Hook { hook: "oom-victim", program: "oom_mark_victim", category: "oom", name: "mark_victim", tracepoint: "oom:mark_victim", required: true },
+    Hook { hook: "thread-exit", program: "sched_exit", category: "sched", name: "sched_process_exit", tracepoint: "sched:sched_process_exit", required: true },
+    Hook { hook: "reclaim-begin", program: "memcg_reclaim_begin", category: "vmscan", name: "mm_vmscan_memcg_reclaim_begin", tracepoint: "vmscan:mm_vmscan_memcg_reclaim_begin", required: false },
+    Hook { hook: "reclaim-end", program: "memcg_reclaim_end", category: "vmscan", name: "mm_vmscan_memcg_reclaim_end", tracepoint: "vmscan:mm_vmscan_memcg_reclaim_end", required: false },
+    Hook { hook: "guest-fault", program: "kvm_page_fault", category: "kvm", name: "kvm_page_fault", tracepoint: "kvm:kvm_page_fault", required: false },
+    Hook { hook: "guest-entry", program: "kvm_entry", category: "kvm", name: "kvm_entry", tracepoint: "kvm:kvm_entry", required: false },
+];
+
+/// Decides, per hook, whether it can be used on this kernel: before anything is loaded.
+pub fn plan(tracefs: &Path) -> Vec<HookChoice> {
+    let has = |c: &str, n: &str| crate::tracefs::has_tracepoint(tracefs, c, n);
+    let kvm = has("kvm", "kvm_page_fault") && has("kvm", "kvm_entry");
+    HOOKS
+        .iter()
+        .map(|h| {
+            let present = has(h.category, h.name);
+            let usable = present && (h.category != "kvm" || kvm);
+            let reason = match (usable, h.category) {
+                (true, _) => "tracepoint present (kprobe/fentry tiers not built yet)".to_string(),
+                (false, "kvm") => "kvm tracepoints absent (kvm module not loaded): guest RAM is told apart by thread class only".to_string(),
+                (false, _) => format!("tracepoint {} is not available on this kernel", h.tracepoint),
+            };
+            HookChoice {
+                hook: h.hook,
+                program: h.program,
+                tracepoint: h.tracepoint,
+                required: h.required,
+                tier: if usable { "tracepoint" } else { "off" },
+                reason,
+            }
+        })
+        .collect()
+}
+
+pub struct Options {
+    pub filter: bool,
+    pub flush_bytes: i64,
+    pub flush_ns: u64,
+}
+
+/// Loaded, attached programs and the userspace handles of their maps.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub choices: Vec<HookChoice>,
+}
+
+fn page_size() -> i64 {
+    // SAFETY: sysconf has no preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if v > 0 { v } else { 4096 }
+}
+
+fn raise_memlock() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads a valid rlimit struct. Failure is harmless on kernels ≥ 5.11, which
+    // account BPF memory to the memcg instead of RLIMIT_MEMLOCK.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}
+
+pub fn load(tracefs: &Path, items: &ChargeItems, opts: &Options) -> Result<Probes> {
+    let choices = plan(tracefs);
+    if let Some(missing) = choices.iter().find(|c| c.required && c.tier == "off") {
+        bail!("{}: oomtrace needs it for {}", missing.reason, missing.hook);
+    }
+    if items.anon < 0 || items.file < 0 {
+        bail!("this kernel's BTF has no NR_ANON_MAPPED/NR_FILE_PAGES in enum node_stat_item");
+    }
+    let lruvec = Format::read(tracefs, "memcg", "mod_memcg_lruvec_state")?;
+    let victim = Format::read(tracefs, "oom", "mark_victim")?;
+    let exit = Format::read(tracefs, "sched", "sched_process_exit")?;
+    let reclaim_end = Format::read(tracefs, "vmscan", "mm_vmscan_memcg_reclaim_end").unwrap_or_default();
+    let guest = choices.iter().any(|c| c.hook == "guest-fault" && c.tier == "tracepoint");
+
+    let lv_id = lruvec.offset("memcg:mod_memcg_lruvec_state", "id")?;
+    let lv_item = lruvec.offset("memcg:mod_memcg_lruvec_state", "item")?;
+    let lv_val = lruvec.offset("memcg:mod_memcg_lruvec_state", "val")?;
+    let v_pid = victim.offset("oom:mark_victim", "pid")?;
+    let rec_nr = reclaim_end.field("nr_reclaimed").map_or(8, |f| f.offset);
+    let filter = opts.filter as u32;
+    let guest = guest as u32;
+    let page = page_size();
+    let ints = [
+        (g::ITEM_ANON, items.anon),
+        (g::ITEM_FILE, items.file),
+        (g::ITEM_PAGETABLE, items.pagetable),
+        (g::ITEM_SEC_PAGETABLE, items.sec_pagetable),
+        (g::ITEM_KSTACK_KB, items.kernel_stack_kb),
+        (g::ITEM_SLAB_RECL_B, items.slab_reclaimable_b),
+        (g::ITEM_SLAB_UNRECL_B, items.slab_unreclaimable_b),
+        (g::OFF_VICTIM_COMM, victim.offset_or_missing("comm")),
+        (g::OFF_VICTIM_TOTAL_VM, victim.offset_or_missing("total_vm")),
+        (g::OFF_VICTIM_ANON, victim.offset_or_missing("anon_rss")),
+        (g::OFF_VICTIM_FILE, victim.offset_or_missing("file_rss")),
+        (g::OFF_VICTIM_SHMEM, victim.offset_or_missing("shmem_rss")),
+        (g::OFF_VICTIM_UID, victim.offset_or_missing("uid")),
+        (g::OFF_VICTIM_PGTABLES, victim.offset_or_missing("pgtables")),
+        (g::OFF_VICTIM_ADJ, victim.offset_or_missing("oom_score_adj")),
+        (g::OFF_EXIT_GROUP_DEAD, exit.offset_or_missing("group_dead")),
+    ];
+    let uints = [
+        (g::OFF_LRUVEC_ID, lv_id),
+        (g::OFF_LRUVEC_ITEM, lv_item),
+        (g::OFF_LRUVEC_VAL, lv_val),
+        (g::OFF_VICTIM_PID, v_pid),
+        (g::OFF_RECLAIM_NR, rec_nr),
+        (g::FILTER_ON, filter),
+        (g::GUEST_TRACKING, guest),
+    ];
+
+    raise_memlock();
+    let mut loader = EbpfLoader::new();
+    for (name, v) in &ints {
+        loader.override_global(name, v, true);
+    }
+    for (name, v) in &uints {
+        loader.override_global(name, v, true);
+    }
+    loader.override_global(g::FLUSH_BYTES, &opts.flush_bytes, true);
+    loader.override_global(g::FLUSH_NS, &opts.flush_ns, true);
+    loader.override_global(g::PAGE_SIZE, &page, true);
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
+        anyhow::anyhow!("loading the eBPF programs failed: {e}; oomtrace needs root (CAP_BPF and CAP_PERFMON)")
+    })?;
+    if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
+        log::debug!("eBPF logging unavailable: {e}");
+    }
+    Ok(Probes { ebpf, choices })
+}
+
+impl Probes {
+    /// Attaches every planned program. Call after the WATCHED map is filled, so no charge of an
+    /// unwatched memcg is ever counted.
+    pub fn attach(&mut self) -> Result<()> {
+        for (hook, choice) in HOOKS.iter().zip(self.choices.iter_mut()) {
+            if choice.tier != "tracepoint" {
+                continue;
+            }
+            let result = (|| -> Result<()> {
+                let prog: &mut TracePoint = self
+                    .ebpf
+                    .program_mut(hook.program)
+                    .with_context(|| format!("program {} missing from the eBPF object", hook.program))?
+                    .try_into()?;
+                prog.load()?;
+                prog.attach(hook.category, hook.name)?;
+                Ok(())
+            })();
+            if let Err(e) = result {
+                if hook.required {
+                    return Err(e.context(format!("attaching {} to {} failed", hook.program, hook.tracepoint)));
+                }
+                choice.tier = "off";
+                choice.reason = format!("attach failed: {e:#}");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map(m::EVENTS).context("EVENTS map missing")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    pub fn take_charges(&mut self) -> Result<BpfHashMap<MapData, ChargeKey, ChargeValue>> {
+        let map = self.ebpf.take_map(m::CHARGES).context("CHARGES map missing")?;
+        Ok(BpfHashMap::try_from(map)?)
+    }
+
+    pub fn take_watched(&mut self) -> Result<BpfHashMap<MapData, u64, u8>> {
+        let map = self.ebpf.take_map(m::WATCHED).context("WATCHED map missing")?;
+        Ok(BpfHashMap::try_from(map)?)
+    }
+
+    pub fn take_stats(&mut self) -> Result<PerCpuArray<MapData, u64>> {
+        let map = self.ebpf.take_map(m::STATS).context("STATS map missing")?;
+        Ok(PerCpuArray::try_from(map)?)
+    }
+}
+
+/// Sums the per-CPU counters into the model's counter set.
+pub fn read_stats(stats: &PerCpuArray<MapData, u64>, into: &mut Counters) {
+    let sum = |i: u32| stats.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+    into.ring_drops = sum(stat::RING_DROPS);
+    into.rare_drops = sum(stat::RARE_DROPS);
+    into.map_full = sum(stat::MAP_FULL);
+}

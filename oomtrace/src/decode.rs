@@ -1,0 +1,197 @@
+//! Ring-buffer records → decoded events. Pure: no I/O, table-tested.
+use oomtrace_common as c;
+use serde::Serialize;
+use thiserror::Error;
+
+pub use oomtrace_common::ChargeTotals;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Charge {
+    pub ts_ns: u64,
+    pub tid: u32,
+    pub tgid: u32,
+    pub memcg_id: u64,
+    pub comm: String,
+    #[serde(skip)]
+    pub totals: ChargeTotals,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OomVictim {
+    pub ts_ns: u64,
+    pub invoker_tid: u32,
+    pub invoker_tgid: u32,
+    pub invoker_comm: String,
+    pub victim_pid: u32,
+    pub victim_comm: String,
+    pub total_vm_kb: u64,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+    pub pgtables_kb: u64,
+    pub uid: u32,
+    pub oom_score_adj: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Reclaim {
+    pub ts_ns: u64,
+    pub tid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub memcg_id: u64,
+    pub duration_ns: u64,
+    pub nr_reclaimed: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ThreadExit {
+    pub ts_ns: u64,
+    pub tid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub group_dead: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Charge(Charge),
+    OomVictim(OomVictim),
+    Reclaim(Reclaim),
+    ThreadExit(ThreadExit),
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is too short for kind {kind}")]
+    TooShort { kind: u32, len: usize },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+}
+
+/// Kernel comm bytes (NUL-padded, maybe not UTF-8) → String.
+pub fn comm(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Copies a `#[repr(C)]` record out of possibly unaligned ring-buffer bytes.
+fn read<T: Copy>(kind: u32, data: &[u8]) -> Result<T, DecodeError> {
+    if data.len() < size_of::<T>() {
+        return Err(DecodeError::TooShort { kind, len: data.len() });
+    }
+    // SAFETY: the length is checked above, T is a plain-old-data #[repr(C)] struct of integers
+    // (every bit pattern is valid), and read_unaligned copes with any alignment.
+    Ok(unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<T>()) })
+}
+
+pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
+    let kind = match data.get(..4) {
+        Some(b) => u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        None => return Err(DecodeError::TooShort { kind: 0, len: data.len() }),
+    };
+    Ok(match kind {
+        c::KIND_CHARGE => {
+            let e: c::ChargeEvent = read(kind, data)?;
+            Event::Charge(Charge {
+                ts_ns: e.ts_ns,
+                tid: e.tid,
+                tgid: e.tgid,
+                memcg_id: e.memcg_id,
+                comm: comm(&e.comm),
+                totals: e.totals,
+            })
+        }
+        c::KIND_OOM_VICTIM => {
+            let e: c::OomVictimEvent = read(kind, data)?;
+            Event::OomVictim(OomVictim {
+                ts_ns: e.ts_ns,
+                invoker_tid: e.invoker_tid,
+                invoker_tgid: e.invoker_tgid,
+                invoker_comm: comm(&e.invoker_comm),
+                victim_pid: e.victim_pid,
+                victim_comm: comm(&e.victim_comm),
+                total_vm_kb: e.total_vm_kb,
+                anon_rss_kb: e.anon_rss_kb,
+                file_rss_kb: e.file_rss_kb,
+                shmem_rss_kb: e.shmem_rss_kb,
+                pgtables_kb: e.pgtables_kb,
+                uid: e.uid,
+                oom_score_adj: e.oom_score_adj,
+            })
+        }
+        c::KIND_RECLAIM => {
+            let e: c::ReclaimEvent = read(kind, data)?;
+            Event::Reclaim(Reclaim {
+                ts_ns: e.ts_ns,
+                tid: e.tid,
+                tgid: e.tgid,
+                comm: comm(&e.comm),
+                memcg_id: e.memcg_id,
+                duration_ns: e.duration_ns,
+                nr_reclaimed: e.nr_reclaimed,
+            })
+        }
+        c::KIND_THREAD_EXIT => {
+            let e: c::ThreadExitEvent = read(kind, data)?;
+            Event::ThreadExit(ThreadExit {
+                ts_ns: e.ts_ns,
+                tid: e.tid,
+                tgid: e.tgid,
+                comm: comm(&e.comm),
+                group_dead: e.group_dead != 0,
+            })
+        }
+        other => return Err(DecodeError::UnknownKind(other)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain #[repr(C)] value for a test fixture.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    fn comm16(s: &str) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..s.len()].copy_from_slice(s.as_bytes());
+        out
+    }
+
+    #[test]
+    fn decode_charge_roundtrips_fields_and_comm() {
+        let e = c::ChargeEvent {
+            kind: c::KIND_CHARGE,
+            tid: 7,
+            tgid: 5,
+            first: 1,
+            ts_ns: 99,
+            memcg_id: 2906,
+            totals: ChargeTotals { anon: 4096, file: 0, kernel: 8, guest: 4096 },
+            comm: comm16("CPU 0/KVM"),
+        };
+        let Ok(Event::Charge(d)) = decode(&bytes_of(&e)) else { panic!("not a charge") };
+        assert_eq!((d.tid, d.tgid, d.memcg_id, d.ts_ns), (7, 5, 2906, 99));
+        assert_eq!(d.comm, "CPU 0/KVM");
+        assert_eq!(d.totals.total(), 4104);
+    }
+
+    #[test]
+    fn decode_rejects_short_empty_and_unknown_records() {
+        assert_eq!(decode(&[]), Err(DecodeError::TooShort { kind: 0, len: 0 }));
+        let mut short = c::KIND_CHARGE.to_ne_bytes().to_vec();
+        short.extend([0; 8]);
+        assert_eq!(decode(&short), Err(DecodeError::TooShort { kind: 1, len: 12 }));
+        assert_eq!(decode(&77u32.to_ne_bytes()), Err(DecodeError::UnknownKind(77)));
+    }
+
+    #[test]
+    fn comm_stops_at_nul_and_tolerates_invalid_utf8() {
+        assert_eq!(comm(b"IO iothread1\0\0\0\0"), "IO iothread1");
+        assert_eq!(comm(&[0xff, b'a', 0]), "\u{fffd}a");
+        assert_eq!(comm(b"0123456789abcdef"), "0123456789abcdef");
+    }
+}

@@ -1,0 +1,10 @@
+//! oomtrace: which thread of which process charges memory to which memory cgroup, and who was
+//! involved when the memcg OOM killer struck.
+//!
+//! Data flows one way: kernel (bpf) → ring/maps → decode → model (attribution) → output.
+pub mod bpf;
+pub mod cgroupfs;
+pub mod decode;
+pub mod kernel_enums;
+pub mod model;
+pub mod tracefs;
