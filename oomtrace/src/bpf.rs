@@ -82,6 +82,7 @@ pub struct Options {
 pub struct Probes {
     pub ebpf: Ebpf,
     pub choices: Vec<HookChoice>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 fn page_size() -> i64 {
@@ -161,13 +162,25 @@ pub fn load(tracefs: &Path, items: &ChargeItems, opts: &Options) -> Result<Probe
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
         anyhow::anyhow!("loading the eBPF programs failed: {e}; oomtrace needs root (CAP_BPF and CAP_PERFMON)")
     })?;
-    if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
-        log::debug!("eBPF logging unavailable: {e}");
-    }
-    Ok(Probes { ebpf, choices })
+    // Kept alive for as long as the programs: dropping it closes the log map's fd.
+    let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::debug!("eBPF logging unavailable: {e}");
+            None
+        }
+    };
+    Ok(Probes { ebpf, choices, logger })
 }
 
 impl Probes {
+    /// Forwards the programs' rare log records (e.g. "charge map full") to the `log` crate.
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
+    }
+
     /// Attaches every planned program. Call after the WATCHED map is filled, so no charge of an
     /// unwatched memcg is ever counted.
     pub fn attach(&mut self) -> Result<()> {

@@ -69,7 +69,7 @@ impl MemoryController {
     /// the kernel prints it (/kubepods.slice/...); checks that it is a memory cgroup.
     pub fn resolve(&self, user_path: &str) -> Result<PathBuf> {
         let p = Path::new(user_path);
-        let full = if p.starts_with(&self.mount) {
+        let full = if p.starts_with(&self.mount) || (p.is_absolute() && p.is_dir() && p.starts_with("/sys")) {
             p.to_path_buf()
         } else {
             self.mount.join(user_path.trim_start_matches('/'))

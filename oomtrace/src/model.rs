@@ -28,6 +28,9 @@ struct ProcessState {
     retired: ChargeTotals,
     live_threads: usize,
     last_ts: u64,
+    /// Running net total of all its threads, and the highest it reached.
+    total: i64,
+    peak: i64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -135,6 +138,8 @@ pub struct ProcessSummary {
     pub pid: u32,
     pub process: String,
     pub total: i64,
+    /// The highest net total the process reached (what it held before an OOM kill freed it).
+    pub peak: i64,
     pub anon: i64,
     pub file: i64,
     pub kernel: i64,
@@ -256,6 +261,8 @@ impl Model {
         let (comm, totals) = (t.comm.clone(), t.totals);
         if let Some(p) = self.processes.get_mut(&c.tgid) {
             p.last_ts = p.last_ts.max(c.ts_ns);
+            p.total += delta;
+            p.peak = p.peak.max(p.total);
         }
         let usage = self.memcgs.get(&c.memcg_id).and_then(|m| m.usage);
         Some(ChargeRow {
@@ -438,6 +445,7 @@ impl Model {
                 pid,
                 process: self.process_name(pid, "?"),
                 total: t.total(),
+                peak: self.processes.get(&pid).map_or(t.total(), |p| p.peak.max(t.total())),
                 anon: t.anon,
                 file: t.file,
                 kernel: t.kernel,
@@ -491,6 +499,7 @@ mod tests {
         let s = m.summary();
         assert_eq!(s.threads.len(), 1);
         assert_eq!(s.processes[0].total, 12288);
+        assert_eq!(s.processes[0].peak, 12288);
         assert_eq!(m.thread_count(), 1);
     }
 

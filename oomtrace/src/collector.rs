@@ -1,0 +1,311 @@
+//! The live collector: loads the probes, keeps the memcg filter current, drains the ring buffer,
+//! sweeps the charge map for totals not yet sent, and feeds everything to the model.
+use std::{
+    collections::HashSet,
+    io::Write,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use oomtrace_common::{ChargeKey, ChargeValue};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+use crate::{
+    bpf::{self, HookChoice},
+    cgroupfs::{self, MemoryController},
+    decode::{self, Charge, Event},
+    kernel_enums::{ChargeItems, VMLINUX_BTF},
+    model::{Change, Model, Summary},
+    output::{self, Clock},
+    tracefs,
+};
+
+/// What to watch.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Every memory cgroup.
+    All,
+    /// A memory cgroup and everything below it (path as the kernel prints it, or full).
+    Cgroup(String),
+    /// One process: its memory cgroup is watched, and only its rows are shown.
+    Pid(u32),
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub target: Target,
+    pub json: bool,
+    /// Print charge rows (off: only OOM, reclaim, exits and the summary).
+    pub charges: bool,
+    pub duration: Option<Duration>,
+    /// Stop this long after the first OOM kill (the demo).
+    pub stop_after_oom: Option<Duration>,
+    pub flush_bytes: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            target: Target::All,
+            json: false,
+            charges: true,
+            duration: None,
+            stop_after_oom: None,
+            flush_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Threads that exited are read one last time after this delay (uncharges of the exit path land
+/// after the exit tracepoint on some kernels), then forgotten.
+const EXIT_GRACE: Duration = Duration::from_millis(1500);
+const TICK: Duration = Duration::from_millis(500);
+
+/// Checks that must pass before anything is loaded; each failure is one clear line.
+pub fn preflight(cfg: &Config) -> Result<(MemoryController, Option<PathBuf>, Option<u32>)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("oomtrace needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) to load eBPF programs; run it with sudo");
+    }
+    let ctl = MemoryController::detect()?;
+    let (root, pid) = match &cfg.target {
+        Target::All => (None, None),
+        Target::Cgroup(p) => (Some(ctl.resolve(p)?), None),
+        Target::Pid(pid) => {
+            if !PathBuf::from(format!("/proc/{pid}")).exists() {
+                bail!("process {pid} does not exist");
+            }
+            (Some(ctl.of_pid(*pid)?), Some(*pid))
+        }
+    };
+    Ok((ctl, root, pid))
+}
+
+struct Live {
+    ctl: MemoryController,
+    root: PathBuf,
+    filter: bool,
+    pid_filter: Option<u32>,
+    charges: BpfHashMap<MapData, ChargeKey, ChargeValue>,
+    watched: BpfHashMap<MapData, u64, u8>,
+    stats: PerCpuArray<MapData, u64>,
+    known_memcgs: HashSet<u64>,
+    pending_exits: Vec<(Instant, u32)>,
+    model: Model,
+    clock: Clock,
+    cfg: Config,
+}
+
+impl Live {
+    /// Brings the memcg filter and the id → path table up to date with the cgroup filesystem.
+    fn rescan(&mut self) {
+        let now = cgroupfs::walk(&self.root);
+        for (id, path) in &now {
+            if self.known_memcgs.insert(*id) {
+                if self.filter {
+                    let _ = self.watched.insert(id, &1u8, 0);
+                }
+                self.model.set_memcg_path(*id, self.ctl.display_path(path));
+            }
+            if let Some(u) = self.ctl.usage_limit(path) {
+                self.model.set_usage(*id, u);
+            }
+        }
+        let gone: Vec<u64> = self.known_memcgs.iter().filter(|id| !now.contains_key(id)).copied().collect();
+        for id in gone {
+            self.known_memcgs.remove(&id);
+            if self.filter {
+                let _ = self.watched.remove(&id);
+            }
+        }
+    }
+
+    fn learn_process(&mut self, tgid: u32) {
+        if !self.model.knows_process(tgid)
+            && let Ok(comm) = std::fs::read_to_string(format!("/proc/{tgid}/comm"))
+        {
+            self.model.set_process_comm(tgid, comm.trim_end().to_string());
+        }
+    }
+
+    fn show(&self, out: &mut dyn Write, change: &Change) -> Result<()> {
+        let shown = match change {
+            Change::Charge(r) => self.cfg.charges && self.pid_filter.is_none_or(|p| p == r.pid),
+            Change::Reclaim(r) => self.pid_filter.is_none_or(|p| p == r.pid),
+            Change::Exit(e) => self.pid_filter.is_none_or(|p| p == e.pid),
+            Change::Oom(_) => true,
+        };
+        if shown {
+            let line = if self.cfg.json {
+                output::json_line(&self.clock, change)
+            } else {
+                output::text_line(&self.clock, change)
+            };
+            writeln!(out, "{line}").context("cannot write output")?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, out: &mut dyn Write, event: &Event) -> Result<bool> {
+        let tgid = match event {
+            Event::Charge(c) => c.tgid,
+            Event::OomVictim(v) => {
+                // Usage right at the kill tells which limit was hit.
+                self.rescan();
+                self.learn_process(v.victim_pid);
+                v.invoker_tgid
+            }
+            Event::Reclaim(r) => r.tgid,
+            Event::ThreadExit(e) => {
+                self.pending_exits.push((Instant::now() + EXIT_GRACE, e.tid));
+                e.tgid
+            }
+        };
+        self.learn_process(tgid);
+        let oom = matches!(event, Event::OomVictim(_));
+        if let Some(change) = self.model.apply(event) {
+            self.show(out, &change)?;
+        }
+        Ok(oom)
+    }
+
+    /// Reads the cumulative totals of every tracked pair: catches what was below the flush
+    /// threshold and anything whose record was dropped.
+    fn sweep(&mut self, out: &mut dyn Write) -> Result<()> {
+        let now = output::monotonic_ns();
+        let mut readings = Vec::new();
+        for item in self.charges.iter() {
+            let Ok((key, value)) = item else { continue };
+            readings.push(Charge {
+                ts_ns: now,
+                tid: key.tid,
+                tgid: value.tgid,
+                memcg_id: key.memcg_id,
+                comm: String::new(),
+                totals: value.totals,
+            });
+        }
+        for c in readings {
+            self.learn_process(c.tgid);
+            if let Some(row) = self.model.charge(&c) {
+                self.show(out, &Change::Charge(row))?;
+            }
+        }
+        bpf::read_stats(&self.stats, &mut self.model.counters);
+        Ok(())
+    }
+
+    fn retire_exited(&mut self, out: &mut dyn Write, all: bool) -> Result<()> {
+        let now = Instant::now();
+        let (due, keep): (Vec<_>, Vec<_>) = self.pending_exits.drain(..).partition(|(t, _)| all || *t <= now);
+        self.pending_exits = keep;
+        if due.is_empty() {
+            return Ok(());
+        }
+        self.sweep(out)?;
+        for (_, tid) in due {
+            for (t, memcg_id) in self.model.keys_of_thread(tid) {
+                let _ = self.charges.remove(&ChargeKey { tid: t, _pad: 0, memcg_id });
+            }
+            self.model.forget_thread(tid);
+        }
+        Ok(())
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, live: &mut Live, out: &mut dyn Write) -> Result<bool> {
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        match decode::decode(&item) {
+            Ok(e) => events.push(e),
+            Err(err) => {
+                live.model.counters.decode_errors += 1;
+                log::warn!("undecodable ring record: {err}");
+            }
+        }
+    }
+    let mut oom = false;
+    for e in &events {
+        oom |= live.apply(out, e)?;
+    }
+    Ok(oom)
+}
+
+/// What the collector chose, for doctor and the start banner.
+pub struct Started {
+    pub choices: Vec<HookChoice>,
+}
+
+/// Runs until Ctrl-C/SIGTERM, the duration, or the post-OOM delay; returns the final summary.
+pub async fn run(cfg: Config, out: &mut dyn Write, on_start: impl FnOnce(&Started)) -> Result<Summary> {
+    let (ctl, root, pid_filter) = preflight(&cfg)?;
+    let tracefs = tracefs::find(true)?;
+    let items = ChargeItems::from_btf(std::path::Path::new(VMLINUX_BTF))?;
+    let filter = root.is_some();
+    let opts = bpf::Options { filter, flush_bytes: cfg.flush_bytes, flush_ns: 1_000_000_000 };
+    let mut probes = bpf::load(&tracefs, &items, &opts)?;
+    let mut live = Live {
+        root: root.unwrap_or_else(|| ctl.mount.clone()),
+        ctl,
+        filter,
+        pid_filter,
+        charges: probes.take_charges()?,
+        watched: probes.take_watched()?,
+        stats: probes.take_stats()?,
+        known_memcgs: HashSet::new(),
+        pending_exits: Vec::new(),
+        model: Model::new(),
+        clock: Clock::now(),
+        cfg: cfg.clone(),
+    };
+    live.rescan();
+    probes.attach()?;
+    let ring = probes.take_ring()?;
+    // SAFETY: the ring buffer owns its fd and stays inside the AsyncFd until this function
+    // returns, so the fd is neither closed nor reused while it is registered.
+    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
+    on_start(&Started { choices: probes.choices.clone() });
+
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut tick = tokio::time::interval(TICK);
+    let deadline = cfg.duration.map(|d| Instant::now() + d);
+    let mut oom_deadline: Option<Instant> = None;
+    loop {
+        let stop_at = match (deadline, oom_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let sleep = tokio::time::sleep_until(
+            stop_at.map_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600), tokio::time::Instant::from_std),
+        );
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("ring buffer poll failed")?;
+                let oom = drain(guard.get_inner_mut(), &mut live, out)?;
+                guard.clear_ready();
+                if oom && oom_deadline.is_none() {
+                    oom_deadline = cfg.stop_after_oom.map(|d| Instant::now() + d);
+                }
+                out.flush().ok();
+            }
+            _ = tick.tick() => {
+                live.rescan();
+                probes.flush_logs();
+                live.sweep(out)?;
+                live.retire_exited(out, false)?;
+                out.flush().ok();
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sleep, if stop_at.is_some() => break,
+        }
+    }
+    drain(ring.get_mut(), &mut live, out)?;
+    live.sweep(out)?;
+    let summary = live.model.summary();
+    out.flush().ok();
+    Ok(summary)
+}

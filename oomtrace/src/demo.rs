@@ -1,0 +1,82 @@
+//! `oomtrace demo`: a VM-pod-shaped memory cgroup with a limit, a process named like qemu whose
+//! "CPU 0/KVM" thread grows and whose "IO iothread1" thread grows slower, a "memhold" sidecar
+//! as in the seed's reproduction; traced live until the memcg OOM killer strikes.
+use std::{
+    io::Write,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    cgroupfs::MemoryController,
+    collector::{self, Config, Target},
+    model::Summary,
+    output,
+    scratch_cgroup::ScratchCgroup,
+};
+
+pub const DEMO_LIMIT: u64 = 256 << 20;
+
+/// Starts `oomtrace workload` (this same binary) with the given role.
+pub fn spawn_workload(cgroup: &str, process: &str, threads: &[&str], hold_secs: u64) -> Result<Child> {
+    let exe = std::env::current_exe().context("cannot find the oomtrace executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["workload", "--process", process, "--cgroup", cgroup, "--hold", &hold_secs.to_string()]);
+    for t in threads {
+        cmd.args(["--thread", t]);
+    }
+    cmd.stdout(Stdio::null()).stdin(Stdio::null());
+    cmd.spawn().context("cannot start the workload process")
+}
+
+pub async fn run(json: bool, out: &mut dyn Write) -> Result<Summary> {
+    collector::preflight(&Config::default())?;
+    let ctl = MemoryController::detect()?;
+    let relative = format!(
+        "oomtrace-demo-{}/kubepods-burstable-pod6f1c2d3e_0000_4000_8000_00000000demo.slice",
+        std::process::id()
+    );
+    let cg = ScratchCgroup::create(&ctl, &relative, DEMO_LIMIT)?;
+    let cg_path = cg.path.display().to_string();
+    if !json {
+        writeln!(
+            out,
+            "oomtrace demo: memory cgroup {} limited to {}; starting qemu-system-x86 (CPU 0/KVM grows 24 MiB/s, \
+             IO iothread1 16 MiB) and a memhold sidecar (96 MiB) inside it",
+            ctl.display_path(&cg.path),
+            output::bytes(DEMO_LIMIT as i64)
+        )?;
+    }
+    let cfg = Config {
+        target: Target::Cgroup(cg_path.clone()),
+        json,
+        charges: true,
+        duration: Some(Duration::from_secs(60)),
+        stop_after_oom: Some(Duration::from_secs(2)),
+        flush_bytes: 4 << 20,
+    };
+    let mut children: Vec<Child> = Vec::new();
+    let mut spawn_error = None;
+    let summary = collector::run(cfg, out, |_| {
+        let spawned = spawn_workload(&cg_path, "memhold", &["memhold=96@48"], 3600).and_then(|m| {
+            children.push(m);
+            spawn_workload(&cg_path, "qemu-system-x86", &["CPU 0/KVM=0@24", "IO iothread1=16@4"], 3600)
+        });
+        match spawned {
+            Ok(c) => children.push(c),
+            Err(e) => spawn_error = Some(e),
+        }
+    })
+    .await;
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    drop(cg);
+    if let Some(e) = spawn_error {
+        return Err(e);
+    }
+    summary
+}

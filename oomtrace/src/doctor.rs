@@ -1,0 +1,64 @@
+//! `oomtrace doctor`: what this kernel offers and which programs oomtrace will use.
+use std::{fs, io::Write, path::Path};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{bpf, cgroupfs::MemoryController, kernel_enums::VMLINUX_BTF, tracefs};
+
+#[derive(Serialize)]
+pub struct Report {
+    pub kernel: String,
+    pub root: bool,
+    pub btf: bool,
+    pub tracefs: Result<String, String>,
+    pub kprobes: bool,
+    pub memory_controller: Result<(String, String), String>,
+    pub hooks: Vec<bpf::HookChoice>,
+}
+
+pub fn gather() -> Report {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let tracefs = tracefs::find(root).map_err(|e| e.to_string());
+    let kprobes = tracefs.as_ref().map(|t| Path::new(t).join("kprobe_events").exists()).unwrap_or(false);
+    let hooks = tracefs.as_ref().map(|t| bpf::plan(Path::new(t))).unwrap_or_default();
+    Report {
+        kernel,
+        root,
+        btf: Path::new(VMLINUX_BTF).exists(),
+        tracefs: tracefs.map(|p| p.display().to_string()),
+        kprobes,
+        memory_controller: MemoryController::detect()
+            .map(|c| (format!("{:?}", c.version), c.mount.display().to_string()))
+            .map_err(|e| e.to_string()),
+        hooks,
+    }
+}
+
+pub fn print(out: &mut dyn Write, r: &Report, json: bool) -> Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string(r)?)?;
+        return Ok(());
+    }
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    writeln!(out, "kernel            {}", r.kernel)?;
+    writeln!(out, "running as root   {}", yes(r.root))?;
+    writeln!(out, "BTF               {} ({VMLINUX_BTF})", yes(r.btf))?;
+    match &r.tracefs {
+        Ok(p) => writeln!(out, "tracefs           {p}")?,
+        Err(e) => writeln!(out, "tracefs           missing: {e}")?,
+    }
+    writeln!(out, "kprobes           {}", yes(r.kprobes))?;
+    writeln!(out, "fentry/tp_btf     not probed yet: the kernel-function tiers are not built; tracepoints are used")?;
+    match &r.memory_controller {
+        Ok((v, m)) => writeln!(out, "memory controller cgroup {v} at {m}")?,
+        Err(e) => writeln!(out, "memory controller missing: {e}")?,
+    }
+    writeln!(out, "hooks:")?;
+    for h in &r.hooks {
+        writeln!(out, "  {:<14} {:<11} {:<40} {}", h.hook, h.tier, h.tracepoint, h.reason)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! Rendering of model changes and the summary: one text line or one JSON line each. Pure
+//! formatting over values the collector already holds; no I/O besides writing to the sink.
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::model::{Change, Summary};
+
+/// Clock conversion: eBPF timestamps are CLOCK_MONOTONIC nanoseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC, in ns, taken at start.
+    pub realtime_offset_ns: i128,
+    pub start_mono_ns: u64,
+}
+
+fn clock_ns(id: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into a valid timespec.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let mono = monotonic_ns();
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        Self { realtime_offset_ns: real as i128 - mono as i128, start_mono_ns: mono }
+    }
+
+    pub fn unix_seconds(&self, ts_ns: u64) -> f64 {
+        (ts_ns as i128 + self.realtime_offset_ns) as f64 / 1e9
+    }
+
+    pub fn since_start(&self, ts_ns: u64) -> f64 {
+        ts_ns.saturating_sub(self.start_mono_ns) as f64 / 1e9
+    }
+}
+
+/// Long memcg paths are cut to their last component in text lines; JSON keeps the whole path.
+fn short_path(path: &str) -> String {
+    if path.chars().count() <= 32 {
+        return path.to_string();
+    }
+    let last = path.rsplit('/').next().unwrap_or(path);
+    let last: String = last.chars().take(40).collect();
+    format!("…/{last}")
+}
+
+/// Human-readable byte count: 1.5 MiB, -256.0 KiB, 4096 B.
+pub fn bytes(v: i64) -> String {
+    let a = v.unsigned_abs() as f64;
+    let sign = if v < 0 { "-" } else { "" };
+    if a >= (1u64 << 30) as f64 {
+        format!("{sign}{:.2} GiB", a / (1u64 << 30) as f64)
+    } else if a >= (1u64 << 20) as f64 {
+        format!("{sign}{:.1} MiB", a / (1u64 << 20) as f64)
+    } else if a >= 1024.0 {
+        format!("{sign}{:.1} KiB", a / 1024.0)
+    } else {
+        format!("{sign}{a} B")
+    }
+}
+
+fn opt_bytes(v: Option<u64>) -> String {
+    v.map_or_else(|| "unlimited".to_string(), |v| bytes(v as i64))
+}
+
+fn usage_limit(usage: Option<u64>, limit: Option<u64>) -> String {
+    match usage {
+        Some(u) => format!("{}/{}", bytes(u as i64), opt_bytes(limit)),
+        None => "?".to_string(),
+    }
+}
+
+#[derive(Serialize)]
+struct JsonLine<'a, T: Serialize> {
+    time: f64,
+    #[serde(flatten)]
+    inner: &'a T,
+}
+
+pub fn text_line(clock: &Clock, change: &Change) -> String {
+    match change {
+        Change::Charge(r) => format!(
+            "{:>9.3}s {:<28} {:>7}/{:<7} {:<16} {:<16} {:>12} total {:>11}  memcg {}",
+            clock.since_start(r.ts_ns),
+            short_path(&r.memcg),
+            r.pid,
+            r.tid,
+            r.comm,
+            r.process,
+            format!("{}{}", if r.delta >= 0 { "+" } else { "" }, bytes(r.delta)),
+            bytes(r.total),
+            usage_limit(r.usage, r.limit),
+        ),
+        Change::Oom(o) => format!(
+            "{:>9.3}s *** OOM KILL in {} (usage {}): invoked by \"{}\" tid {} of {} pid {}; \
+             killed {} pid {} (anon-rss {}, file-rss {}, shmem-rss {}); oomtrace saw the victim charge {}",
+            clock.since_start(o.ts_ns),
+            o.memcg,
+            usage_limit(o.usage, o.limit),
+            o.invoker_comm,
+            o.invoker_tid,
+            o.invoker_process,
+            o.invoker_pid,
+            o.victim_comm,
+            o.victim_pid,
+            bytes(o.victim_anon_rss_kb as i64 * 1024),
+            bytes(o.victim_file_rss_kb as i64 * 1024),
+            bytes(o.victim_shmem_rss_kb as i64 * 1024),
+            bytes(o.victim_charged),
+        ),
+        Change::Reclaim(r) => format!(
+            "{:>9.3}s {:<28} {:>7}/{:<7} {:<16} {:<16} reclaim at limit: {} pages in {:.2} ms",
+            clock.since_start(r.ts_ns),
+            short_path(&r.memcg),
+            r.pid,
+            r.tid,
+            r.comm,
+            r.process,
+            r.nr_reclaimed,
+            r.duration_ns as f64 / 1e6,
+        ),
+        Change::Exit(e) => format!(
+            "{:>9.3}s {:<28} {:>7}/{:<7} {:<16} {:<16} exited{}",
+            clock.since_start(e.ts_ns),
+            "",
+            e.pid,
+            e.tid,
+            e.comm,
+            e.process,
+            if e.group_dead { " (last thread of the process)" } else { "" },
+        ),
+    }
+}
+
+pub fn json_line(clock: &Clock, change: &Change) -> String {
+    let ts = match change {
+        Change::Charge(r) => r.ts_ns,
+        Change::Oom(o) => o.ts_ns,
+        Change::Reclaim(r) => r.ts_ns,
+        Change::Exit(e) => e.ts_ns,
+    };
+    serde_json::to_string(&JsonLine { time: clock.unix_seconds(ts), inner: change })
+        .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"))
+}
+
+pub fn write_summary(out: &mut dyn Write, json: bool, s: &Summary) -> std::io::Result<()> {
+    if json {
+        let line = serde_json::to_string(s).unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"));
+        return writeln!(out, "{line}");
+    }
+    let c = &s.counters;
+    writeln!(
+        out,
+        "summary: {} events, {} ring-buffer drops, {} rare-event drops, {} untracked (map full), {} decode errors",
+        c.events, c.ring_drops, c.rare_drops, c.map_full, c.decode_errors
+    )?;
+    let mut by_peak: Vec<_> = s.processes.iter().collect();
+    by_peak.sort_by(|a, b| b.peak.cmp(&a.peak));
+    for p in by_peak.into_iter().take(20) {
+        writeln!(
+            out,
+            "  {:>7} {:<16} charged {:>11} now, peak {:>11} (anon {}, file {}, kernel {}, guest {})",
+            p.pid,
+            p.process,
+            bytes(p.total),
+            bytes(p.peak),
+            bytes(p.anon),
+            bytes(p.file),
+            bytes(p.kernel),
+            bytes(p.guest)
+        )?;
+    }
+    for o in &s.ooms {
+        writeln!(
+            out,
+            "  OOM kill in {}: invoker \"{}\" (tid {}, {}), victim {} pid {}",
+            o.memcg, o.invoker_comm, o.invoker_tid, o.invoker_process, o.victim_comm, o.victim_pid
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_picks_the_largest_fitting_binary_unit_and_keeps_sign() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(4096), "4.0 KiB");
+        assert_eq!(bytes(-262144), "-256.0 KiB");
+        assert_eq!(bytes(3 << 20), "3.0 MiB");
+        assert_eq!(bytes(5 << 30), "5.00 GiB");
+        assert_eq!(bytes(i64::MIN), "-8589934592.00 GiB");
+    }
+}

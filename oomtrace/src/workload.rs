@@ -1,0 +1,139 @@
+//! The demo's and the tests' workload: processes and threads named like a KubeVirt VM pod's
+//! (qemu-system-x86 with "CPU 0/KVM" and "IO iothread1" threads, a "memhold" sidecar), each
+//! touching a known number of anonymous pages at a known rate. Hidden subcommand `workload`.
+use std::{
+    ffi::CString,
+    io::Write as _,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+const MIB: usize = 1 << 20;
+
+/// One allocating thread: name, MiB to touch (0 = until killed), MiB per second.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Toucher {
+    pub name: String,
+    pub mib: usize,
+    pub rate: f64,
+}
+
+/// `NAME=MIB@RATE`, e.g. `CPU 0/KVM=0@40` or `IO iothread1=16@4`.
+pub fn parse_toucher(s: &str) -> Result<Toucher> {
+    let (name, rest) = s.rsplit_once('=').context("expected NAME=MIB@RATE")?;
+    let (mib, rate) = rest.split_once('@').context("expected NAME=MIB@RATE")?;
+    let t = Toucher {
+        name: name.to_string(),
+        mib: mib.parse().context("MIB must be a whole number")?,
+        rate: rate.parse().context("RATE must be a number (MiB/s)")?,
+    };
+    if t.name.is_empty() || t.rate <= 0.0 {
+        bail!("thread name must not be empty and RATE must be > 0");
+    }
+    Ok(t)
+}
+
+fn set_current_thread_name(name: &str) {
+    let truncated: String = name.chars().take(15).collect();
+    if let Ok(c) = CString::new(truncated) {
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr() as libc::c_ulong, 0, 0, 0) };
+    }
+}
+
+/// Maps 1 MiB of anonymous memory without THP and writes one byte per page, so this thread is the
+/// one the kernel charges for each page.
+fn touch_one_mib() -> Result<()> {
+    // SAFETY: anonymous private mapping, no fd; the result is checked before use.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            MIB,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        bail!("mmap failed: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: `p` is a fresh MIB-sized mapping; madvise only sets a hint on it.
+    unsafe { libc::madvise(p, MIB, libc::MADV_NOHUGEPAGE) };
+    let base = p.cast::<u8>();
+    for off in (0..MIB).step_by(4096) {
+        // SAFETY: off < MIB, inside the writable mapping; volatile so the write is not elided.
+        unsafe { std::ptr::write_volatile(base.add(off), 1) };
+    }
+    Ok(())
+}
+
+fn run_toucher(t: &Toucher) -> Result<usize> {
+    let start = Instant::now();
+    let mut done = 0usize;
+    while t.mib == 0 || done < t.mib {
+        touch_one_mib()?;
+        done += 1;
+        let due = Duration::from_secs_f64(done as f64 / t.rate);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            thread::sleep(wait);
+        }
+    }
+    Ok(done * MIB)
+}
+
+fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+/// Joins `cgroup` (full path), names the process, runs the touchers, then holds the memory until
+/// killed. Prints `touched TID NAME BYTES` per thread when it is done, for the tests.
+pub fn run(process_name: &str, cgroup: Option<&str>, touchers: &[Toucher], hold_secs: u64) -> Result<()> {
+    if let Some(cg) = cgroup {
+        std::fs::write(format!("{cg}/cgroup.procs"), std::process::id().to_string())
+            .with_context(|| format!("cannot join cgroup {cg}"))?;
+    }
+    set_current_thread_name(process_name);
+    let handles: Vec<_> = touchers
+        .iter()
+        .cloned()
+        .map(|t| {
+            thread::Builder::new().name(t.name.clone()).spawn(move || -> Result<(u32, String, usize)> {
+                set_current_thread_name(&t.name);
+                let bytes = run_toucher(&t)?;
+                Ok((gettid(), t.name.clone(), bytes))
+            })
+        })
+        .collect::<Result<_, _>>()
+        .context("cannot start threads")?;
+    for h in handles {
+        match h.join() {
+            Ok(Ok((tid, name, bytes))) => {
+                println!("touched {tid} {name} {bytes}");
+                std::io::stdout().flush().ok();
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => bail!("a workload thread panicked"),
+        }
+    }
+    thread::sleep(Duration::from_secs(hold_secs));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toucher_spec_parses_names_with_slashes_and_spaces() {
+        let t = parse_toucher("CPU 0/KVM=0@40").ok();
+        assert_eq!(t, Some(Toucher { name: "CPU 0/KVM".into(), mib: 0, rate: 40.0 }));
+        assert!(parse_toucher("IO iothread1=16").is_err());
+        assert!(parse_toucher("=1@1").is_err());
+        assert!(parse_toucher("x=1@0").is_err());
+        assert!(parse_toucher("x=-1@1").is_err());
+    }
+}
