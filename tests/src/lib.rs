@@ -1,1 +1,195 @@
+//! Support for the end-to-end tests: the oomtrace binary, root checks, a running `tail`, the
+//! workload, and the kernel's own OOM report read back from the kernel log.
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        Mutex, OnceLock,
+        mpsc::{self, Receiver},
+    },
+    time::{Duration, Instant},
+};
 
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+/// Tests that need root say so and are skipped; CI runs as root, so there they run.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED {test}: needs root to load eBPF programs and make memory cgroups (CI runs it as root)");
+        return false;
+    }
+    true
+}
+
+/// Tests that make memory cgroups and OOM kills run one at a time: two OOMs at once would make
+/// the kernel log ambiguous.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The oomtrace binary, built (or found up to date) once per test run.
+pub fn oomtrace_bin() -> Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "oomtrace"])
+            .current_dir(&workspace)
+            .status()
+            .map_err(|e| format!("cannot run cargo build: {e}"))?;
+        if !status.success() {
+            return Err("cargo build -p oomtrace failed".into());
+        }
+        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or(workspace.join("target"));
+        Ok(target.join("debug").join("oomtrace"))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+/// A running `oomtrace tail --json`, its lines read on a thread.
+pub struct Tail {
+    child: Child,
+    lines: Receiver<String>,
+    pub seen: Vec<Value>,
+}
+
+impl Tail {
+    pub fn start(args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(oomtrace_bin()?)
+            .arg("tail")
+            .arg("--json")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start oomtrace tail")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut tail = Self { child, lines: rx, seen: Vec::new() };
+        tail.wait_for(Duration::from_secs(20), |v| v["type"] == "start")
+            .context("oomtrace tail did not start")?;
+        Ok(tail)
+    }
+
+    /// Waits until a line matching `pred` arrives; every line is kept in `seen`.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Ok(line) = self.lines.recv_timeout(left) else { break };
+            let v: Value = serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))?;
+            self.seen.push(v.clone());
+            if pred(&v) {
+                return Ok(v);
+            }
+        }
+        bail!("timed out after {timeout:?}; last lines: {:?}", self.seen.iter().rev().take(3).collect::<Vec<_>>())
+    }
+
+    /// Ctrl-C, then the summary line.
+    pub fn stop(mut self) -> Result<Value> {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let summary = self.wait_for(Duration::from_secs(20), |v| v["type"] == "summary")?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("oomtrace tail exited with {status}");
+        }
+        Ok(summary)
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the workload: one process named `process` in `cgroup`, one thread per `NAME=MIB@RATE`.
+pub fn workload(cgroup: &str, process: &str, threads: &[&str], hold_secs: u64) -> Result<Child> {
+    let mut cmd = Command::new(oomtrace_bin()?);
+    cmd.args(["workload", "--process", process, "--cgroup", cgroup, "--hold", &hold_secs.to_string()]);
+    for t in threads {
+        cmd.args(["--thread", t]);
+    }
+    cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+    cmd.spawn().context("cannot start workload")
+}
+
+/// Reads `touched TID NAME BYTES` lines until `n` threads reported.
+pub fn touched(child: &mut Child, n: usize) -> Result<Vec<(u32, String, i64)>> {
+    let stdout = child.stdout.take().context("workload stdout")?;
+    let mut out = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        let Some(rest) = line.strip_prefix("touched ") else { continue };
+        let (tid, rest) = rest.split_once(' ').context("bad touched line")?;
+        let (name, bytes) = rest.rsplit_once(' ').context("bad touched line")?;
+        out.push((tid.parse()?, name.to_string(), bytes.parse()?));
+        if out.len() == n {
+            break;
+        }
+    }
+    if out.len() != n {
+        bail!("workload reported {} of {n} threads", out.len());
+    }
+    Ok(out)
+}
+
+/// The kernel's own account of one OOM kill, from its log.
+#[derive(Debug, Default)]
+pub struct KernelOom {
+    pub invoker_comm: String,
+    pub invoker_pid: u32,
+    pub oom_memcg: String,
+    pub victim_pid: u32,
+    pub victim_comm: String,
+    pub anon_rss_kb: u64,
+}
+
+/// Finds the report of the kill of `victim_pid` in the kernel log (`dmesg`).
+pub fn kernel_oom_report(victim_pid: u32) -> Result<KernelOom> {
+    let out = Command::new("dmesg").output().context("cannot run dmesg")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().map(|l| l.split_once("] ").map_or(l, |(_, r)| r)).collect();
+    let killed = format!("Killed process {victim_pid} (");
+    let end = lines.iter().rposition(|l| l.contains(&killed)).context("kernel log has no such kill")?;
+    let start = lines[..end].iter().rposition(|l| l.contains(" invoked oom-killer:")).context("no invoker line")?;
+    let mut k = KernelOom { victim_pid, ..Default::default() };
+    k.invoker_comm = lines[start].split(" invoked oom-killer:").next().unwrap_or("").to_string();
+    for l in &lines[start..=end] {
+        if let Some(rest) = l.strip_prefix("CPU: ")
+            && let Some(p) = rest.split(" PID: ").nth(1)
+        {
+            k.invoker_pid = p.split_whitespace().next().unwrap_or("0").parse().unwrap_or(0);
+        }
+        if let Some(m) = l.split("oom_memcg=").nth(1) {
+            k.oom_memcg = m.split(',').next().unwrap_or("").to_string();
+        }
+        if let Some(rest) = l.split(&killed).nth(1) {
+            k.victim_comm = rest.split(')').next().unwrap_or("").to_string();
+            if let Some(a) = rest.split("anon-rss:").nth(1) {
+                k.anon_rss_kb = a.split("kB").next().unwrap_or("0").parse().unwrap_or(0);
+            }
+        }
+    }
+    Ok(k)
+}
+
+/// |a − b| ≤ pct% of b.
+pub fn within(a: i64, b: i64, pct: f64) -> bool {
+    (a - b).abs() as f64 <= b.abs() as f64 * pct / 100.0
+}
