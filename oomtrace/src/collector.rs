@@ -123,7 +123,12 @@ impl Live {
     }
 
     fn learn_process(&mut self, tgid: u32) {
-        if !self.model.knows_process(tgid)
+        self.read_process(tgid, false);
+    }
+
+    /// Process comm from /proc; `refresh` re-reads it even when known (it changes at exec).
+    fn read_process(&mut self, tgid: u32, refresh: bool) {
+        if (refresh || !self.model.knows_process(tgid))
             && let Ok(comm) = std::fs::read_to_string(format!("/proc/{tgid}/comm"))
         {
             self.model.set_process_comm(tgid, comm.trim_end().to_string());
@@ -154,7 +159,8 @@ impl Live {
             Event::OomVictim(v) => {
                 // Usage right at the kill tells which limit was hit.
                 self.rescan();
-                self.learn_process(v.victim_pid);
+                self.read_process(v.victim_pid, true);
+                self.read_process(v.invoker_tgid, true);
                 v.invoker_tgid
             }
             Event::Reclaim(r) => r.tgid,

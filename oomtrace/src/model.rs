@@ -243,9 +243,10 @@ impl Model {
         if !self.threads.contains_key(&key) {
             let p = self.processes.entry(c.tgid).or_default();
             p.live_threads += 1;
-            if c.tid == c.tgid && p.comm.is_none() {
-                p.comm = Some(c.comm.clone());
-            }
+        }
+        // The main thread's comm is the process comm; it changes at exec and prctl(PR_SET_NAME).
+        if c.tid == c.tgid && !c.comm.is_empty() {
+            self.processes.entry(c.tgid).or_default().comm = Some(c.comm.clone());
         }
         let t = self.threads.entry(key).or_default();
         let delta = c.totals.total() - t.totals.total();

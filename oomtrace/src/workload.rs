@@ -92,11 +92,12 @@ fn gettid() -> u32 {
 /// Joins `cgroup` (full path), names the process, runs the touchers, then holds the memory until
 /// killed. Prints `touched TID NAME BYTES` per thread when it is done, for the tests.
 pub fn run(process_name: &str, cgroup: Option<&str>, touchers: &[Toucher], hold_secs: u64) -> Result<()> {
+    // Named first, so that every charge in the cgroup is made under the final name.
+    set_current_thread_name(process_name);
     if let Some(cg) = cgroup {
         std::fs::write(format!("{cg}/cgroup.procs"), std::process::id().to_string())
             .with_context(|| format!("cannot join cgroup {cg}"))?;
     }
-    set_current_thread_name(process_name);
     let handles: Vec<_> = touchers
         .iter()
         .cloned()

@@ -1,1 +1,150 @@
-fn main() {}
+//! Project tasks: `setup` (install what is missing), `demo`, `test`. Run through `./x`.
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: rust-src for the pinned nightly, bpf-linker built against its LLVM.
+    Setup,
+    /// Set up, build, and run `oomtrace demo` (needs root).
+    Demo {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set up, build, and run every test: unit, property and end-to-end on the real kernel.
+    Test,
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn pinned_channel() -> Result<String> {
+    let text = std::fs::read_to_string(workspace().join("rust-toolchain.toml"))?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("channel").map(|r| r.trim_start_matches([' ', '=']).trim().trim_matches('"').to_string()))
+        .context("rust-toolchain.toml has no channel")
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+}
+
+/// bpf-linker must be built against the same LLVM as the nightly that compiles the eBPF crate
+/// ("Invalid record" otherwise). A marker next to it records which one it was built for.
+fn ensure_bpf_linker(channel: &str) -> Result<()> {
+    let sysroot = output(Command::new("rustc").arg(format!("+{channel}")).args(["--print", "sysroot"]))?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    let lib_dir = sysroot.join("lib");
+    let llvm_lib = std::fs::read_dir(&lib_dir)?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .find(|n| n.starts_with("libLLVM-") && n.contains("-rust-") && n.ends_with(".so"))
+        .context("the pinned nightly ships no libLLVM-*-rust-*.so")?;
+    let llvm_lib = llvm_lib.trim_start_matches("lib").trim_end_matches(".so").to_string();
+    let major = llvm_lib.trim_start_matches("LLVM-").split('-').next().unwrap_or("").to_string();
+    let marker = cargo_home().join("bin").join(".bpf-linker-built-for");
+    let wanted = format!("{channel} {llvm_lib}\n");
+    let works = Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success());
+    if works && std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
+        return Ok(());
+    }
+    println!("xtask: installing bpf-linker 0.13.0 against {llvm_lib} (about a minute)");
+    let rustflags = format!(
+        "-L native={d} -l dylib={llvm_lib} -C link-arg=-Wl,-rpath,{d}",
+        d = lib_dir.display()
+    );
+    run(Command::new("cargo")
+        .arg(format!("+{channel}"))
+        .args(["install", "bpf-linker@0.13.0", "--locked", "--force", "--no-default-features", "--features"])
+        .arg(format!("llvm-{major},no-llvm-linking"))
+        .env("RUSTFLAGS", rustflags))?;
+    std::fs::write(&marker, wanted)?;
+    Ok(())
+}
+
+fn ensure_components(channel: &str) -> Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", channel]))?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        println!("xtask: installing rust-src for {channel}");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", channel]))?;
+    }
+    Ok(())
+}
+
+fn setup() -> Result<String> {
+    let channel = pinned_channel()?;
+    ensure_components(&channel)?;
+    ensure_bpf_linker(&channel)?;
+    Ok(channel)
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let ws = workspace();
+    match cli.task {
+        Task::Setup => {
+            setup()?;
+        }
+        Task::Demo { json } => {
+            let channel = setup()?;
+            run(Command::new("cargo").arg(format!("+{channel}")).args(["build", "--quiet", "--release", "-p", "oomtrace"]).current_dir(&ws))?;
+            if !is_root() {
+                bail!("the demo loads eBPF programs and makes a memory cgroup: run it as root (sudo ./x demo)");
+            }
+            let bin = ws.join("target/release/oomtrace");
+            let mut cmd = Command::new(&bin);
+            cmd.arg("demo");
+            if json {
+                cmd.arg("--json");
+            }
+            run(&mut cmd)?;
+        }
+        Task::Test => {
+            let channel = setup()?;
+            let start = Instant::now();
+            if !is_root() {
+                println!("xtask: not root: the kernel tests will be skipped and say so");
+            }
+            run(Command::new("cargo").arg(format!("+{channel}")).args(["build", "-p", "oomtrace"]).current_dir(&ws))?;
+            run(Command::new("cargo").arg(format!("+{channel}")).args(["test"]).current_dir(&ws))?;
+            println!("xtask: all tests passed in {:.0} s", start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(())
+}
+
