@@ -50,8 +50,12 @@ pub fn print(out: &mut dyn Write, r: &Report, json: bool) -> Result<()> {
         Ok(p) => writeln!(out, "tracefs           {p}")?,
         Err(e) => writeln!(out, "tracefs           missing: {e}")?,
     }
+    let (major, minor) = kernel_version(&r.kernel);
+    writeln!(out, "ring buffer       {} (BPF_MAP_TYPE_RINGBUF needs 5.8; oomtrace loads one)", yes((major, minor) >= (5, 8)))?;
+    writeln!(out, "memcg tracepoints {} (memcg:mod_memcg_lruvec_state needs 6.10)", yes((major, minor) >= (6, 10)))?;
+    writeln!(out, "tp_btf            {} (needs BTF and 5.5)", yes(r.btf && (major, minor) >= (5, 5)))?;
     writeln!(out, "kprobes           {}", yes(r.kprobes))?;
-    writeln!(out, "fentry/tp_btf     not probed yet: the kernel-function tiers are not built; tracepoints are used")?;
+    writeln!(out, "fentry            not probed yet: the kernel-function tiers are not built; tracepoints are used")?;
     match &r.memory_controller {
         Ok((v, m)) => writeln!(out, "memory controller cgroup {v} at {m}")?,
         Err(e) => writeln!(out, "memory controller missing: {e}")?,
@@ -61,4 +65,25 @@ pub fn print(out: &mut dyn Write, r: &Report, json: bool) -> Result<()> {
         writeln!(out, "  {:<14} {:<11} {:<40} {}", h.hook, h.tier, h.tracepoint, h.reason)?;
     }
     Ok(())
+}
+
+/// "6.18.44-fc-v669" → (6, 18); unparsable → (0, 0).
+pub fn kernel_version(release: &str) -> (u32, u32) {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_version_reads_major_minor_of_distribution_releases() {
+        assert_eq!(kernel_version("6.18.44-fc-v669"), (6, 18));
+        assert_eq!(kernel_version("5.14.21-150400.24.60-default"), (5, 14));
+        assert_eq!(kernel_version("6.1.0-27-cloud-amd64"), (6, 1));
+        assert_eq!(kernel_version(""), (0, 0));
+    }
 }

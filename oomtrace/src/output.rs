@@ -162,7 +162,7 @@ pub fn write_summary(out: &mut dyn Write, json: bool, s: &Summary) -> std::io::R
         c.events, c.ring_drops, c.rare_drops, c.map_full, c.decode_errors
     )?;
     let mut by_peak: Vec<_> = s.processes.iter().collect();
-    by_peak.sort_by(|a, b| b.peak.cmp(&a.peak));
+    by_peak.sort_by_key(|p| std::cmp::Reverse(p.peak));
     for p in by_peak.into_iter().take(20) {
         writeln!(
             out,
