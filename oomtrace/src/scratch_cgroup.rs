@@ -11,7 +11,10 @@ use anyhow::{Context as _, Result};
 use crate::cgroupfs::{MemoryController, Version};
 
 pub struct ScratchCgroup {
+    /// The innermost cgroup, where the limit is.
     pub path: PathBuf,
+    /// The outermost cgroup created, removed with everything below it.
+    top: PathBuf,
     pub version: Version,
 }
 
@@ -20,9 +23,15 @@ impl ScratchCgroup {
     /// the limit is set on the innermost one.
     pub fn create(ctl: &MemoryController, relative: &str, limit: u64) -> Result<Self> {
         let parent = ctl.of_pid(std::process::id())?;
-        let path = parent.join(relative.trim_start_matches('/'));
-        fs::create_dir_all(&path).with_context(|| format!("cannot create memory cgroup {}", path.display()))?;
-        let cg = Self { path, version: ctl.version };
+        let relative = relative.trim_start_matches('/');
+        let first = relative.split('/').next().unwrap_or(relative);
+        let path = parent.join(relative);
+        let top = parent.join(first);
+        if top.exists() {
+            anyhow::bail!("memory cgroup {} already exists; remove it or pick another name", top.display());
+        }
+        let cg = Self { path, top, version: ctl.version };
+        fs::create_dir_all(&cg.path).with_context(|| format!("cannot create memory cgroup {}", cg.path.display()))?;
         cg.set_limit(limit)?;
         Ok(cg)
     }
@@ -49,7 +58,7 @@ impl ScratchCgroup {
 
     pub fn pids(&self) -> Vec<u32> {
         let mut out = Vec::new();
-        for dir in crate::cgroupfs::walk(&self.path).into_values() {
+        for dir in crate::cgroupfs::walk(&self.top).into_values() {
             if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
                 out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
             }
@@ -81,6 +90,6 @@ impl Drop for ScratchCgroup {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        remove_tree(&self.path);
+        remove_tree(&self.top);
     }
 }

@@ -54,6 +54,8 @@ fn attribution_matches_what_each_thread_touched_within_5_percent() -> Result<()>
     assert_eq!(q["process"], "qemu-system-x86");
     assert!(within(q["anon"].as_i64().unwrap_or(0), 52 * MIB, 5.0), "qemu process: {q}");
     assert_eq!(summary["counters"]["ring_drops"], 0, "no ring-buffer drops at this rate");
+    drop(cg);
+    assert!(!std::path::Path::new(&path).exists(), "the scratch cgroup is removed");
     Ok(())
 }
 

@@ -47,6 +47,41 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+#[derive(Default)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+    ok: bool,
+}
+
+/// Runs cargo test, passing its output through, and adds up libtest's "test result" lines and our
+/// tests' "SKIPPED" lines.
+fn run_tests(cmd: &mut Command) -> Result<Counts> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("cannot run {cmd:?}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut counts = Counts::default();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| {
+                rest.split([';', '.'])
+                    .find_map(|p| p.trim().strip_suffix(word).and_then(|n| n.trim().parse::<u64>().ok()))
+                    .unwrap_or(0)
+            };
+            counts.passed += num("passed");
+            counts.failed += num("failed");
+        } else if line.starts_with("SKIPPED ") {
+            counts.skipped += 1;
+        }
+    }
+    counts.ok = child.wait()?.success();
+    // A skipped test also counts as passed in libtest; report it once, as skipped.
+    counts.passed = counts.passed.saturating_sub(counts.skipped);
+    Ok(counts)
+}
+
 fn pinned_channel() -> Result<String> {
     let text = std::fs::read_to_string(workspace().join("rust-toolchain.toml"))?;
     text.lines()
@@ -141,8 +176,13 @@ fn main() -> Result<()> {
                 println!("xtask: not root: the kernel tests will be skipped and say so");
             }
             run(Command::new("cargo").arg(format!("+{channel}")).args(["build", "-p", "oomtrace"]).current_dir(&ws))?;
-            run(Command::new("cargo").arg(format!("+{channel}")).args(["test"]).current_dir(&ws))?;
-            println!("xtask: all tests passed in {:.0} s", start.elapsed().as_secs_f64());
+            let counts = run_tests(Command::new("cargo").arg(format!("+{channel}")).args(["test", "--", "--show-output"]).current_dir(&ws))?;
+            println!("xtask: tests took {:.0} s", start.elapsed().as_secs_f64());
+            // One plain closing line for the whole run (cargo's last line is a crate's own count).
+            println!("tests: {} passed, {} failed, {} skipped", counts.passed, counts.failed, counts.skipped);
+            if counts.failed > 0 || !counts.ok {
+                bail!("tests failed");
+            }
         }
     }
     Ok(())
