@@ -9,7 +9,7 @@ use oomtrace_common::{ChargeEvent, ChargeKey, ChargeTotals, ChargeValue, KIND_CH
 use crate::{
     globals::{self as g, get},
     maps::{
-        CHARGES, EVENTS, IN_GUEST_FAULT, SEEN_THREADS, WATCHED, count, current_comm, current_ids, now_ns,
+        CHARGES, EVENTS, GUEST_SEEN, IN_GUEST_FAULT, SEEN_THREADS, WATCHED, count, current_comm, current_ids, now_ns,
     },
 };
 
@@ -64,6 +64,7 @@ fn try_charge(ctx: &TracePointContext) -> Result<(), i32> {
     let key = ChargeKey { tid, _pad: 0, memcg_id };
     let guest = matches!(kind, Kind::Anon)
         && get(&g::GUEST_TRACKING) != 0
+        && GUEST_SEEN.get(0).is_some_and(|s| *s != 0)
         && IN_GUEST_FAULT.get_ptr(&tid).is_some();
 
     let now = now_ns();

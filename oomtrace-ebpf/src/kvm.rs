@@ -2,12 +2,16 @@
 //! fault exit until it re-enters the guest, so the anon charges it makes meanwhile count as guest RAM.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
-use crate::maps::{IN_GUEST_FAULT, current_ids};
+use crate::maps::{GUEST_SEEN, IN_GUEST_FAULT, current_ids};
 
 #[tracepoint]
 pub fn kvm_page_fault(_ctx: TracePointContext) -> u32 {
     let (tid, _) = current_ids();
     let _ = IN_GUEST_FAULT.insert(&tid, &1, 0);
+    if let Some(seen) = GUEST_SEEN.get_ptr_mut(0) {
+        // SAFETY: slot 0 of a one-entry array; a racy store of the same value is harmless.
+        unsafe { *seen = 1 };
+    }
     0
 }
 

@@ -1,7 +1,7 @@
 //! Maps shared by the programs. All bounded; a failed insert or reservation is counted in STATS.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use oomtrace_common::{ChargeKey, ChargeValue, stat};
 
@@ -28,6 +28,11 @@ pub static IN_GUEST_FAULT: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0
 /// Threads inside a memcg reclaim pass → its start time.
 #[map]
 pub static RECLAIM_START: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Slot 0 is set once any vCPU thread took a guest page fault: until then the charge program
+/// skips the IN_GUEST_FAULT lookup (an array read is cheaper than a hash lookup per charge).
+#[map]
+pub static GUEST_SEEN: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
