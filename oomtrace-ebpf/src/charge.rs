@@ -9,7 +9,8 @@ use oomtrace_common::{ChargeEvent, ChargeKey, ChargeTotals, ChargeValue, KIND_CH
 use crate::{
     globals::{self as g, get},
     maps::{
-        CHARGES, EVENTS, GUEST_SEEN, IN_GUEST_FAULT, SEEN_THREADS, WATCHED, count, current_comm, current_ids, now_ns,
+        CHARGES, EVENTS, GUEST_SEEN, IN_GUEST_FAULT, SEEN_THREADS, WATCHED, count, current_comm,
+        current_ids, now_ns,
     },
 };
 
@@ -61,7 +62,11 @@ fn try_charge(ctx: &TracePointContext) -> Result<(), i32> {
     }
     count(stat::CHARGE_HITS);
     let (tid, tgid) = current_ids();
-    let key = ChargeKey { tid, _pad: 0, memcg_id };
+    let key = ChargeKey {
+        tid,
+        _pad: 0,
+        memcg_id,
+    };
     let guest = matches!(kind, Kind::Anon)
         && get(&g::GUEST_TRACKING) != 0
         && GUEST_SEEN.get(0).is_some_and(|s| *s != 0)
@@ -71,7 +76,10 @@ fn try_charge(ctx: &TracePointContext) -> Result<(), i32> {
     let (value, first) = match CHARGES.get_ptr_mut(&key) {
         Some(v) => (v, false),
         None => {
-            let fresh = ChargeValue { tgid, ..ChargeValue::default() };
+            let fresh = ChargeValue {
+                tgid,
+                ..ChargeValue::default()
+            };
             if CHARGES.insert(&key, &fresh, 0).is_err() {
                 count(stat::MAP_FULL);
                 warn!(ctx, "oomtrace: charge map full, tid {} not tracked", tid);

@@ -1,9 +1,7 @@
 //! oom:mark_victim: runs in the thread that invoked the OOM killer, so `current` is the invoker.
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel_str_bytes,
-    macros::tracepoint,
+    EbpfContext, helpers::bpf_probe_read_kernel_str_bytes, macros::tracepoint,
     programs::TracePointContext,
-    EbpfContext,
 };
 use oomtrace_common::{KIND_OOM_VICTIM, OomVictimEvent};
 

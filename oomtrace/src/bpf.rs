@@ -37,13 +37,62 @@ struct Hook {
 }
 
 const HOOKS: &[Hook] = &[
-    Hook { hook: "charge", program: "memcg_lruvec_state", category: "memcg", name: "mod_memcg_lruvec_state", tracepoint: "memcg:mod_memcg_lruvec_state", required: true },
-    Hook { hook: "oom-victim", program: "oom_mark_victim", category: "oom", name: "mark_victim", tracepoint: "oom:mark_victim", required: true },
-    Hook { hook: "thread-exit", program: "sched_exit", category: "sched", name: "sched_process_exit", tracepoint: "sched:sched_process_exit", required: true },
-    Hook { hook: "reclaim-begin", program: "memcg_reclaim_begin", category: "vmscan", name: "mm_vmscan_memcg_reclaim_begin", tracepoint: "vmscan:mm_vmscan_memcg_reclaim_begin", required: false },
-    Hook { hook: "reclaim-end", program: "memcg_reclaim_end", category: "vmscan", name: "mm_vmscan_memcg_reclaim_end", tracepoint: "vmscan:mm_vmscan_memcg_reclaim_end", required: false },
-    Hook { hook: "guest-fault", program: "kvm_page_fault", category: "kvm", name: "kvm_page_fault", tracepoint: "kvm:kvm_page_fault", required: false },
-    Hook { hook: "guest-entry", program: "kvm_entry", category: "kvm", name: "kvm_entry", tracepoint: "kvm:kvm_entry", required: false },
+    Hook {
+        hook: "charge",
+        program: "memcg_lruvec_state",
+        category: "memcg",
+        name: "mod_memcg_lruvec_state",
+        tracepoint: "memcg:mod_memcg_lruvec_state",
+        required: true,
+    },
+    Hook {
+        hook: "oom-victim",
+        program: "oom_mark_victim",
+        category: "oom",
+        name: "mark_victim",
+        tracepoint: "oom:mark_victim",
+        required: true,
+    },
+    Hook {
+        hook: "thread-exit",
+        program: "sched_exit",
+        category: "sched",
+        name: "sched_process_exit",
+        tracepoint: "sched:sched_process_exit",
+        required: true,
+    },
+    Hook {
+        hook: "reclaim-begin",
+        program: "memcg_reclaim_begin",
+        category: "vmscan",
+        name: "mm_vmscan_memcg_reclaim_begin",
+        tracepoint: "vmscan:mm_vmscan_memcg_reclaim_begin",
+        required: false,
+    },
+    Hook {
+        hook: "reclaim-end",
+        program: "memcg_reclaim_end",
+        category: "vmscan",
+        name: "mm_vmscan_memcg_reclaim_end",
+        tracepoint: "vmscan:mm_vmscan_memcg_reclaim_end",
+        required: false,
+    },
+    Hook {
+        hook: "guest-fault",
+        program: "kvm_page_fault",
+        category: "kvm",
+        name: "kvm_page_fault",
+        tracepoint: "kvm:kvm_page_fault",
+        required: false,
+    },
+    Hook {
+        hook: "guest-entry",
+        program: "kvm_entry",
+        category: "kvm",
+        name: "kvm_entry",
+        tracepoint: "kvm:kvm_entry",
+        required: false,
+    },
 ];
 
 /// Decides, per hook, whether it can be used on this kernel: before anything is loaded.
@@ -92,7 +141,10 @@ fn page_size() -> i64 {
 }
 
 fn raise_memlock() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads a valid rlimit struct. Failure is harmless on kernels ≥ 5.11, which
     // account BPF memory to the memcg instead of RLIMIT_MEMLOCK.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
@@ -109,8 +161,11 @@ pub fn load(tracefs: &Path, items: &ChargeItems, opts: &Options) -> Result<Probe
     let lruvec = Format::read(tracefs, "memcg", "mod_memcg_lruvec_state")?;
     let victim = Format::read(tracefs, "oom", "mark_victim")?;
     let exit = Format::read(tracefs, "sched", "sched_process_exit")?;
-    let reclaim_end = Format::read(tracefs, "vmscan", "mm_vmscan_memcg_reclaim_end").unwrap_or_default();
-    let guest = choices.iter().any(|c| c.hook == "guest-fault" && c.tier == "tracepoint");
+    let reclaim_end =
+        Format::read(tracefs, "vmscan", "mm_vmscan_memcg_reclaim_end").unwrap_or_default();
+    let guest = choices
+        .iter()
+        .any(|c| c.hook == "guest-fault" && c.tier == "tracepoint");
 
     let lv_id = lruvec.offset("memcg:mod_memcg_lruvec_state", "id")?;
     let lv_item = lruvec.offset("memcg:mod_memcg_lruvec_state", "item")?;
@@ -160,7 +215,9 @@ pub fn load(tracefs: &Path, items: &ChargeItems, opts: &Options) -> Result<Probe
     loader.override_global(g::FLUSH_NS, &opts.flush_ns, true);
     loader.override_global(g::PAGE_SIZE, &page, true);
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
-        anyhow::anyhow!("loading the eBPF programs failed: {e}; oomtrace needs root (CAP_BPF and CAP_PERFMON)")
+        anyhow::anyhow!(
+            "loading the eBPF programs failed: {e}; oomtrace needs root (CAP_BPF and CAP_PERFMON)"
+        )
     })?;
     // Kept alive for as long as the programs: dropping it closes the log map's fd.
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -170,7 +227,11 @@ pub fn load(tracefs: &Path, items: &ChargeItems, opts: &Options) -> Result<Probe
             None
         }
     };
-    Ok(Probes { ebpf, choices, logger })
+    Ok(Probes {
+        ebpf,
+        choices,
+        logger,
+    })
 }
 
 impl Probes {
@@ -192,7 +253,9 @@ impl Probes {
                 let prog: &mut TracePoint = self
                     .ebpf
                     .program_mut(hook.program)
-                    .with_context(|| format!("program {} missing from the eBPF object", hook.program))?
+                    .with_context(|| {
+                        format!("program {} missing from the eBPF object", hook.program)
+                    })?
                     .try_into()?;
                 prog.load()?;
                 prog.attach(hook.category, hook.name)?;
@@ -200,7 +263,10 @@ impl Probes {
             })();
             if let Err(e) = result {
                 if hook.required {
-                    return Err(e.context(format!("attaching {} to {} failed", hook.program, hook.tracepoint)));
+                    return Err(e.context(format!(
+                        "attaching {} to {} failed",
+                        hook.program, hook.tracepoint
+                    )));
                 }
                 choice.tier = "off";
                 choice.reason = format!("attach failed: {e:#}");
@@ -210,17 +276,26 @@ impl Probes {
     }
 
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map(m::EVENTS).context("EVENTS map missing")?;
+        let map = self
+            .ebpf
+            .take_map(m::EVENTS)
+            .context("EVENTS map missing")?;
         Ok(RingBuf::try_from(map)?)
     }
 
     pub fn take_charges(&mut self) -> Result<BpfHashMap<MapData, ChargeKey, ChargeValue>> {
-        let map = self.ebpf.take_map(m::CHARGES).context("CHARGES map missing")?;
+        let map = self
+            .ebpf
+            .take_map(m::CHARGES)
+            .context("CHARGES map missing")?;
         Ok(BpfHashMap::try_from(map)?)
     }
 
     pub fn take_watched(&mut self) -> Result<BpfHashMap<MapData, u64, u8>> {
-        let map = self.ebpf.take_map(m::WATCHED).context("WATCHED map missing")?;
+        let map = self
+            .ebpf
+            .take_map(m::WATCHED)
+            .context("WATCHED map missing")?;
         Ok(BpfHashMap::try_from(map)?)
     }
 

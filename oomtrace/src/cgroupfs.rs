@@ -27,7 +27,8 @@ impl MemoryController {
     /// Finds the memory controller in /proc/self/mountinfo: a v1 `cgroup` mount with the `memory`
     /// option, else a `cgroup2` mount whose cgroup.controllers lists memory.
     pub fn detect() -> Result<Self> {
-        let text = fs::read_to_string("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
+        let text = fs::read_to_string("/proc/self/mountinfo")
+            .context("cannot read /proc/self/mountinfo")?;
         let found = Self::from_mountinfo(&text, |p| {
             fs::read_to_string(p.join("cgroup.controllers"))
                 .map(|c| c.split_whitespace().any(|w| w == "memory"))
@@ -40,17 +41,29 @@ impl MemoryController {
         let mut v2 = None;
         for line in text.lines() {
             // mountinfo: id parent maj:min root mountpoint opts [optional...] - fstype source superopts
-            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
             let mountpoint = left.split_whitespace().nth(4);
             let mut right = right.split_whitespace();
             let (fstype, superopts) = (right.next(), right.nth(1));
-            let Some(mountpoint) = mountpoint else { continue };
+            let Some(mountpoint) = mountpoint else {
+                continue;
+            };
             match fstype {
-                Some("cgroup") if superopts.is_some_and(|o| o.split(',').any(|x| x == "memory")) => {
-                    return Some(Self { version: Version::V1, mount: PathBuf::from(mountpoint) });
+                Some("cgroup")
+                    if superopts.is_some_and(|o| o.split(',').any(|x| x == "memory")) =>
+                {
+                    return Some(Self {
+                        version: Version::V1,
+                        mount: PathBuf::from(mountpoint),
+                    });
                 }
                 Some("cgroup2") if v2.is_none() && v2_has_memory(Path::new(mountpoint)) => {
-                    v2 = Some(Self { version: Version::V2, mount: PathBuf::from(mountpoint) });
+                    v2 = Some(Self {
+                        version: Version::V2,
+                        mount: PathBuf::from(mountpoint),
+                    });
                 }
                 _ => {}
             }
@@ -69,16 +82,25 @@ impl MemoryController {
     /// the kernel prints it (/kubepods.slice/...); checks that it is a memory cgroup.
     pub fn resolve(&self, user_path: &str) -> Result<PathBuf> {
         let p = Path::new(user_path);
-        let full = if p.starts_with(&self.mount) || (p.is_absolute() && p.is_dir() && p.starts_with("/sys")) {
+        let full = if p.starts_with(&self.mount)
+            || (p.is_absolute() && p.is_dir() && p.starts_with("/sys"))
+        {
             p.to_path_buf()
         } else {
             self.mount.join(user_path.trim_start_matches('/'))
         };
         if !full.is_dir() {
-            bail!("cgroup {user_path} does not exist (looked for {})", full.display());
+            bail!(
+                "cgroup {user_path} does not exist (looked for {})",
+                full.display()
+            );
         }
         if !full.join(self.usage_file()).exists() {
-            bail!("{user_path} is not a memory cgroup ({} has no {})", full.display(), self.usage_file());
+            bail!(
+                "{user_path} is not a memory cgroup ({} has no {})",
+                full.display(),
+                self.usage_file()
+            );
         }
         Ok(full)
     }
@@ -109,7 +131,11 @@ impl MemoryController {
                 read("memory.limit_in_bytes")?,
                 read("memory.max_usage_in_bytes"),
             ),
-            Version::V2 => (read("memory.current")?, read("memory.max")?, read("memory.peak")),
+            Version::V2 => (
+                read("memory.current")?,
+                read("memory.max")?,
+                read("memory.peak"),
+            ),
         };
         Some(UsageLimit {
             usage: usage.trim().parse().ok()?,
@@ -154,7 +180,9 @@ pub struct UsageLimit {
 
 /// memcg id (directory inode) of a cgroup directory.
 pub fn memcg_id(full: &Path) -> Result<u64> {
-    Ok(fs::metadata(full).with_context(|| format!("cannot stat {}", full.display()))?.ino())
+    Ok(fs::metadata(full)
+        .with_context(|| format!("cannot stat {}", full.display()))?
+        .ino())
 }
 
 /// Every cgroup directory at and below `root`, by memcg id. Directories that vanish while we walk
@@ -163,9 +191,13 @@ pub fn walk(root: &Path) -> HashMap<u64, PathBuf> {
     let mut out = HashMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(meta) = fs::metadata(&dir) else { continue };
+        let Ok(meta) = fs::metadata(&dir) else {
+            continue;
+        };
         out.insert(meta.ino(), dir.clone());
-        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(e.path());
@@ -184,27 +216,46 @@ mod tests {
 36 25 0:31 / /sys/fs/cgroup/cpu rw,relatime shared:9 - cgroup cgroup rw,cpu
 40 25 0:35 / /sys/fs/cgroup/memory rw,relatime shared:13 - cgroup cgroup rw,memory
 ";
-    const MOUNTINFO_V2: &str = "35 25 0:30 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+    const MOUNTINFO_V2: &str =
+        "35 25 0:30 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
 
     #[test]
     fn memory_controller_prefers_v1_memory_mount_on_hybrid_hosts() {
         let c = MemoryController::from_mountinfo(MOUNTINFO_HYBRID, |_| false);
-        assert_eq!(c, Some(MemoryController { version: Version::V1, mount: "/sys/fs/cgroup/memory".into() }));
+        assert_eq!(
+            c,
+            Some(MemoryController {
+                version: Version::V1,
+                mount: "/sys/fs/cgroup/memory".into()
+            })
+        );
     }
 
     #[test]
     fn memory_controller_uses_v2_only_when_it_has_memory() {
         let yes = MemoryController::from_mountinfo(MOUNTINFO_V2, |_| true);
         assert_eq!(yes.map(|c| c.version), Some(Version::V2));
-        assert_eq!(MemoryController::from_mountinfo(MOUNTINFO_V2, |_| false), None);
-        assert_eq!(MemoryController::from_mountinfo("garbage\n\n - \u{0}", |_| true), None);
+        assert_eq!(
+            MemoryController::from_mountinfo(MOUNTINFO_V2, |_| false),
+            None
+        );
+        assert_eq!(
+            MemoryController::from_mountinfo("garbage\n\n - \u{0}", |_| true),
+            None
+        );
     }
 
     #[test]
     fn memcg_line_picks_memory_controller_or_unified_line() {
         let text = "9:name=systemd:/\n4:memory:/kubepods/burstable/pod1\n0::/user.slice\n";
-        assert_eq!(memcg_line(text, Version::V1).as_deref(), Some("/kubepods/burstable/pod1"));
-        assert_eq!(memcg_line(text, Version::V2).as_deref(), Some("/user.slice"));
+        assert_eq!(
+            memcg_line(text, Version::V1).as_deref(),
+            Some("/kubepods/burstable/pod1")
+        );
+        assert_eq!(
+            memcg_line(text, Version::V2).as_deref(),
+            Some("/user.slice")
+        );
         assert_eq!(memcg_line("nonsense", Version::V1), None);
     }
 
@@ -218,8 +269,14 @@ mod tests {
 
     #[test]
     fn display_path_is_relative_to_the_mount() {
-        let c = MemoryController { version: Version::V1, mount: "/sys/fs/cgroup/memory".into() };
-        assert_eq!(c.display_path(Path::new("/sys/fs/cgroup/memory/kubepods/x")), "/kubepods/x");
+        let c = MemoryController {
+            version: Version::V1,
+            mount: "/sys/fs/cgroup/memory".into(),
+        };
+        assert_eq!(
+            c.display_path(Path::new("/sys/fs/cgroup/memory/kubepods/x")),
+            "/kubepods/x"
+        );
         assert_eq!(c.display_path(Path::new("/sys/fs/cgroup/memory")), "/");
     }
 }

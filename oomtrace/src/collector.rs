@@ -67,7 +67,9 @@ const TICK: Duration = Duration::from_millis(500);
 pub fn preflight(cfg: &Config) -> Result<(MemoryController, Option<PathBuf>, Option<u32>)> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("oomtrace needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) to load eBPF programs; run it with sudo");
+        bail!(
+            "oomtrace needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) to load eBPF programs; run it with sudo"
+        );
     }
     let ctl = MemoryController::detect()?;
     let (root, pid) = match &cfg.target {
@@ -113,7 +115,12 @@ impl Live {
                 self.model.set_usage(*id, u);
             }
         }
-        let gone: Vec<u64> = self.known_memcgs.iter().filter(|id| !now.contains_key(id)).copied().collect();
+        let gone: Vec<u64> = self
+            .known_memcgs
+            .iter()
+            .filter(|id| !now.contains_key(id))
+            .copied()
+            .collect();
         for id in gone {
             self.known_memcgs.remove(&id);
             if self.filter {
@@ -131,7 +138,8 @@ impl Live {
         if (refresh || !self.model.knows_process(tgid))
             && let Ok(comm) = std::fs::read_to_string(format!("/proc/{tgid}/comm"))
         {
-            self.model.set_process_comm(tgid, comm.trim_end().to_string());
+            self.model
+                .set_process_comm(tgid, comm.trim_end().to_string());
         }
     }
 
@@ -165,7 +173,8 @@ impl Live {
             }
             Event::Reclaim(r) => r.tgid,
             Event::ThreadExit(e) => {
-                self.pending_exits.push((Instant::now() + EXIT_GRACE, e.tid));
+                self.pending_exits
+                    .push((Instant::now() + EXIT_GRACE, e.tid));
                 e.tgid
             }
         };
@@ -205,7 +214,10 @@ impl Live {
 
     fn retire_exited(&mut self, out: &mut dyn Write, all: bool) -> Result<()> {
         let now = Instant::now();
-        let (due, keep): (Vec<_>, Vec<_>) = self.pending_exits.drain(..).partition(|(t, _)| all || *t <= now);
+        let (due, keep): (Vec<_>, Vec<_>) = self
+            .pending_exits
+            .drain(..)
+            .partition(|(t, _)| all || *t <= now);
         self.pending_exits = keep;
         if due.is_empty() {
             return Ok(());
@@ -213,7 +225,11 @@ impl Live {
         self.sweep(out)?;
         for (_, tid) in due {
             for (t, memcg_id) in self.model.keys_of_thread(tid) {
-                let _ = self.charges.remove(&ChargeKey { tid: t, _pad: 0, memcg_id });
+                let _ = self.charges.remove(&ChargeKey {
+                    tid: t,
+                    _pad: 0,
+                    memcg_id,
+                });
             }
             self.model.forget_thread(tid);
         }
@@ -245,12 +261,20 @@ pub struct Started {
 }
 
 /// Runs until Ctrl-C/SIGTERM, the duration, or the post-OOM delay; returns the final summary.
-pub async fn run(cfg: Config, out: &mut dyn Write, on_start: impl FnOnce(&Started)) -> Result<Summary> {
+pub async fn run(
+    cfg: Config,
+    out: &mut dyn Write,
+    on_start: impl FnOnce(&Started),
+) -> Result<Summary> {
     let (ctl, root, pid_filter) = preflight(&cfg)?;
     let tracefs = tracefs::find(true)?;
     let items = ChargeItems::from_btf(std::path::Path::new(VMLINUX_BTF))?;
     let filter = root.is_some();
-    let opts = bpf::Options { filter, flush_bytes: cfg.flush_bytes, flush_ns: 1_000_000_000 };
+    let opts = bpf::Options {
+        filter,
+        flush_bytes: cfg.flush_bytes,
+        flush_ns: 1_000_000_000,
+    };
     let mut probes = bpf::load(&tracefs, &items, &opts)?;
     let mut live = Live {
         root: root.unwrap_or_else(|| ctl.mount.clone()),
@@ -271,11 +295,16 @@ pub async fn run(cfg: Config, out: &mut dyn Write, on_start: impl FnOnce(&Starte
     let ring = probes.take_ring()?;
     // SAFETY: the ring buffer owns its fd and stays inside the AsyncFd until this function
     // returns, so the fd is neither closed nor reused while it is registered.
-    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
-    on_start(&Started { choices: probes.choices.clone() });
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
+    on_start(&Started {
+        choices: probes.choices.clone(),
+    });
 
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm =
+        tokio::signal::unix::signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint =
+        tokio::signal::unix::signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut tick = tokio::time::interval(TICK);
     let deadline = cfg.duration.map(|d| Instant::now() + d);
     let mut oom_deadline: Option<Instant> = None;
@@ -284,9 +313,10 @@ pub async fn run(cfg: Config, out: &mut dyn Write, on_start: impl FnOnce(&Starte
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let sleep = tokio::time::sleep_until(
-            stop_at.map_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600), tokio::time::Instant::from_std),
-        );
+        let sleep = tokio::time::sleep_until(stop_at.map_or_else(
+            || tokio::time::Instant::now() + Duration::from_secs(3600),
+            tokio::time::Instant::from_std,
+        ));
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("ring buffer poll failed")?;

@@ -78,7 +78,10 @@ pub fn comm(bytes: &[u8]) -> String {
 /// Copies a `#[repr(C)]` record out of possibly unaligned ring-buffer bytes.
 fn read<T: Copy>(kind: u32, data: &[u8]) -> Result<T, DecodeError> {
     if data.len() < size_of::<T>() {
-        return Err(DecodeError::TooShort { kind, len: data.len() });
+        return Err(DecodeError::TooShort {
+            kind,
+            len: data.len(),
+        });
     }
     // SAFETY: the length is checked above, T is a plain-old-data #[repr(C)] struct of integers
     // (every bit pattern is valid), and read_unaligned copes with any alignment.
@@ -88,7 +91,12 @@ fn read<T: Copy>(kind: u32, data: &[u8]) -> Result<T, DecodeError> {
 pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
     let kind = match data.get(..4) {
         Some(b) => u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-        None => return Err(DecodeError::TooShort { kind: 0, len: data.len() }),
+        None => {
+            return Err(DecodeError::TooShort {
+                kind: 0,
+                len: data.len(),
+            });
+        }
     };
     Ok(match kind {
         c::KIND_CHARGE => {
@@ -170,10 +178,17 @@ mod tests {
             first: 1,
             ts_ns: 99,
             memcg_id: 2906,
-            totals: ChargeTotals { anon: 4096, file: 0, kernel: 8, guest: 4096 },
+            totals: ChargeTotals {
+                anon: 4096,
+                file: 0,
+                kernel: 8,
+                guest: 4096,
+            },
             comm: comm16("CPU 0/KVM"),
         };
-        let Ok(Event::Charge(d)) = decode(&bytes_of(&e)) else { panic!("not a charge") };
+        let Ok(Event::Charge(d)) = decode(&bytes_of(&e)) else {
+            panic!("not a charge")
+        };
         assert_eq!((d.tid, d.tgid, d.memcg_id, d.ts_ns), (7, 5, 2906, 99));
         assert_eq!(d.comm, "CPU 0/KVM");
         assert_eq!(d.totals.total(), 4104);
@@ -184,8 +199,14 @@ mod tests {
         assert_eq!(decode(&[]), Err(DecodeError::TooShort { kind: 0, len: 0 }));
         let mut short = c::KIND_CHARGE.to_ne_bytes().to_vec();
         short.extend([0; 8]);
-        assert_eq!(decode(&short), Err(DecodeError::TooShort { kind: 1, len: 12 }));
-        assert_eq!(decode(&77u32.to_ne_bytes()), Err(DecodeError::UnknownKind(77)));
+        assert_eq!(
+            decode(&short),
+            Err(DecodeError::TooShort { kind: 1, len: 12 })
+        );
+        assert_eq!(
+            decode(&77u32.to_ne_bytes()),
+            Err(DecodeError::UnknownKind(77))
+        );
     }
 
     #[test]

@@ -20,10 +20,23 @@ use crate::{
 pub const DEMO_LIMIT: u64 = 256 << 20;
 
 /// Starts `oomtrace workload` (this same binary) with the given role.
-pub fn spawn_workload(cgroup: &str, process: &str, threads: &[&str], hold_secs: u64) -> Result<Child> {
+pub fn spawn_workload(
+    cgroup: &str,
+    process: &str,
+    threads: &[&str],
+    hold_secs: u64,
+) -> Result<Child> {
     let exe = std::env::current_exe().context("cannot find the oomtrace executable")?;
     let mut cmd = Command::new(exe);
-    cmd.args(["workload", "--process", process, "--cgroup", cgroup, "--hold", &hold_secs.to_string()]);
+    cmd.args([
+        "workload",
+        "--process",
+        process,
+        "--cgroup",
+        cgroup,
+        "--hold",
+        &hold_secs.to_string(),
+    ]);
     for t in threads {
         cmd.args(["--thread", t]);
     }
@@ -62,7 +75,12 @@ pub async fn run(json: bool, out: &mut dyn Write) -> Result<Summary> {
     let summary = collector::run(cfg, out, |_| {
         let spawned = spawn_workload(&cg_path, "memhold", &["memhold=96@48"], 3600).and_then(|m| {
             children.push(m);
-            spawn_workload(&cg_path, "qemu-system-x86", &["CPU 0/KVM=0@24", "IO iothread1=16@4"], 3600)
+            spawn_workload(
+                &cg_path,
+                "qemu-system-x86",
+                &["CPU 0/KVM=0@24", "IO iothread1=16@4"],
+                3600,
+            )
         });
         match spawned {
             Ok(c) => children.push(c),

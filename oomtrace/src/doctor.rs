@@ -18,12 +18,20 @@ pub struct Report {
 }
 
 pub fn gather() -> Report {
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let tracefs = tracefs::find(root).map_err(|e| e.to_string());
-    let kprobes = tracefs.as_ref().map(|t| Path::new(t).join("kprobe_events").exists()).unwrap_or(false);
-    let hooks = tracefs.as_ref().map(|t| bpf::plan(Path::new(t))).unwrap_or_default();
+    let kprobes = tracefs
+        .as_ref()
+        .map(|t| Path::new(t).join("kprobe_events").exists())
+        .unwrap_or(false);
+    let hooks = tracefs
+        .as_ref()
+        .map(|t| bpf::plan(Path::new(t)))
+        .unwrap_or_default();
     Report {
         kernel,
         root,
@@ -51,18 +59,37 @@ pub fn print(out: &mut dyn Write, r: &Report, json: bool) -> Result<()> {
         Err(e) => writeln!(out, "tracefs           missing: {e}")?,
     }
     let (major, minor) = kernel_version(&r.kernel);
-    writeln!(out, "ring buffer       {} (BPF_MAP_TYPE_RINGBUF needs 5.8; oomtrace loads one)", yes((major, minor) >= (5, 8)))?;
-    writeln!(out, "memcg tracepoints {} (memcg:mod_memcg_lruvec_state needs 6.10)", yes((major, minor) >= (6, 10)))?;
-    writeln!(out, "tp_btf            {} (needs BTF and 5.5)", yes(r.btf && (major, minor) >= (5, 5)))?;
+    writeln!(
+        out,
+        "ring buffer       {} (BPF_MAP_TYPE_RINGBUF needs 5.8; oomtrace loads one)",
+        yes((major, minor) >= (5, 8))
+    )?;
+    writeln!(
+        out,
+        "memcg tracepoints {} (memcg:mod_memcg_lruvec_state needs 6.10)",
+        yes((major, minor) >= (6, 10))
+    )?;
+    writeln!(
+        out,
+        "tp_btf            {} (needs BTF and 5.5)",
+        yes(r.btf && (major, minor) >= (5, 5))
+    )?;
     writeln!(out, "kprobes           {}", yes(r.kprobes))?;
-    writeln!(out, "fentry            not probed yet: the kernel-function tiers are not built; tracepoints are used")?;
+    writeln!(
+        out,
+        "fentry            not probed yet: the kernel-function tiers are not built; tracepoints are used"
+    )?;
     match &r.memory_controller {
         Ok((v, m)) => writeln!(out, "memory controller cgroup {v} at {m}")?,
         Err(e) => writeln!(out, "memory controller missing: {e}")?,
     }
     writeln!(out, "hooks:")?;
     for h in &r.hooks {
-        writeln!(out, "  {:<14} {:<11} {:<40} {}", h.hook, h.tier, h.tracepoint, h.reason)?;
+        writeln!(
+            out,
+            "  {:<14} {:<11} {:<40} {}",
+            h.hook, h.tier, h.tracepoint, h.reason
+        )?;
     }
     Ok(())
 }

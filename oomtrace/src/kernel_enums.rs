@@ -17,13 +17,15 @@ pub struct ChargeItems {
     pub kernel_stack_kb: i32,
     pub slab_reclaimable_b: i32,
     pub slab_unreclaimable_b: i32,
-    
 }
 
 impl ChargeItems {
     pub fn from_btf(path: &Path) -> Result<Self> {
         let btf = Btf::from_file(path).with_context(|| {
-            format!("cannot read kernel BTF at {}; oomtrace needs CONFIG_DEBUG_INFO_BTF", path.display())
+            format!(
+                "cannot read kernel BTF at {}; oomtrace needs CONFIG_DEBUG_INFO_BTF",
+                path.display()
+            )
         })?;
         let node = enum_values(&btf, "node_stat_item")?;
         Ok(Self::from_map(&node))
@@ -40,7 +42,6 @@ impl ChargeItems {
             kernel_stack_kb: get(node, "NR_KERNEL_STACK_KB"),
             slab_reclaimable_b: get(node, "NR_SLAB_RECLAIMABLE_B"),
             slab_unreclaimable_b: get(node, "NR_SLAB_UNRECLAIMABLE_B"),
-
         }
     }
 }
@@ -71,12 +72,14 @@ mod tests {
 
     #[test]
     fn charge_items_missing_members_become_minus_one() {
-        let node: HashMap<String, i64> =
-            [("NR_ANON_MAPPED".to_string(), 17), ("NR_FILE_PAGES".to_string(), 18)].into();
+        let node: HashMap<String, i64> = [
+            ("NR_ANON_MAPPED".to_string(), 17),
+            ("NR_FILE_PAGES".to_string(), 18),
+        ]
+        .into();
         let items = ChargeItems::from_map(&node);
         assert_eq!(items.anon, 17);
         assert_eq!(items.file, 18);
         assert_eq!(items.sec_pagetable, -1);
-
     }
 }

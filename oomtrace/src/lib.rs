@@ -4,13 +4,13 @@
 //! Data flows one way: kernel (bpf) → ring/maps → decode → model (attribution) → output.
 pub mod bpf;
 pub mod cgroupfs;
+pub mod collector;
 pub mod decode;
+pub mod demo;
+pub mod doctor;
 pub mod kernel_enums;
 pub mod model;
 pub mod output;
-pub mod collector;
-pub mod demo;
-pub mod doctor;
 pub mod scratch_cgroup;
-pub mod workload;
 pub mod tracefs;
+pub mod workload;

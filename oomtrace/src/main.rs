@@ -8,7 +8,11 @@ use oomtrace::{
 };
 
 #[derive(Parser)]
-#[command(name = "oomtrace", version, about = "Which thread charges memory to which memory cgroup, and who the OOM killer hit")]
+#[command(
+    name = "oomtrace",
+    version,
+    about = "Which thread charges memory to which memory cgroup, and who the OOM killer hit"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,7 +68,13 @@ fn run(cli: Cli) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match cli.command {
-        Command::Tail { cgroup, pid, json, duration, flush_bytes } => {
+        Command::Tail {
+            cgroup,
+            pid,
+            json,
+            duration,
+            flush_bytes,
+        } => {
             let target = match (cgroup, pid) {
                 (Some(c), _) => Target::Cgroup(c),
                 (None, Some(p)) => Target::Pid(p),
@@ -74,11 +84,19 @@ fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("--flush-bytes must be > 0");
             }
             let duration = match duration {
-                Some(d) if !(d > 0.0 && d.is_finite()) => anyhow::bail!("--duration must be a positive number of seconds"),
+                Some(d) if !(d > 0.0 && d.is_finite()) => {
+                    anyhow::bail!("--duration must be a positive number of seconds")
+                }
                 Some(d) => Some(Duration::from_secs_f64(d)),
                 None => None,
             };
-            let cfg = Config { target, json, duration, flush_bytes, ..Config::default() };
+            let cfg = Config {
+                target,
+                json,
+                duration,
+                flush_bytes,
+                ..Config::default()
+            };
             let rt = runtime()?;
             let summary = rt.block_on(collector::run(cfg, &mut out, |started| {
                 if json {
@@ -86,8 +104,12 @@ fn run(cli: Cli) -> Result<()> {
                     let start = serde_json::json!({ "type": "start", "hooks": started.choices });
                     println!("{start}");
                 } else {
-                    let used: Vec<&str> =
-                        started.choices.iter().filter(|c| c.tier != "off").map(|c| c.tracepoint).collect();
+                    let used: Vec<&str> = started
+                        .choices
+                        .iter()
+                        .filter(|c| c.tier != "off")
+                        .map(|c| c.tracepoint)
+                        .collect();
                     eprintln!("oomtrace: tracing via {}; Ctrl-C to stop", used.join(", "));
                 }
             }))?;
@@ -99,8 +121,16 @@ fn run(cli: Cli) -> Result<()> {
             output::write_summary(&mut out, json, &summary)?;
         }
         Command::Doctor { json } => doctor::print(&mut out, &doctor::gather(), json)?,
-        Command::Workload { process, cgroup, threads, hold } => {
-            let touchers = threads.iter().map(|t| workload::parse_toucher(t)).collect::<Result<Vec<_>>>()?;
+        Command::Workload {
+            process,
+            cgroup,
+            threads,
+            hold,
+        } => {
+            let touchers = threads
+                .iter()
+                .map(|t| workload::parse_toucher(t))
+                .collect::<Result<Vec<_>>>()?;
             drop(out);
             workload::run(&process, cgroup.as_deref(), &touchers, hold)?;
         }
@@ -109,7 +139,9 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn main() -> ExitCode {

@@ -212,7 +212,11 @@ impl Model {
     }
 
     pub fn keys_of_thread(&self, tid: u32) -> Vec<(u32, u64)> {
-        self.threads.keys().filter(|(t, _)| *t == tid).copied().collect()
+        self.threads
+            .keys()
+            .filter(|(t, _)| *t == tid)
+            .copied()
+            .collect()
     }
 
     fn memcg_path(&self, id: u64) -> String {
@@ -223,7 +227,10 @@ impl Model {
     }
 
     fn process_name(&self, tgid: u32, fallback: &str) -> String {
-        self.processes.get(&tgid).and_then(|p| p.comm.clone()).unwrap_or_else(|| fallback.to_string())
+        self.processes
+            .get(&tgid)
+            .and_then(|p| p.comm.clone())
+            .unwrap_or_else(|| fallback.to_string())
     }
 
     pub fn apply(&mut self, event: &Event) -> Option<Change> {
@@ -288,12 +295,22 @@ impl Model {
     /// The memcg whose limit was hit: among the invoker's memcg and its known ancestors, the
     /// deepest with a limit whose peak reached it; else the deepest with a limit.
     fn oom_memcg(&self, invoker_tid: u32) -> Option<u64> {
-        let own = self.threads.keys().find(|(t, _)| *t == invoker_tid).map(|(_, m)| *m)?;
-        let own_path = self.memcgs.get(&own).map(|m| m.path.clone()).unwrap_or_default();
+        let own = self
+            .threads
+            .keys()
+            .find(|(t, _)| *t == invoker_tid)
+            .map(|(_, m)| *m)?;
+        let own_path = self
+            .memcgs
+            .get(&own)
+            .map(|m| m.path.clone())
+            .unwrap_or_default();
         let mut candidates: Vec<(usize, u64, bool)> = self
             .memcgs
             .iter()
-            .filter(|(id, m)| **id == own || (!m.path.is_empty() && is_ancestor(&m.path, &own_path)))
+            .filter(|(id, m)| {
+                **id == own || (!m.path.is_empty() && is_ancestor(&m.path, &own_path))
+            })
             .filter_map(|(id, m)| {
                 let u = m.usage?;
                 let limit = u.limit?;
@@ -326,7 +343,10 @@ impl Model {
             .filter(|t| t.tgid == v.victim_pid)
             .map(|t| t.totals.total())
             .sum::<i64>()
-            + self.processes.get(&v.victim_pid).map_or(0, |p| p.retired.total());
+            + self
+                .processes
+                .get(&v.victim_pid)
+                .map_or(0, |p| p.retired.total());
         let victim_comm = if v.victim_comm.is_empty() {
             self.process_name(v.victim_pid, "?")
         } else {
@@ -334,7 +354,11 @@ impl Model {
         };
         let row = OomRow {
             ts_ns: v.ts_ns,
-            memcg: if memcg_id == 0 { "?".into() } else { self.memcg_path(memcg_id) },
+            memcg: if memcg_id == 0 {
+                "?".into()
+            } else {
+                self.memcg_path(memcg_id)
+            },
             memcg_id,
             usage: usage.map(|u| u.usage),
             limit: usage.and_then(|u| u.limit),
@@ -446,7 +470,10 @@ impl Model {
                 pid,
                 process: self.process_name(pid, "?"),
                 total: t.total(),
-                peak: self.processes.get(&pid).map_or(t.total(), |p| p.peak.max(t.total())),
+                peak: self
+                    .processes
+                    .get(&pid)
+                    .map_or(t.total(), |p| p.peak.max(t.total())),
                 anon: t.anon,
                 file: t.file,
                 kernel: t.kernel,
@@ -454,7 +481,13 @@ impl Model {
             })
             .collect();
         processes.sort_by(|a, b| b.total.cmp(&a.total).then(a.pid.cmp(&b.pid)));
-        Summary { kind: "summary", counters: self.counters.clone(), processes, threads, ooms: self.ooms.clone() }
+        Summary {
+            kind: "summary",
+            counters: self.counters.clone(),
+            processes,
+            threads,
+            ooms: self.ooms.clone(),
+        }
     }
 }
 
@@ -476,7 +509,10 @@ mod tests {
             tgid,
             memcg_id: memcg,
             comm: comm.into(),
-            totals: ChargeTotals { anon, ..Default::default() },
+            totals: ChargeTotals {
+                anon,
+                ..Default::default()
+            },
         })
     }
 
@@ -484,11 +520,22 @@ mod tests {
     fn charge_delta_is_difference_of_cumulative_totals() {
         let mut m = Model::new();
         m.set_process_comm(10, "qemu-system-x86".into());
-        let Some(Change::Charge(a)) = m.apply(&charge(11, 10, 5, "CPU 0/KVM", 4096)) else { panic!() };
-        assert_eq!((a.delta, a.total, a.process.as_str()), (4096, 4096, "qemu-system-x86"));
-        let Some(Change::Charge(b)) = m.apply(&charge(11, 10, 5, "CPU 0/KVM", 300_000)) else { panic!() };
+        let Some(Change::Charge(a)) = m.apply(&charge(11, 10, 5, "CPU 0/KVM", 4096)) else {
+            panic!()
+        };
+        assert_eq!(
+            (a.delta, a.total, a.process.as_str()),
+            (4096, 4096, "qemu-system-x86")
+        );
+        let Some(Change::Charge(b)) = m.apply(&charge(11, 10, 5, "CPU 0/KVM", 300_000)) else {
+            panic!()
+        };
         assert_eq!((b.delta, b.total), (300_000 - 4096, 300_000));
-        assert_eq!(m.apply(&charge(11, 10, 5, "CPU 0/KVM", 300_000)), None, "a sweep with no change is silent");
+        assert_eq!(
+            m.apply(&charge(11, 10, 5, "CPU 0/KVM", 300_000)),
+            None,
+            "a sweep with no change is silent"
+        );
     }
 
     #[test]
@@ -509,8 +556,22 @@ mod tests {
         let mut m = Model::new();
         m.set_memcg_path(1, "/kubepods/pod1".into());
         m.set_memcg_path(2, "/kubepods/pod1/ctr".into());
-        m.set_usage(1, UsageLimit { usage: 100, limit: Some(100 << 20), peak: Some(100 << 20) });
-        m.set_usage(2, UsageLimit { usage: 100, limit: Some(400 << 20), peak: Some(10 << 20) });
+        m.set_usage(
+            1,
+            UsageLimit {
+                usage: 100,
+                limit: Some(100 << 20),
+                peak: Some(100 << 20),
+            },
+        );
+        m.set_usage(
+            2,
+            UsageLimit {
+                usage: 100,
+                limit: Some(400 << 20),
+                peak: Some(10 << 20),
+            },
+        );
         m.apply(&charge(11, 10, 2, "CPU 1/KVM", 4096));
         let v = OomVictim {
             ts_ns: 2,
@@ -527,7 +588,9 @@ mod tests {
             uid: 0,
             oom_score_adj: 0,
         };
-        let Some(Change::Oom(o)) = m.apply(&Event::OomVictim(v)) else { panic!() };
+        let Some(Change::Oom(o)) = m.apply(&Event::OomVictim(v)) else {
+            panic!()
+        };
         assert_eq!(o.memcg, "/kubepods/pod1");
         assert_eq!(o.victim_charged, 4096);
         assert_eq!(o.invoker_comm, "CPU 1/KVM");

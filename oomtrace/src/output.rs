@@ -15,7 +15,10 @@ pub struct Clock {
 }
 
 fn clock_ns(id: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into a valid timespec.
     unsafe { libc::clock_gettime(id, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -29,7 +32,10 @@ impl Clock {
     pub fn now() -> Self {
         let mono = monotonic_ns();
         let real = clock_ns(libc::CLOCK_REALTIME);
-        Self { realtime_offset_ns: real as i128 - mono as i128, start_mono_ns: mono }
+        Self {
+            realtime_offset_ns: real as i128 - mono as i128,
+            start_mono_ns: mono,
+        }
     }
 
     pub fn unix_seconds(&self, ts_ns: u64) -> f64 {
@@ -84,16 +90,32 @@ struct JsonLine<'a, T: Serialize> {
     inner: &'a T,
 }
 
+/// The columns every per-thread line starts with: time, memcg, pid/tid, thread, process.
+fn thread_columns(
+    clock: &Clock,
+    ts_ns: u64,
+    memcg: &str,
+    pid: u32,
+    tid: u32,
+    comm: &str,
+    process: &str,
+) -> String {
+    format!(
+        "{:>9.3}s {:<28} {:>7}/{:<7} {:<16} {:<16}",
+        clock.since_start(ts_ns),
+        short_path(memcg),
+        pid,
+        tid,
+        comm,
+        process
+    )
+}
+
 pub fn text_line(clock: &Clock, change: &Change) -> String {
     match change {
         Change::Charge(r) => format!(
-            "{:>9.3}s {:<28} {:>7}/{:<7} {:<16} {:<16} {:>12} total {:>11}  memcg {}",
-            clock.since_start(r.ts_ns),
-            short_path(&r.memcg),
-            r.pid,
-            r.tid,
-            r.comm,
-            r.process,
+            "{} {:>12} total {:>11}  memcg {}",
+            thread_columns(clock, r.ts_ns, &r.memcg, r.pid, r.tid, &r.comm, &r.process),
             format!("{}{}", if r.delta >= 0 { "+" } else { "" }, bytes(r.delta)),
             bytes(r.total),
             usage_limit(r.usage, r.limit),
@@ -116,25 +138,19 @@ pub fn text_line(clock: &Clock, change: &Change) -> String {
             bytes(o.victim_charged),
         ),
         Change::Reclaim(r) => format!(
-            "{:>9.3}s {:<28} {:>7}/{:<7} {:<16} {:<16} reclaim at limit: {} pages in {:.2} ms",
-            clock.since_start(r.ts_ns),
-            short_path(&r.memcg),
-            r.pid,
-            r.tid,
-            r.comm,
-            r.process,
+            "{} reclaim at limit: {} pages in {:.2} ms",
+            thread_columns(clock, r.ts_ns, &r.memcg, r.pid, r.tid, &r.comm, &r.process),
             r.nr_reclaimed,
             r.duration_ns as f64 / 1e6,
         ),
         Change::Exit(e) => format!(
-            "{:>9.3}s {:<28} {:>7}/{:<7} {:<16} {:<16} exited{}",
-            clock.since_start(e.ts_ns),
-            "",
-            e.pid,
-            e.tid,
-            e.comm,
-            e.process,
-            if e.group_dead { " (last thread of the process)" } else { "" },
+            "{} exited{}",
+            thread_columns(clock, e.ts_ns, "", e.pid, e.tid, &e.comm, &e.process),
+            if e.group_dead {
+                " (last thread of the process)"
+            } else {
+                ""
+            },
         ),
     }
 }
@@ -146,13 +162,17 @@ pub fn json_line(clock: &Clock, change: &Change) -> String {
         Change::Reclaim(r) => r.ts_ns,
         Change::Exit(e) => e.ts_ns,
     };
-    serde_json::to_string(&JsonLine { time: clock.unix_seconds(ts), inner: change })
-        .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"))
+    serde_json::to_string(&JsonLine {
+        time: clock.unix_seconds(ts),
+        inner: change,
+    })
+    .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"))
 }
 
 pub fn write_summary(out: &mut dyn Write, json: bool, s: &Summary) -> std::io::Result<()> {
     if json {
-        let line = serde_json::to_string(s).unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"));
+        let line = serde_json::to_string(s)
+            .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"));
         return writeln!(out, "{line}");
     }
     let c = &s.counters;

@@ -28,17 +28,26 @@ impl ScratchCgroup {
         let path = parent.join(relative);
         let top = parent.join(first);
         if top.exists() {
-            anyhow::bail!("memory cgroup {} already exists; remove it or pick another name", top.display());
+            anyhow::bail!(
+                "memory cgroup {} already exists; remove it or pick another name",
+                top.display()
+            );
         }
-        let cg = Self { path, top, version: ctl.version };
-        fs::create_dir_all(&cg.path).with_context(|| format!("cannot create memory cgroup {}", cg.path.display()))?;
+        let cg = Self {
+            path,
+            top,
+            version: ctl.version,
+        };
+        fs::create_dir_all(&cg.path)
+            .with_context(|| format!("cannot create memory cgroup {}", cg.path.display()))?;
         cg.set_limit(limit)?;
         Ok(cg)
     }
 
     pub fn set_limit(&self, limit: u64) -> Result<()> {
         let write = |f: &str, v: String| {
-            fs::write(self.path.join(f), v).with_context(|| format!("cannot write {f} in {}", self.path.display()))
+            fs::write(self.path.join(f), v)
+                .with_context(|| format!("cannot write {f} in {}", self.path.display()))
         };
         match self.version {
             Version::V1 => {

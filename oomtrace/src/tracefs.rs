@@ -51,9 +51,17 @@ pub struct Format {
 
 impl Format {
     pub fn read(tracefs: &Path, category: &str, name: &str) -> Result<Self> {
-        let path = tracefs.join("events").join(category).join(name).join("format");
-        let text = fs::read_to_string(&path)
-            .with_context(|| format!("tracepoint {category}:{name} is not available ({})", path.display()))?;
+        let path = tracefs
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
+        let text = fs::read_to_string(&path).with_context(|| {
+            format!(
+                "tracepoint {category}:{name} is not available ({})",
+                path.display()
+            )
+        })?;
         Ok(Self::parse(&text))
     }
 
@@ -106,7 +114,11 @@ impl Format {
 fn field_name(decl: &str) -> Option<String> {
     let last = decl.split_whitespace().last()?;
     let name = last.split('[').next()?;
-    if name.is_empty() { None } else { Some(name.to_string()) }
+    if name.is_empty() {
+        None
+    } else {
+        Some(name.to_string())
+    }
 }
 
 /// Whether a tracepoint exists on this kernel.
@@ -138,7 +150,8 @@ print fmt: \"pid=%d\", REC->pid\n";
 
     #[test]
     fn format_parse_skips_garbage_lines_and_reports_missing_fields() {
-        let f = Format::parse("field:\noffset:x;\n\tfield:int a;\toffset:zz;\tsize:4;\n\u{0}\u{ff}");
+        let f =
+            Format::parse("field:\noffset:x;\n\tfield:int a;\toffset:zz;\tsize:4;\n\u{0}\u{ff}");
         assert!(f.fields.is_empty());
         assert_eq!(f.offset_or_missing("a"), -1);
         assert!(f.offset("t:p", "a").is_err());

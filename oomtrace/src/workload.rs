@@ -91,7 +91,12 @@ fn gettid() -> u32 {
 
 /// Joins `cgroup` (full path), names the process, runs the touchers, then holds the memory until
 /// killed. Prints `touched TID NAME BYTES` per thread when it is done, for the tests.
-pub fn run(process_name: &str, cgroup: Option<&str>, touchers: &[Toucher], hold_secs: u64) -> Result<()> {
+pub fn run(
+    process_name: &str,
+    cgroup: Option<&str>,
+    touchers: &[Toucher],
+    hold_secs: u64,
+) -> Result<()> {
     // Named first, so that every charge in the cgroup is made under the final name.
     set_current_thread_name(process_name);
     if let Some(cg) = cgroup {
@@ -102,11 +107,13 @@ pub fn run(process_name: &str, cgroup: Option<&str>, touchers: &[Toucher], hold_
         .iter()
         .cloned()
         .map(|t| {
-            thread::Builder::new().name(t.name.clone()).spawn(move || -> Result<(u32, String, usize)> {
-                set_current_thread_name(&t.name);
-                let bytes = run_toucher(&t)?;
-                Ok((gettid(), t.name.clone(), bytes))
-            })
+            thread::Builder::new().name(t.name.clone()).spawn(
+                move || -> Result<(u32, String, usize)> {
+                    set_current_thread_name(&t.name);
+                    let bytes = run_toucher(&t)?;
+                    Ok((gettid(), t.name.clone(), bytes))
+                },
+            )
         })
         .collect::<Result<_, _>>()
         .context("cannot start threads")?;
@@ -131,7 +138,14 @@ mod tests {
     #[test]
     fn toucher_spec_parses_names_with_slashes_and_spaces() {
         let t = parse_toucher("CPU 0/KVM=0@40").ok();
-        assert_eq!(t, Some(Toucher { name: "CPU 0/KVM".into(), mib: 0, rate: 40.0 }));
+        assert_eq!(
+            t,
+            Some(Toucher {
+                name: "CPU 0/KVM".into(),
+                mib: 0,
+                rate: 40.0
+            })
+        );
         assert!(parse_toucher("IO iothread1=16").is_err());
         assert!(parse_toucher("=1@1").is_err());
         assert!(parse_toucher("x=1@0").is_err());

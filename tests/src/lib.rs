@@ -18,7 +18,9 @@ use serde_json::Value;
 pub fn require_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        println!("SKIPPED {test}: needs root to load eBPF programs and make memory cgroups (CI runs it as root)");
+        println!(
+            "SKIPPED {test}: needs root to load eBPF programs and make memory cgroups (CI runs it as root)"
+        );
         return false;
     }
     true
@@ -45,7 +47,9 @@ pub fn oomtrace_bin() -> Result<PathBuf> {
         if !status.success() {
             return Err("cargo build -p oomtrace failed".into());
         }
-        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or(workspace.join("target"));
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or(workspace.join("target"));
         Ok(target.join("debug").join("oomtrace"))
     })
     .clone()
@@ -78,7 +82,11 @@ impl Tail {
                 }
             }
         });
-        let mut tail = Self { child, lines: rx, seen: Vec::new() };
+        let mut tail = Self {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        };
         tail.wait_for(Duration::from_secs(20), |v| v["type"] == "start")
             .context("oomtrace tail did not start")?;
         Ok(tail)
@@ -88,14 +96,20 @@ impl Tail {
     pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let Ok(line) = self.lines.recv_timeout(left) else { break };
-            let v: Value = serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))?;
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                break;
+            };
+            let v: Value =
+                serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))?;
             self.seen.push(v.clone());
             if pred(&v) {
                 return Ok(v);
             }
         }
-        bail!("timed out after {timeout:?}; last lines: {:?}", self.seen.iter().rev().take(3).collect::<Vec<_>>())
+        bail!(
+            "timed out after {timeout:?}; last lines: {:?}",
+            self.seen.iter().rev().take(3).collect::<Vec<_>>()
+        )
     }
 
     /// Ctrl-C, then the summary line.
@@ -121,7 +135,15 @@ impl Drop for Tail {
 /// Starts the workload: one process named `process` in `cgroup`, one thread per `NAME=MIB@RATE`.
 pub fn workload(cgroup: &str, process: &str, threads: &[&str], hold_secs: u64) -> Result<Child> {
     let mut cmd = Command::new(oomtrace_bin()?);
-    cmd.args(["workload", "--process", process, "--cgroup", cgroup, "--hold", &hold_secs.to_string()]);
+    cmd.args([
+        "workload",
+        "--process",
+        process,
+        "--cgroup",
+        cgroup,
+        "--hold",
+        &hold_secs.to_string(),
+    ]);
     for t in threads {
         cmd.args(["--thread", t]);
     }
@@ -135,7 +157,9 @@ pub fn touched(child: &mut Child, n: usize) -> Result<Vec<(u32, String, i64)>> {
     let mut out = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line?;
-        let Some(rest) = line.strip_prefix("touched ") else { continue };
+        let Some(rest) = line.strip_prefix("touched ") else {
+            continue;
+        };
         let (tid, rest) = rest.split_once(' ').context("bad touched line")?;
         let (name, bytes) = rest.rsplit_once(' ').context("bad touched line")?;
         out.push((tid.parse()?, name.to_string(), bytes.parse()?));
@@ -164,17 +188,38 @@ pub struct KernelOom {
 pub fn kernel_oom_report(victim_pid: u32) -> Result<KernelOom> {
     let out = Command::new("dmesg").output().context("cannot run dmesg")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().map(|l| l.split_once("] ").map_or(l, |(_, r)| r)).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.split_once("] ").map_or(l, |(_, r)| r))
+        .collect();
     let killed = format!("Killed process {victim_pid} (");
-    let end = lines.iter().rposition(|l| l.contains(&killed)).context("kernel log has no such kill")?;
-    let start = lines[..end].iter().rposition(|l| l.contains(" invoked oom-killer:")).context("no invoker line")?;
-    let mut k = KernelOom { victim_pid, ..Default::default() };
-    k.invoker_comm = lines[start].split(" invoked oom-killer:").next().unwrap_or("").to_string();
+    let end = lines
+        .iter()
+        .rposition(|l| l.contains(&killed))
+        .context("kernel log has no such kill")?;
+    let start = lines[..end]
+        .iter()
+        .rposition(|l| l.contains(" invoked oom-killer:"))
+        .context("no invoker line")?;
+    let mut k = KernelOom {
+        victim_pid,
+        ..Default::default()
+    };
+    k.invoker_comm = lines[start]
+        .split(" invoked oom-killer:")
+        .next()
+        .unwrap_or("")
+        .to_string();
     for l in &lines[start..=end] {
         if let Some(rest) = l.strip_prefix("CPU: ")
             && let Some(p) = rest.split(" PID: ").nth(1)
         {
-            k.invoker_pid = p.split_whitespace().next().unwrap_or("0").parse().unwrap_or(0);
+            k.invoker_pid = p
+                .split_whitespace()
+                .next()
+                .unwrap_or("0")
+                .parse()
+                .unwrap_or(0);
         }
         if let Some(m) = l.split("oom_memcg=").nth(1) {
             k.oom_memcg = m.split(',').next().unwrap_or("").to_string();

@@ -11,7 +11,10 @@ use tests::{Tail, kernel_oom_report, require_root, serial, touched, within, work
 const MIB: i64 = 1 << 20;
 
 fn thread<'a>(summary: &'a Value, tid: u32) -> Option<&'a Value> {
-    summary["threads"].as_array()?.iter().find(|t| t["tid"] == tid)
+    summary["threads"]
+        .as_array()?
+        .iter()
+        .find(|t| t["tid"] == tid)
 }
 
 #[test]
@@ -21,11 +24,20 @@ fn attribution_matches_what_each_thread_touched_within_5_percent() -> Result<()>
     }
     let _serial = serial();
     let ctl = MemoryController::detect()?;
-    let cg = ScratchCgroup::create(&ctl, &format!("oomtrace-test-attr-{}", std::process::id()), 1 << 30)?;
+    let cg = ScratchCgroup::create(
+        &ctl,
+        &format!("oomtrace-test-attr-{}", std::process::id()),
+        1 << 30,
+    )?;
     let path = cg.path.display().to_string();
     let tail = Tail::start(&["--cgroup", &path])?;
 
-    let mut qemu = workload(&path, "qemu-system-x86", &["CPU 0/KVM=40@160", "IO iothread1=12@48"], 30)?;
+    let mut qemu = workload(
+        &path,
+        "qemu-system-x86",
+        &["CPU 0/KVM=40@160", "IO iothread1=12@48"],
+        30,
+    )?;
     let mut memhold = workload(&path, "memhold", &["memhold=24@96"], 30)?;
     let mut expected = touched(&mut qemu, 2)?;
     expected.extend(touched(&mut memhold, 1)?);
@@ -35,27 +47,52 @@ fn attribution_matches_what_each_thread_touched_within_5_percent() -> Result<()>
     let _ = (qemu.kill(), memhold.kill(), qemu.wait(), memhold.wait());
 
     for (tid, name, bytes) in &expected {
-        let t = thread(&summary, *tid).with_context(|| format!("thread {tid} ({name}) missing in {summary}"))?;
+        let t = thread(&summary, *tid)
+            .with_context(|| format!("thread {tid} ({name}) missing in {summary}"))?;
         assert_eq!(t["comm"], name.as_str(), "thread comm");
         let anon = t["anon"].as_i64().unwrap_or(0);
         let total = t["total"].as_i64().unwrap_or(0);
-        assert!(within(anon, *bytes, 5.0), "{name}: anon {anon} vs touched {bytes}");
-        assert!(within(total, *bytes, 5.0), "{name}: total {total} vs touched {bytes}");
+        assert!(
+            within(anon, *bytes, 5.0),
+            "{name}: anon {anon} vs touched {bytes}"
+        );
+        assert!(
+            within(total, *bytes, 5.0),
+            "{name}: total {total} vs touched {bytes}"
+        );
     }
     // The sidecar's bytes are its own: its process total is what its one thread touched, and no
     // qemu thread holds them.
     let memhold_pid = memhold.id();
     let procs = summary["processes"].as_array().context("processes")?;
-    let mh = procs.iter().find(|p| p["pid"] == memhold_pid).context("memhold process missing")?;
+    let mh = procs
+        .iter()
+        .find(|p| p["pid"] == memhold_pid)
+        .context("memhold process missing")?;
     assert_eq!(mh["process"], "memhold");
-    assert!(within(mh["anon"].as_i64().unwrap_or(0), 24 * MIB, 5.0), "memhold process: {mh}");
+    assert!(
+        within(mh["anon"].as_i64().unwrap_or(0), 24 * MIB, 5.0),
+        "memhold process: {mh}"
+    );
     let qemu_pid = qemu.id();
-    let q = procs.iter().find(|p| p["pid"] == qemu_pid).context("qemu process missing")?;
+    let q = procs
+        .iter()
+        .find(|p| p["pid"] == qemu_pid)
+        .context("qemu process missing")?;
     assert_eq!(q["process"], "qemu-system-x86");
-    assert!(within(q["anon"].as_i64().unwrap_or(0), 52 * MIB, 5.0), "qemu process: {q}");
-    assert_eq!(summary["counters"]["ring_drops"], 0, "no ring-buffer drops at this rate");
+    assert!(
+        within(q["anon"].as_i64().unwrap_or(0), 52 * MIB, 5.0),
+        "qemu process: {q}"
+    );
+    assert_eq!(
+        summary["counters"]["ring_drops"], 0,
+        "no ring-buffer drops at this rate"
+    );
     drop(cg);
-    assert!(!std::path::Path::new(&path).exists(), "the scratch cgroup is removed");
+    assert!(
+        !std::path::Path::new(&path).exists(),
+        "the scratch cgroup is removed"
+    );
     Ok(())
 }
 
@@ -66,13 +103,22 @@ fn oom_kill_names_the_invoker_and_victim_the_kernel_names() -> Result<()> {
     }
     let _serial = serial();
     let ctl = MemoryController::detect()?;
-    let cg = ScratchCgroup::create(&ctl, &format!("oomtrace-test-oom-{}", std::process::id()), 128 << 20)?;
+    let cg = ScratchCgroup::create(
+        &ctl,
+        &format!("oomtrace-test-oom-{}", std::process::id()),
+        128 << 20,
+    )?;
     let path = cg.path.display().to_string();
     let mut tail = Tail::start(&["--cgroup", &path])?;
 
     let mut memhold = workload(&path, "memhold", &["memhold=32@64"], 60)?;
     touched(&mut memhold, 1)?;
-    let mut qemu = workload(&path, "qemu-system-x86", &["CPU 0/KVM=0@64", "IO iothread1=8@8"], 60)?;
+    let mut qemu = workload(
+        &path,
+        "qemu-system-x86",
+        &["CPU 0/KVM=0@64", "IO iothread1=8@8"],
+        60,
+    )?;
     let oom = tail.wait_for(Duration::from_secs(30), |v| v["type"] == "oom")?;
     std::thread::sleep(Duration::from_millis(500));
     let summary = tail.stop()?;
@@ -80,17 +126,39 @@ fn oom_kill_names_the_invoker_and_victim_the_kernel_names() -> Result<()> {
 
     let victim = oom["victim_pid"].as_u64().context("victim_pid")? as u32;
     let kernel = kernel_oom_report(victim)?;
-    assert_eq!(victim, qemu.id(), "the biggest process, qemu, is the victim");
+    assert_eq!(
+        victim,
+        qemu.id(),
+        "the biggest process, qemu, is the victim"
+    );
     assert_eq!(oom["victim_comm"], kernel.victim_comm.as_str());
-    assert_eq!(oom["invoker_comm"], kernel.invoker_comm.as_str(), "invoker thread as the kernel names it");
-    assert_eq!(oom["invoker_tid"], kernel.invoker_pid, "invoker thread id as the kernel prints it");
+    assert_eq!(
+        oom["invoker_comm"],
+        kernel.invoker_comm.as_str(),
+        "invoker thread as the kernel names it"
+    );
+    assert_eq!(
+        oom["invoker_tid"], kernel.invoker_pid,
+        "invoker thread id as the kernel prints it"
+    );
     assert_eq!(oom["invoker_process"], "qemu-system-x86");
-    assert_eq!(oom["memcg"], kernel.oom_memcg.as_str(), "the memcg whose limit was hit");
-    assert_eq!(oom["victim_anon_rss_kb"], kernel.anon_rss_kb, "victim anon rss at the kill");
+    assert_eq!(
+        oom["memcg"],
+        kernel.oom_memcg.as_str(),
+        "the memcg whose limit was hit"
+    );
+    assert_eq!(
+        oom["victim_anon_rss_kb"], kernel.anon_rss_kb,
+        "victim anon rss at the kill"
+    );
     assert_eq!(oom["limit"], 128 << 20);
     assert_eq!(summary["ooms"].as_array().map(Vec::len), Some(1));
     // What oomtrace saw the victim charge before the kill is what the kernel found it holding.
     let charged_kb = oom["victim_charged"].as_i64().unwrap_or(0) / 1024;
-    assert!(within(charged_kb, kernel.anon_rss_kb as i64, 5.0), "victim charged {charged_kb} kB vs anon-rss {} kB", kernel.anon_rss_kb);
+    assert!(
+        within(charged_kb, kernel.anon_rss_kb as i64, 5.0),
+        "victim charged {charged_kb} kB vs anon-rss {} kB",
+        kernel.anon_rss_kb
+    );
     Ok(())
 }

@@ -1,9 +1,5 @@
 //! Project tasks: `setup` (install what is missing), `demo`, `test`. Run through `./x`.
-use std::{
-    path::PathBuf,
-    process::Command,
-    time::Instant,
-};
+use std::{path::PathBuf, process::Command, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -32,7 +28,9 @@ fn workspace() -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
@@ -40,7 +38,9 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -59,7 +59,10 @@ struct Counts {
 /// tests' "SKIPPED" lines.
 fn run_tests(cmd: &mut Command) -> Result<Counts> {
     use std::io::{BufRead as _, BufReader};
-    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("cannot run {cmd:?}"))?;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let mut counts = Counts::default();
     for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -67,7 +70,11 @@ fn run_tests(cmd: &mut Command) -> Result<Counts> {
         if let Some(rest) = line.strip_prefix("test result: ") {
             let num = |word: &str| {
                 rest.split([';', '.'])
-                    .find_map(|p| p.trim().strip_suffix(word).and_then(|n| n.trim().parse::<u64>().ok()))
+                    .find_map(|p| {
+                        p.trim()
+                            .strip_suffix(word)
+                            .and_then(|n| n.trim().parse::<u64>().ok())
+                    })
                     .unwrap_or(0)
             };
             counts.passed += num("passed");
@@ -85,20 +92,33 @@ fn run_tests(cmd: &mut Command) -> Result<Counts> {
 fn pinned_channel() -> Result<String> {
     let text = std::fs::read_to_string(workspace().join("rust-toolchain.toml"))?;
     text.lines()
-        .find_map(|l| l.trim().strip_prefix("channel").map(|r| r.trim_start_matches([' ', '=']).trim().trim_matches('"').to_string()))
+        .find_map(|l| {
+            l.trim().strip_prefix("channel").map(|r| {
+                r.trim_start_matches([' ', '='])
+                    .trim()
+                    .trim_matches('"')
+                    .to_string()
+            })
+        })
         .context("rust-toolchain.toml has no channel")
 }
 
 fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        })
 }
 
 /// bpf-linker must be built against the same LLVM as the nightly that compiles the eBPF crate
 /// ("Invalid record" otherwise). A marker next to it records which one it was built for.
 fn ensure_bpf_linker(channel: &str) -> Result<()> {
-    let sysroot = output(Command::new("rustc").arg(format!("+{channel}")).args(["--print", "sysroot"]))?;
+    let sysroot = output(
+        Command::new("rustc")
+            .arg(format!("+{channel}"))
+            .args(["--print", "sysroot"]),
+    )?;
     let sysroot = PathBuf::from(sysroot.trim());
     let lib_dir = sysroot.join("lib");
     let llvm_lib = std::fs::read_dir(&lib_dir)?
@@ -106,11 +126,22 @@ fn ensure_bpf_linker(channel: &str) -> Result<()> {
         .filter_map(|e| e.file_name().into_string().ok())
         .find(|n| n.starts_with("libLLVM-") && n.contains("-rust-") && n.ends_with(".so"))
         .context("the pinned nightly ships no libLLVM-*-rust-*.so")?;
-    let llvm_lib = llvm_lib.trim_start_matches("lib").trim_end_matches(".so").to_string();
-    let major = llvm_lib.trim_start_matches("LLVM-").split('-').next().unwrap_or("").to_string();
+    let llvm_lib = llvm_lib
+        .trim_start_matches("lib")
+        .trim_end_matches(".so")
+        .to_string();
+    let major = llvm_lib
+        .trim_start_matches("LLVM-")
+        .split('-')
+        .next()
+        .unwrap_or("")
+        .to_string();
     let marker = cargo_home().join("bin").join(".bpf-linker-built-for");
     let wanted = format!("{channel} {llvm_lib}\n");
-    let works = Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success());
+    let works = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if works && std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
         return Ok(());
     }
@@ -121,7 +152,14 @@ fn ensure_bpf_linker(channel: &str) -> Result<()> {
     );
     run(Command::new("cargo")
         .arg(format!("+{channel}"))
-        .args(["install", "bpf-linker@0.13.0", "--locked", "--force", "--no-default-features", "--features"])
+        .args([
+            "install",
+            "bpf-linker@0.13.0",
+            "--locked",
+            "--force",
+            "--no-default-features",
+            "--features",
+        ])
         .arg(format!("llvm-{major},no-llvm-linking"))
         .env("RUSTFLAGS", rustflags))?;
     std::fs::write(&marker, wanted)?;
@@ -129,7 +167,13 @@ fn ensure_bpf_linker(channel: &str) -> Result<()> {
 }
 
 fn ensure_components(channel: &str) -> Result<()> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", channel]))?;
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        channel,
+    ]))?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         println!("xtask: installing rust-src for {channel}");
         run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", channel]))?;
@@ -145,7 +189,10 @@ fn setup() -> Result<String> {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn main() -> Result<()> {
@@ -157,9 +204,14 @@ fn main() -> Result<()> {
         }
         Task::Demo { json } => {
             let channel = setup()?;
-            run(Command::new("cargo").arg(format!("+{channel}")).args(["build", "--quiet", "--release", "-p", "oomtrace"]).current_dir(&ws))?;
+            run(Command::new("cargo")
+                .arg(format!("+{channel}"))
+                .args(["build", "--quiet", "--release", "-p", "oomtrace"])
+                .current_dir(&ws))?;
             if !is_root() {
-                bail!("the demo loads eBPF programs and makes a memory cgroup: run it as root (sudo ./x demo)");
+                bail!(
+                    "the demo loads eBPF programs and makes a memory cgroup: run it as root (sudo ./x demo)"
+                );
             }
             let bin = ws.join("target/release/oomtrace");
             let mut cmd = Command::new(&bin);
@@ -175,11 +227,22 @@ fn main() -> Result<()> {
             if !is_root() {
                 println!("xtask: not root: the kernel tests will be skipped and say so");
             }
-            run(Command::new("cargo").arg(format!("+{channel}")).args(["build", "-p", "oomtrace"]).current_dir(&ws))?;
-            let counts = run_tests(Command::new("cargo").arg(format!("+{channel}")).args(["test", "--", "--show-output"]).current_dir(&ws))?;
+            run(Command::new("cargo")
+                .arg(format!("+{channel}"))
+                .args(["build", "-p", "oomtrace"])
+                .current_dir(&ws))?;
+            let counts = run_tests(
+                Command::new("cargo")
+                    .arg(format!("+{channel}"))
+                    .args(["test", "--", "--show-output"])
+                    .current_dir(&ws),
+            )?;
             println!("xtask: tests took {:.0} s", start.elapsed().as_secs_f64());
             // One plain closing line for the whole run (cargo's last line is a crate's own count).
-            println!("tests: {} passed, {} failed, {} skipped", counts.passed, counts.failed, counts.skipped);
+            println!(
+                "tests: {} passed, {} failed, {} skipped",
+                counts.passed, counts.failed, counts.skipped
+            );
             if counts.failed > 0 || !counts.ok {
                 bail!("tests failed");
             }
@@ -187,4 +250,3 @@ fn main() -> Result<()> {
     }
     Ok(())
 }
-
