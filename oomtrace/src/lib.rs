@@ -9,6 +9,7 @@ pub mod decode;
 pub mod demo;
 pub mod doctor;
 pub mod kernel_enums;
+pub mod kubevirt;
 pub mod model;
 pub mod output;
 pub mod scratch_cgroup;
