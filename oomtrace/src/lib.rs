@@ -8,6 +8,7 @@ pub mod collector;
 pub mod decode;
 pub mod demo;
 pub mod doctor;
+pub mod explain;
 pub mod kernel_enums;
 pub mod kubevirt;
 pub mod model;

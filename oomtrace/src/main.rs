@@ -4,8 +4,18 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use oomtrace::{
     collector::{self, Config, Target},
-    demo, doctor, output, workload,
+    demo, doctor, explain,
+    kubevirt::{
+        budget,
+        cmdline::{VmFacts, parse_size},
+    },
+    output, workload,
 };
+
+/// "1948Mi", "16G", "2048M", plain bytes.
+fn parse_size_arg(s: &str) -> Option<u64> {
+    parse_size(s, 1)
+}
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +53,25 @@ enum Command {
     Demo {
         #[arg(long)]
         json: bool,
+    },
+    /// Find the kernel's OOM reports in a log (dmesg, journalctl, syslog) and explain them.
+    Explain {
+        /// Log file, or "-" for standard input. Default: the running kernel's log.
+        file: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// The VM's guest memory (memory.guest), e.g. 1948Mi or 16G: weighs overhead against it.
+        #[arg(long)]
+        guest_memory: Option<String>,
+        /// The VM's vCPU count (for KubeVirt's per-vCPU overhead).
+        #[arg(long)]
+        vcpus: Option<u32>,
+        /// KubeVirt overhead constants: kubevirt-1.4+, kubevirt-1.1 or kubevirt-0.54.
+        #[arg(long, default_value = "kubevirt-1.4+")]
+        kubevirt: String,
+        /// additionalGuestMemoryOverheadRatio in force (Harvester >= 1.4 defaults to 1.5).
+        #[arg(long, default_value_t = 1.0)]
+        overhead_ratio: f64,
     },
     /// What this kernel offers and which programs oomtrace will use.
     Doctor {
@@ -119,6 +148,50 @@ fn run(cli: Cli) -> Result<()> {
             let rt = runtime()?;
             let summary = rt.block_on(demo::run(json, &mut out))?;
             output::write_summary(&mut out, json, &summary)?;
+        }
+        Command::Explain {
+            file,
+            json,
+            guest_memory,
+            vcpus,
+            kubevirt,
+            overhead_ratio,
+        } => {
+            let source = match file.as_deref() {
+                None => explain::Source::KernelLog,
+                Some("-") => explain::Source::Stdin,
+                Some(p) => explain::Source::File(p.to_string()),
+            };
+            let guest_memory = match guest_memory {
+                Some(g) => Some(parse_size_arg(&g).ok_or_else(|| {
+                    anyhow::anyhow!("--guest-memory {g:?} is not a size (e.g. 1948Mi, 16G)")
+                })?),
+                None => None,
+            };
+            let Some(constants) = budget::PROFILES.iter().find(|p| p.name == kubevirt) else {
+                let names: Vec<&str> = budget::PROFILES.iter().map(|p| p.name).collect();
+                anyhow::bail!(
+                    "--kubevirt {kubevirt:?} is unknown; use one of {}",
+                    names.join(", ")
+                );
+            };
+            if !(overhead_ratio > 0.0 && overhead_ratio.is_finite()) {
+                anyhow::bail!("--overhead-ratio must be a positive number");
+            }
+            let opts = explain::Options {
+                source,
+                json,
+                hints: explain::Hints {
+                    vm: VmFacts {
+                        guest_memory,
+                        vcpus,
+                        ..Default::default()
+                    },
+                    constants: Some(*constants),
+                    ratio: Some(overhead_ratio),
+                },
+            };
+            explain::run(&opts, &mut out)?;
         }
         Command::Doctor { json } => doctor::print(&mut out, &doctor::gather(), json)?,
         Command::Workload {

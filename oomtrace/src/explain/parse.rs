@@ -1,0 +1,391 @@
+//! Find OOM reports in arbitrary log text, one line at a time (memory bounded by one report).
+//!
+//! A report opens at "X invoked oom-killer:" or, when the log starts mid-report, at any other
+//! report line; it closes at the next report's start, at the oom_reaper line of its victim, or
+//! after enough unrelated lines once its victim is known.
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use super::{
+    prefix::strip_prefixes,
+    report::{Counter, Invoker, OomReport, Reaped, Task, Victim},
+};
+
+/// Rows kept per task table: a global OOM lists every task on the node.
+pub const MAX_TASKS: usize = 100_000;
+const MAX_WARNINGS: usize = 20;
+/// Unrelated lines after the kill before the report is closed without an oom_reaper line.
+const LINES_AFTER_KILL: u32 = 200;
+
+fn re(s: &str) -> Option<Regex> {
+    Regex::new(s).ok()
+}
+
+static INVOKED: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    re(
+        r"^(?P<comm>.*?) invoked oom-killer: gfp_mask=(?P<gfp>0x[0-9a-fA-F]+)(?:\((?P<flags>[^)]*)\))?,(?: nodemask=[^,]*,)? order=(?P<order>-?\d+),(?: oom_adj=-?\d+,)? oom_score_adj=(?P<adj>-?\d+)",
+    )
+});
+static CPU_LINE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    re(
+        r"^CPU: (?P<cpu>\d+) (?:UID: \d+ )?PID: (?P<pid>\d+) Comm: (?P<comm>.*?) (?:Not tainted|Tainted: [A-Z ]*?) *(?P<ver>\d+\.\d+\S*)",
+    )
+});
+static COUNTER: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    re(
+        r"^(?P<name>memory|memory\+swap|swap|kmem|kmem\.tcp|tcp): usage (?P<u>\d+)kB, limit (?P<l>\d+)kB, failcnt (?P<f>\d+)",
+    )
+});
+static STATS_FOR: LazyLock<Option<Regex>> =
+    LazyLock::new(|| re(r"^Memory cgroup stats for (?P<path>[^:]*):(?P<rest>.*)$"));
+static STAT_LINE: LazyLock<Option<Regex>> =
+    LazyLock::new(|| re(r"^(?P<k>[a-z][a-z0-9_]*) (?P<v>\d+)$"));
+static INLINE_STAT: LazyLock<Option<Regex>> =
+    LazyLock::new(|| re(r"(?P<k>[a-z][a-z0-9_]*):(?P<v>\d+)(?P<u>KB|kB)?"));
+static TASK_HEADER: LazyLock<Option<Regex>> =
+    LazyLock::new(|| re(r"^\[\s*pid\s*\]\s+(?P<cols>.*)$"));
+static TASK_ROW: LazyLock<Option<Regex>> =
+    LazyLock::new(|| re(r"^\[\s*(?P<pid>\d+)\]\s+(?P<rest>.*)$"));
+static CONSTRAINT: LazyLock<Option<Regex>> = LazyLock::new(|| re(r"^oom-kill:(?P<kv>.*)$"));
+static TASK_IN: LazyLock<Option<Regex>> =
+    LazyLock::new(|| re(r"^Task in (?P<task>\S+) killed as a result of limit of (?P<oom>\S+)"));
+static KILLED: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    re(
+        r"^(?:(?P<reason>[^:]*out of memory[^:]*): )?Killed process (?P<pid>\d+) \((?P<comm>.*)\) total-vm:(?P<vm>\d+)kB, anon-rss:(?P<anon>\d+)kB, file-rss:(?P<file>\d+)kB(?:, shmem-rss:(?P<shmem>\d+)kB)?(?:,? UID:(?P<uid>\d+))?(?: pgtables:(?P<pt>\d+)kB)?(?: oom_score_adj:(?P<adj>-?\d+))?",
+    )
+});
+static REAPED: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    re(
+        r"^oom_reaper: reaped process (?P<pid>\d+) \((?P<comm>.*)\),? now anon-rss:(?P<anon>\d+)kB, file-rss:(?P<file>\d+)kB(?:, shmem-rss:(?P<shmem>\d+)kB)?",
+    )
+});
+
+fn caps<'a>(r: &LazyLock<Option<Regex>>, s: &'a str) -> Option<regex::Captures<'a>> {
+    r.as_ref().and_then(|r| r.captures(s))
+}
+
+fn num<T: std::str::FromStr>(c: &regex::Captures<'_>, name: &str) -> Option<T> {
+    c.name(name).and_then(|m| m.as_str().parse().ok())
+}
+
+fn text(c: &regex::Captures<'_>, name: &str) -> String {
+    c.name(name)
+        .map_or(String::new(), |m| m.as_str().to_string())
+}
+
+#[derive(Debug, Default)]
+enum Section {
+    #[default]
+    None,
+    Stats,
+    Tasks(Vec<String>),
+}
+
+#[derive(Debug, Default)]
+pub struct Assembler {
+    current: Option<OomReport>,
+    section: Section,
+    line_no: u64,
+    lines_since_kill: Option<u32>,
+}
+
+impl Assembler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feed one line (with or without its newline). Returns a report that this line completed.
+    pub fn push(&mut self, line: &str) -> Option<OomReport> {
+        self.line_no += 1;
+        let msg = strip_prefixes(line);
+        let t = msg.text;
+        let mut done = None;
+
+        if let Some(c) = caps(&INVOKED, t) {
+            done = self.close(true);
+            let mut r = self.open(msg.time, false);
+            r.invoker = Some(Invoker {
+                comm: text(&c, "comm"),
+                pid: None,
+                cpu: None,
+                gfp_mask: c.name("gfp").map(|m| m.as_str().to_string()),
+                gfp_flags: c.name("flags").map(|m| m.as_str().to_string()),
+                order: num(&c, "order"),
+                oom_score_adj: num(&c, "adj"),
+            });
+            self.current = Some(r);
+            return done;
+        }
+        // Sections continue only while their lines keep coming.
+        match &self.section {
+            Section::Stats => {
+                if let Some(c) = caps(&STAT_LINE, t) {
+                    if let (Some(r), Some(v)) = (self.current.as_mut(), num::<u64>(&c, "v")) {
+                        r.stats.insert(text(&c, "k"), v);
+                    }
+                    return None;
+                }
+                self.section = Section::None;
+            }
+            Section::Tasks(cols) => {
+                if let Some(c) = caps(&TASK_ROW, t) {
+                    let cols = cols.clone();
+                    // A header alone is not a report; its first row is.
+                    self.ensure(msg.time, &mut done);
+                    self.section = Section::Tasks(cols.clone());
+                    self.task_row(&c, &cols);
+                    return done;
+                }
+                self.section = Section::None;
+            }
+            Section::None => {}
+        }
+        if let Some(c) = caps(&CPU_LINE, t) {
+            if let Some(r) = self.current.as_mut().filter(|r| r.kernel_version.is_none()) {
+                if let Some(inv) = r.invoker.as_mut() {
+                    inv.pid = num(&c, "pid");
+                    inv.cpu = num(&c, "cpu");
+                }
+                r.kernel_version = Some(text(&c, "ver"));
+            }
+            // A CPU line outside a report is a warning or panic dump: not ours.
+            return done;
+        }
+        if let Some(c) = caps(&COUNTER, t) {
+            let r = self.ensure(msg.time, &mut done);
+            let name = text(&c, "name");
+            if r.counter(&name).is_none() {
+                r.counters.push(Counter {
+                    name,
+                    usage_kb: num(&c, "u").unwrap_or(0),
+                    limit_kb: num(&c, "l").unwrap_or(0),
+                    failcnt: num(&c, "f").unwrap_or(0),
+                });
+            }
+            return done;
+        }
+        if let Some(c) = caps(&STATS_FOR, t) {
+            let r = self.ensure(msg.time, &mut done);
+            let rest = c.name("rest").map_or("", |m| m.as_str()).trim();
+            if r.stats_memcg.is_none() {
+                r.stats_memcg = Some(text(&c, "path"));
+                if rest.is_empty() {
+                    self.section = Section::Stats;
+                } else if let Some(inline) = INLINE_STAT.as_ref() {
+                    // Old v1: "cache:0KB rss:123KB ..." on one line, one line per child cgroup.
+                    for s in inline.captures_iter(rest) {
+                        let mult = if s.name("u").is_some() { 1024 } else { 1 };
+                        if let Some(v) = num::<u64>(&s, "v") {
+                            r.stats.insert(text(&s, "k"), v.saturating_mul(mult));
+                        }
+                    }
+                }
+            }
+            return done;
+        }
+        if let Some(c) = caps(&TASK_HEADER, t) {
+            let cols = text(&c, "cols")
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            self.section = Section::Tasks(cols);
+            return done;
+        }
+        if let Some(c) = caps(&CONSTRAINT, t) {
+            let r = self.ensure(msg.time, &mut done);
+            parse_constraint(r, &text(&c, "kv"));
+            return done;
+        }
+        if let Some(c) = caps(&TASK_IN, t) {
+            let r = self.ensure(msg.time, &mut done);
+            r.task_memcg = Some(text(&c, "task"));
+            r.oom_memcg = Some(text(&c, "oom"));
+            return done;
+        }
+        if let Some(c) = caps(&KILLED, t) {
+            let r = self.ensure(msg.time, &mut done);
+            if r.victim.is_none() {
+                r.victim = Some(Victim {
+                    pid: num(&c, "pid").unwrap_or(0),
+                    comm: text(&c, "comm"),
+                    total_vm_kb: num(&c, "vm").unwrap_or(0),
+                    anon_rss_kb: num(&c, "anon").unwrap_or(0),
+                    file_rss_kb: num(&c, "file").unwrap_or(0),
+                    shmem_rss_kb: num(&c, "shmem"),
+                    uid: num(&c, "uid"),
+                    pgtables_kb: num(&c, "pt"),
+                    oom_score_adj: num(&c, "adj"),
+                    reason: c.name("reason").map(|m| m.as_str().to_string()),
+                });
+                self.lines_since_kill = Some(0);
+            }
+            return done;
+        }
+        if let Some(c) = caps(&REAPED, t) {
+            let pid: u32 = num(&c, "pid").unwrap_or(0);
+            let ours = self
+                .current
+                .as_ref()
+                .and_then(|r| r.victim.as_ref())
+                .is_some_and(|v| v.pid == pid);
+            if ours {
+                if let Some(r) = self.current.as_mut() {
+                    r.reaped = Some(Reaped {
+                        pid,
+                        anon_rss_kb: num(&c, "anon").unwrap_or(0),
+                        file_rss_kb: num(&c, "file").unwrap_or(0),
+                        shmem_rss_kb: num(&c, "shmem"),
+                    });
+                }
+                return self.close(false);
+            }
+            return done;
+        }
+        if let Some(n) = self.lines_since_kill.as_mut() {
+            *n += 1;
+            if *n > LINES_AFTER_KILL {
+                return self.close(false);
+            }
+        }
+        done
+    }
+
+    /// End of input: the open report, if any.
+    pub fn finish(&mut self) -> Option<OomReport> {
+        self.close(true)
+    }
+
+    /// Note something about the input (bad bytes, cut lines) on the open report.
+    pub fn warn(&mut self, w: String) {
+        if let Some(r) = self.current.as_mut() {
+            warn(r, w);
+        }
+    }
+
+    fn open(&mut self, time: Option<&str>, truncated_start: bool) -> OomReport {
+        self.section = Section::None;
+        self.lines_since_kill = None;
+        OomReport {
+            first_line: self.line_no,
+            time: time.map(str::to_string),
+            truncated_start,
+            ..Default::default()
+        }
+    }
+
+    /// The open report, or a new one that lacks its start (the log begins mid-report).
+    fn ensure(&mut self, time: Option<&str>, done: &mut Option<OomReport>) -> &mut OomReport {
+        if self.current.as_ref().is_some_and(|r| r.victim.is_some()) {
+            // A report line after the kill: a new report whose start is missing.
+            *done = self.close(false);
+        }
+        if self.current.is_none() {
+            let mut r = self.open(time, true);
+            warn(
+                &mut r,
+                "the log holds no \"invoked oom-killer\" line for this report".into(),
+            );
+            self.current = Some(r);
+        }
+        self.current.get_or_insert_with(OomReport::default)
+    }
+
+    fn close(&mut self, at_end: bool) -> Option<OomReport> {
+        let mut r = self.current.take()?;
+        self.section = Section::None;
+        self.lines_since_kill = None;
+        if r.victim.is_none() {
+            r.truncated_end = true;
+            let why = if at_end {
+                "the log ends"
+            } else {
+                "another report starts"
+            };
+            warn(
+                &mut r,
+                format!("{why} before this report's \"Killed process\" line"),
+            );
+        }
+        Some(r)
+    }
+
+    fn task_row(&mut self, c: &regex::Captures<'_>, cols: &[String]) {
+        let Some(r) = self.current.as_mut() else {
+            return;
+        };
+        if r.tasks.len() >= MAX_TASKS {
+            r.tasks_dropped += 1;
+            return;
+        }
+        let mut task = Task {
+            pid: num(c, "pid").unwrap_or(0),
+            ..Default::default()
+        };
+        // Columns after "[ pid ]" are numbers up to "name"; the name may hold spaces.
+        let rest = c.name("rest").map_or("", |m| m.as_str());
+        let numeric = cols.iter().take_while(|c| *c != "name").count();
+        let mut fields = rest.split_whitespace();
+        let mut ok = true;
+        for col in cols.iter().take(numeric) {
+            let Some(f) = fields.next() else {
+                ok = false;
+                break;
+            };
+            let n: Option<i64> = f.parse().ok();
+            if n.is_none() {
+                ok = false;
+            }
+            let u = n.and_then(|n| u64::try_from(n).ok());
+            match col.as_str() {
+                "uid" => task.uid = u.and_then(|v| u32::try_from(v).ok()),
+                "tgid" => task.tgid = u.and_then(|v| u32::try_from(v).ok()),
+                "total_vm" => task.total_vm_pages = u,
+                "rss" => task.rss_pages = u,
+                "rss_anon" => task.rss_anon_pages = u,
+                "rss_file" => task.rss_file_pages = u,
+                "rss_shmem" => task.rss_shmem_pages = u,
+                "pgtables_bytes" => task.pgtables_bytes = u,
+                // Old kernels count page-table pages.
+                "nr_ptes" => task.pgtables_bytes = u.map(|p| p * 4096),
+                "swapents" => task.swapents = u,
+                "oom_score_adj" => task.oom_score_adj = n.and_then(|v| i32::try_from(v).ok()),
+                _ => {}
+            }
+        }
+        task.name = fields.collect::<Vec<_>>().join(" ");
+        if !ok {
+            warn(
+                r,
+                format!("task row for pid {} does not match its header", task.pid),
+            );
+        }
+        r.tasks.push(task);
+    }
+}
+
+fn warn(r: &mut OomReport, w: String) {
+    if r.warnings.len() < MAX_WARNINGS && !r.warnings.contains(&w) {
+        r.warnings.push(w);
+    }
+}
+
+/// "constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=..,mems_allowed=0,oom_memcg=/..,
+/// task_memcg=/..,task=qemu-system-x86,pid=39079,uid=107". The task name may hold commas, so
+/// the tail is taken from the right.
+fn parse_constraint(r: &mut OomReport, kv: &str) {
+    let (head, task) = match kv.find(",task=") {
+        Some(i) => (&kv[..i], Some(&kv[i + 6..])),
+        None => (kv, None),
+    };
+    for part in head.split(',') {
+        match part.split_once('=') {
+            Some(("constraint", v)) => r.constraint = Some(v.to_string()),
+            Some(("oom_memcg", v)) => r.oom_memcg = Some(v.to_string()),
+            Some(("task_memcg", v)) => r.task_memcg = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    // The victim details come from the Killed line; nothing more to keep from "task=...".
+    let _ = task;
+}

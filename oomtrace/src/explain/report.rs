@@ -1,0 +1,122 @@
+//! One kernel OOM report as the log text gave it: every field it holds, nothing inferred.
+//! Field names follow the kernel's words and `tail --json` (docs/json-schema.md).
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Invoker {
+    /// The thread that hit the limit ("CPU 11/KVM", "virt-launcher").
+    pub comm: String,
+    pub pid: Option<u32>,
+    pub cpu: Option<u32>,
+    pub gfp_mask: Option<String>,
+    pub gfp_flags: Option<String>,
+    pub order: Option<i32>,
+    pub oom_score_adj: Option<i32>,
+}
+
+/// "memory: usage 17024340kB, limit 17024340kB, failcnt 1243" (also memory+swap, swap, kmem).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Counter {
+    pub name: String,
+    pub usage_kb: u64,
+    pub limit_kb: u64,
+    pub failcnt: u64,
+}
+
+impl Counter {
+    /// The kernel prints PAGE_COUNTER_MAX (in kB) for "no limit".
+    pub fn unlimited(&self) -> bool {
+        self.limit_kb >= (1 << 50)
+    }
+    pub fn at_limit(&self) -> bool {
+        !self.unlimited() && self.usage_kb + 4 >= self.limit_kb
+    }
+}
+
+/// One row of the "Tasks state (memory values in pages)" table.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Task {
+    pub pid: u32,
+    pub uid: Option<u32>,
+    pub tgid: Option<u32>,
+    pub total_vm_pages: Option<u64>,
+    pub rss_pages: Option<u64>,
+    pub rss_anon_pages: Option<u64>,
+    pub rss_file_pages: Option<u64>,
+    pub rss_shmem_pages: Option<u64>,
+    pub pgtables_bytes: Option<u64>,
+    pub swapents: Option<u64>,
+    pub oom_score_adj: Option<i32>,
+    pub name: String,
+}
+
+/// "Killed process 24790 (qemu-system-x86) total-vm:..kB, anon-rss:..kB, ...".
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Victim {
+    pub pid: u32,
+    pub comm: String,
+    pub total_vm_kb: u64,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: Option<u64>,
+    pub uid: Option<u32>,
+    pub pgtables_kb: Option<u64>,
+    pub oom_score_adj: Option<i32>,
+    /// "Memory cgroup out of memory" or "Out of memory".
+    pub reason: Option<String>,
+}
+
+/// "oom_reaper: reaped process 24790 (qemu-system-x86), now anon-rss:0kB, ...".
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Reaped {
+    pub pid: u32,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct OomReport {
+    /// 1-based line of the input where the report starts.
+    pub first_line: u64,
+    pub time: Option<String>,
+    pub invoker: Option<Invoker>,
+    pub kernel_version: Option<String>,
+    pub constraint: Option<String>,
+    pub oom_memcg: Option<String>,
+    pub task_memcg: Option<String>,
+    pub counters: Vec<Counter>,
+    /// The cgroup "Memory cgroup stats for <path>:" names, and its stats in bytes.
+    pub stats_memcg: Option<String>,
+    pub stats: BTreeMap<String, u64>,
+    pub tasks: Vec<Task>,
+    /// Rows beyond the bound oomtrace keeps per report.
+    pub tasks_dropped: u64,
+    pub victim: Option<Victim>,
+    pub reaped: Option<Reaped>,
+    /// The log holds only part of the report.
+    pub truncated_start: bool,
+    pub truncated_end: bool,
+    pub warnings: Vec<String>,
+}
+
+impl OomReport {
+    pub fn counter(&self, name: &str) -> Option<&Counter> {
+        self.counters.iter().find(|c| c.name == name)
+    }
+
+    /// v1 prints memory+swap and kmem lines; v2 prints swap (and v2-only stats keys).
+    pub fn cgroup_version(&self) -> Option<u8> {
+        if self.counter("memory+swap").is_some() || self.counter("kmem").is_some() {
+            Some(1)
+        } else if self.counter("swap").is_some() {
+            Some(2)
+        } else if self.counter("memory").is_some() && self.stats.contains_key("anon") {
+            Some(2)
+        } else {
+            None
+        }
+    }
+}
