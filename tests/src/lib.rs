@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use oomtrace::explain::{parse::Assembler, report::OomReport};
 use serde_json::Value;
 
 /// Tests that need root say so and are skipped; CI runs as root, so there they run.
@@ -173,65 +174,48 @@ pub fn touched(child: &mut Child, n: usize) -> Result<Vec<(u32, String, i64)>> {
     Ok(out)
 }
 
-/// The kernel's own account of one OOM kill, from its log.
-#[derive(Debug, Default)]
-pub struct KernelOom {
-    pub invoker_comm: String,
-    pub invoker_pid: u32,
-    pub oom_memcg: String,
-    pub victim_pid: u32,
-    pub victim_comm: String,
-    pub anon_rss_kb: u64,
-}
-
-/// Finds the report of the kill of `victim_pid` in the kernel log (`dmesg`).
-pub fn kernel_oom_report(victim_pid: u32) -> Result<KernelOom> {
+/// The kernel's own account of the kill of `victim_pid`, read back from its log (`dmesg`),
+/// the last such report (pids are reused across test runs).
+pub fn kernel_oom_report(victim_pid: u32) -> Result<OomReport> {
     let out = Command::new("dmesg").output().context("cannot run dmesg")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text
-        .lines()
-        .map(|l| l.split_once("] ").map_or(l, |(_, r)| r))
-        .collect();
-    let killed = format!("Killed process {victim_pid} (");
-    let end = lines
-        .iter()
-        .rposition(|l| l.contains(&killed))
-        .context("kernel log has no such kill")?;
-    let start = lines[..end]
-        .iter()
-        .rposition(|l| l.contains(" invoked oom-killer:"))
-        .context("no invoker line")?;
-    let mut k = KernelOom {
-        victim_pid,
-        ..Default::default()
-    };
-    k.invoker_comm = lines[start]
-        .split(" invoked oom-killer:")
-        .next()
-        .unwrap_or("")
-        .to_string();
-    for l in &lines[start..=end] {
-        if let Some(rest) = l.strip_prefix("CPU: ")
-            && let Some(p) = rest.split(" PID: ").nth(1)
+    let mut asm = Assembler::new();
+    let mut found = None;
+    for line in text.lines() {
+        if let Some(r) = asm.push(line)
+            && r.victim.as_ref().is_some_and(|v| v.pid == victim_pid)
         {
-            k.invoker_pid = p
-                .split_whitespace()
-                .next()
-                .unwrap_or("0")
-                .parse()
-                .unwrap_or(0);
-        }
-        if let Some(m) = l.split("oom_memcg=").nth(1) {
-            k.oom_memcg = m.split(',').next().unwrap_or("").to_string();
-        }
-        if let Some(rest) = l.split(&killed).nth(1) {
-            k.victim_comm = rest.split(')').next().unwrap_or("").to_string();
-            if let Some(a) = rest.split("anon-rss:").nth(1) {
-                k.anon_rss_kb = a.split("kB").next().unwrap_or("0").parse().unwrap_or(0);
-            }
+            found = Some(r);
         }
     }
-    Ok(k)
+    if let Some(r) = asm.finish()
+        && r.victim.as_ref().is_some_and(|v| v.pid == victim_pid)
+    {
+        found = Some(r);
+    }
+    found.with_context(|| format!("kernel log has no report of the kill of pid {victim_pid}"))
+}
+
+/// The thread ids of `pid` whose comm is `comm`.
+pub fn tids_named(pid: u32, comm: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|c| c.trim_end() == comm)
+        })
+        .collect()
+}
+
+/// A process's resident set in bytes, as /proc/<pid>/status says (VmRSS).
+pub fn vm_rss(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// |a − b| ≤ pct% of b.

@@ -99,3 +99,101 @@ fn bad_option_values_are_rejected() -> Result<()> {
         "NAME=MIB@RATE",
     )
 }
+
+fn scratch_file(name: &str, content: &[u8]) -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("oomtrace-bad-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let p = dir.join(name);
+    std::fs::write(&p, content)?;
+    Ok(p)
+}
+
+#[test]
+fn explain_without_a_report_or_with_garbage_is_one_line_error() -> Result<()> {
+    let text = scratch_file(
+        "no-report.log",
+        b"[ 1.0] eth0: link up\n[ 2.0] usb 1-1: new\n",
+    )?;
+    assert_one_line_error(
+        oomtrace(&["explain", &text.display().to_string()])?,
+        "no OOM report found",
+    )?;
+    // Pseudo-random bytes (xorshift), newlines and NULs included.
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let garbage: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let bin = scratch_file("garbage.bin", &garbage)?;
+    assert_one_line_error(
+        oomtrace(&["explain", &bin.display().to_string()])?,
+        "no OOM report found",
+    )?;
+    assert_one_line_error(
+        oomtrace(&["explain", "/no/such/kernel.log"])?,
+        "cannot open",
+    )?;
+    assert_one_line_error(oomtrace(&["explain", "/"])?, "is a directory")?;
+    assert_one_line_error(
+        oomtrace(&["explain", "-", "--guest-memory", "lots"])?,
+        "--guest-memory",
+    )
+}
+
+#[test]
+fn explain_of_a_report_cut_mid_line_gives_partial_results_with_a_warning() -> Result<()> {
+    let seed = include_str!("../data/seed-example3-memhold-dmesg.log");
+    let cut = &seed[..seed.find("Killed process").unwrap_or(seed.len()) + 25];
+    let p = scratch_file("cut.log", cut.as_bytes())?;
+    let out = oomtrace(&["explain", &p.display().to_string()])?.output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("CPU 1/KVM (vcpu)"), "{stdout}");
+    assert!(stdout.contains("memhold"), "{stdout}");
+    assert!(
+        stdout.contains("warning") && stdout.contains("Killed process"),
+        "the cut is reported: {stdout}"
+    );
+    Ok(())
+}
+
+/// A 1 GiB file without a single newline is streamed, not slurped: explain's peak RSS stays small.
+#[test]
+fn explain_of_a_1_gib_file_keeps_memory_bounded() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("oomtrace-big-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let p = dir.join("big.log");
+    let f = std::fs::File::create(&p)?;
+    f.set_len(1 << 30)?;
+    let child = oomtrace(&["explain", &p.display().to_string()])?
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child with valid pointers.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(r, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 1,
+        "status {status}"
+    );
+    let max_rss_kib = usage.ru_maxrss;
+    assert!(
+        max_rss_kib < 64 * 1024,
+        "peak RSS {max_rss_kib} KiB reading a 1 GiB file"
+    );
+    Ok(())
+}

@@ -10,7 +10,7 @@ use tests::{Tail, kernel_oom_report, require_root, serial, touched, within, work
 
 const MIB: i64 = 1 << 20;
 
-fn thread<'a>(summary: &'a Value, tid: u32) -> Option<&'a Value> {
+fn thread(summary: &Value, tid: u32) -> Option<&Value> {
     summary["threads"]
         .as_array()?
         .iter()
@@ -131,24 +131,27 @@ fn oom_kill_names_the_invoker_and_victim_the_kernel_names() -> Result<()> {
         qemu.id(),
         "the biggest process, qemu, is the victim"
     );
-    assert_eq!(oom["victim_comm"], kernel.victim_comm.as_str());
+    let kvictim = kernel.victim.as_ref().context("kernel victim")?;
+    let kinvoker = kernel.invoker.as_ref().context("kernel invoker")?;
+    assert_eq!(oom["victim_comm"], kvictim.comm.as_str());
     assert_eq!(
         oom["invoker_comm"],
-        kernel.invoker_comm.as_str(),
+        kinvoker.comm.as_str(),
         "invoker thread as the kernel names it"
     );
     assert_eq!(
-        oom["invoker_tid"], kernel.invoker_pid,
+        oom["invoker_tid"].as_u64(),
+        kinvoker.pid.map(u64::from),
         "invoker thread id as the kernel prints it"
     );
     assert_eq!(oom["invoker_process"], "qemu-system-x86");
     assert_eq!(
-        oom["memcg"],
-        kernel.oom_memcg.as_str(),
+        oom["memcg"].as_str(),
+        kernel.oom_memcg.as_deref(),
         "the memcg whose limit was hit"
     );
     assert_eq!(
-        oom["victim_anon_rss_kb"], kernel.anon_rss_kb,
+        oom["victim_anon_rss_kb"], kvictim.anon_rss_kb,
         "victim anon rss at the kill"
     );
     assert_eq!(oom["limit"], 128 << 20);
@@ -156,9 +159,9 @@ fn oom_kill_names_the_invoker_and_victim_the_kernel_names() -> Result<()> {
     // What oomtrace saw the victim charge before the kill is what the kernel found it holding.
     let charged_kb = oom["victim_charged"].as_i64().unwrap_or(0) / 1024;
     assert!(
-        within(charged_kb, kernel.anon_rss_kb as i64, 5.0),
+        within(charged_kb, kvictim.anon_rss_kb as i64, 5.0),
         "victim charged {charged_kb} kB vs anon-rss {} kB",
-        kernel.anon_rss_kb
+        kvictim.anon_rss_kb
     );
     Ok(())
 }

@@ -178,7 +178,7 @@ pub fn explain(r: OomReport, hints: &Hints) -> Explanation {
             processes,
         })
         .collect();
-    classes.sort_by(|a, b| b.rss.cmp(&a.rss));
+    classes.sort_by_key(|c| std::cmp::Reverse(c.rss));
 
     // Guest RAM: qemu's anonymous memory (the victim line is exact; else its task row).
     let qemu_victim = r
@@ -378,7 +378,7 @@ fn summary(e: &Explanation) -> String {
                 e.victim_class.is_some_and(ThreadClass::is_qemu),
                 e.guest_ram,
             ) {
-                (true, Some(g)) => format!(", guest RAM {}", bytes(g as i64)),
+                (true, Some(g)) if g != a * 1024 => format!(", guest RAM {}", bytes(g as i64)),
                 _ => String::new(),
             };
             format!(

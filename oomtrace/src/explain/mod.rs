@@ -59,9 +59,15 @@ impl Read for KmsgReader {
                     // Continuation lines (" SUBSYSTEM=...") are dictionary entries, not text.
                     let first = rec.lines().next().unwrap_or("");
                     let (head, msg) = first.split_once(';').unwrap_or(("", first));
+                    // Written back in dmesg's form: "[seconds.micros] text".
+                    let usec: u64 = head
+                        .split(',')
+                        .nth(2)
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(0);
+                    let stamp = format!("[{:5}.{:06}] ", usec / 1_000_000, usec % 1_000_000);
                     for part in msg.split("\\x0a") {
-                        self.pending.extend_from_slice(head.as_bytes());
-                        self.pending.push(b';');
+                        self.pending.extend_from_slice(stamp.as_bytes());
                         self.pending.extend_from_slice(part.as_bytes());
                         self.pending.push(b'\n');
                     }

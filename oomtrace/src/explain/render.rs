@@ -31,14 +31,14 @@ pub fn text(out: &mut dyn Write, n: usize, e: &Explanation) -> io::Result<()> {
             .cgroup_version
             .map(|v| format!("; cgroup v{v}"))
             .unwrap_or_default();
-        writeln!(out, "  memcg      {m}  ({who}{v})")?;
+        writeln!(out, "  memcg       {m}  ({who}{v})")?;
     }
     if let Some(t) = e
         .task_memcg
         .as_ref()
         .filter(|t| Some(*t) != e.memcg.as_ref())
     {
-        writeln!(out, "  task memcg {t}")?;
+        writeln!(out, "  task memcg  {t}")?;
     }
     for c in &r.counters {
         let limit = if c.unlimited() {
@@ -53,7 +53,7 @@ pub fn text(out: &mut dyn Write, n: usize, e: &Explanation) -> io::Result<()> {
         };
         writeln!(
             out,
-            "  {:<10} usage {}, limit {limit}, failcnt {}{mark}",
+            "  {:<11} usage {}, limit {limit}, failcnt {}{mark}",
             c.name,
             kb(c.usage_kb),
             c.failcnt
@@ -71,7 +71,7 @@ pub fn text(out: &mut dyn Write, n: usize, e: &Explanation) -> io::Result<()> {
             _ => String::new(),
         };
         let order = i.order.map(|o| format!(", order {o}")).unwrap_or_default();
-        writeln!(out, "  invoker    {}{class}{pid}{gfp}{order}", i.comm)?;
+        writeln!(out, "  invoker     {}{class}{pid}{gfp}{order}", i.comm)?;
     }
     if let Some(v) = &r.victim {
         let class = e
@@ -84,7 +84,7 @@ pub fn text(out: &mut dyn Write, n: usize, e: &Explanation) -> io::Result<()> {
         };
         writeln!(
             out,
-            "  victim     {}{class} pid {}: anon-rss {}, file-rss {}, shmem-rss {}, total-vm {}{reaped}",
+            "  victim      {}{class} pid {}: anon-rss {}, file-rss {}, shmem-rss {}, total-vm {}{reaped}",
             v.comm,
             v.pid,
             kb(v.anon_rss_kb),
@@ -96,7 +96,7 @@ pub fn text(out: &mut dyn Write, n: usize, e: &Explanation) -> io::Result<()> {
     if let (Some(g), Some(o)) = (e.guest_ram, e.overhead) {
         writeln!(
             out,
-            "  guest RAM  {} (qemu anon-rss); everything else {}",
+            "  guest RAM   {} (qemu anon-rss); everything else {}",
             b(g),
             b(o)
         )?;
@@ -107,18 +107,18 @@ pub fn text(out: &mut dyn Write, n: usize, e: &Explanation) -> io::Result<()> {
             .iter()
             .map(|c| format!("{} {} ({})", c.class, b(c.rss), c.processes))
             .collect();
-        writeln!(out, "  by class   {}", list.join(" · "))?;
+        writeln!(out, "  by class    {}", list.join(" · "))?;
         writeln!(
             out,
-            "  tasks      {:>8}  {:<16} {:<22} {:>10}",
+            "  tasks       {:>8}  {:<16} {:<22} {:>10}",
             "pid", "name", "class", "rss"
         )?;
         let mut tasks: Vec<_> = e.tasks.iter().collect();
-        tasks.sort_by(|a, b| b.rss.cmp(&a.rss));
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.rss));
         for t in tasks.iter().take(12) {
             writeln!(
                 out,
-                "             {:>8}  {:<16} {:<22} {:>10}",
+                "              {:>8}  {:<16} {:<22} {:>10}",
                 t.pid,
                 t.name,
                 t.class.name(),
@@ -126,23 +126,23 @@ pub fn text(out: &mut dyn Write, n: usize, e: &Explanation) -> io::Result<()> {
             )?;
         }
         if tasks.len() > 12 {
-            writeln!(out, "             ... {} more", tasks.len() - 12)?;
+            writeln!(out, "              ... {} more", tasks.len() - 12)?;
         }
     }
     for c in &e.causes {
-        writeln!(out, "  cause      {c}")?;
+        writeln!(out, "  cause       {c}")?;
     }
     if !e.budget.is_empty() {
         writeln!(
             out,
-            "  budget     {:<22} {:>10} {:>10}",
+            "  budget      {:<22} {:>10} {:>10}",
             "KubeVirt item", "reserved", "observed"
         )?;
         for l in &e.budget {
             let over = if l.over { "  OVER" } else { "" };
             writeln!(
                 out,
-                "             {:<22} {:>10} {:>10}{over}",
+                "              {:<22} {:>10} {:>10}{over}",
                 l.item,
                 b(l.reserved),
                 b(l.observed)
@@ -152,7 +152,7 @@ pub fn text(out: &mut dyn Write, n: usize, e: &Explanation) -> io::Result<()> {
     if let Some(a) = &e.advice {
         writeln!(
             out,
-            "  advice     overhead at the kill was {} against KubeVirt's {}: an additional-guest-memory-overhead-ratio of {:.1} or a pod limit of {} would have held it (the seed's table reserves {} for this guest size)",
+            "  advice      overhead at the kill was {} against KubeVirt's {}: an additional-guest-memory-overhead-ratio of {:.1} or a pod limit of {} would have held it (the seed's table reserves {} for this guest size)",
             b(a.observed_overhead),
             b(a.kubevirt_overhead),
             a.ratio_needed,
@@ -162,16 +162,16 @@ pub fn text(out: &mut dyn Write, n: usize, e: &Explanation) -> io::Result<()> {
     } else if e.oom_kind == "memcg" && e.victim_class.is_some_and(|c| c.is_qemu()) {
         writeln!(
             out,
-            "  advice     pass --guest-memory (the VM's memory.guest) to weigh the overhead against KubeVirt's budget"
+            "  advice      pass --guest-memory (the VM's memory.guest) to weigh the overhead against KubeVirt's budget"
         )?;
     }
     for w in &e.warnings {
-        writeln!(out, "  warning    {w}")?;
+        writeln!(out, "  warning     {w}")?;
     }
     if r.tasks_dropped > 0 {
         writeln!(
             out,
-            "  warning    {} task rows beyond {} were not kept",
+            "  warning     {} task rows beyond {} were not kept",
             r.tasks_dropped,
             super::parse::MAX_TASKS
         )?;

@@ -111,9 +111,9 @@ impl OomReport {
     pub fn cgroup_version(&self) -> Option<u8> {
         if self.counter("memory+swap").is_some() || self.counter("kmem").is_some() {
             Some(1)
-        } else if self.counter("swap").is_some() {
-            Some(2)
-        } else if self.counter("memory").is_some() && self.stats.contains_key("anon") {
+        } else if self.counter("swap").is_some()
+            || (self.counter("memory").is_some() && self.stats.contains_key("anon"))
+        {
             Some(2)
         } else {
             None

@@ -165,7 +165,8 @@ mod tests {
     #[test]
     fn every_kubepods_path_shape_yields_qos_pod_and_container() {
         let sd_pod = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod968a06fb_9ab9_4819_8caf_0392ddff3d9b.slice";
-        let cases: Vec<(String, Option<Qos>, Level, Option<&str>, Option<&str>)> = vec![
+        type Case<'a> = (String, Option<Qos>, Level, Option<&'a str>, Option<&'a str>);
+        let cases: Vec<Case> = vec![
             (sd_pod.into(), Some(Qos::Burstable), Level::Pod, None, None),
             (format!("{sd_pod}/cri-containerd-{CID}.scope"), Some(Qos::Burstable), Level::Container, Some(CID), Some("containerd")),
             (format!("/sys/fs/cgroup/memory{sd_pod}/cri-containerd-{CID}.scope"), Some(Qos::Burstable), Level::Container, Some(CID), Some("containerd")),

@@ -1,0 +1,125 @@
+//! `oomtrace explain` on a real OOM kill made by the test: a kubepods-shaped memory cgroup with a
+//! limit, a qemu-named process whose vCPU thread grows until killed and a memhold sidecar. The
+//! report is read back from the running kernel's log; what explain says is checked against what
+//! the test itself set up and what /proc showed before the kill.
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use oomtrace::{cgroupfs::MemoryController, scratch_cgroup::ScratchCgroup};
+use serde_json::Value;
+use tests::{oomtrace_bin, require_root, serial, tids_named, touched, vm_rss, within, workload};
+
+const UID: &str = "0b5e1c2d-3f4a-4b6c-8d7e-9f0a1b2c3d4e";
+
+#[test]
+fn explain_reads_back_a_real_memcg_oom_from_the_kernel_log() -> Result<()> {
+    if !require_root("explain_reads_back_a_real_memcg_oom_from_the_kernel_log") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let ctl = MemoryController::detect()?;
+    let top = format!("oomtrace-test-explain-{}", std::process::id());
+    let pod = format!("{top}/kubepods/burstable/pod{UID}");
+    let limit: u64 = 112 << 20;
+    let cg = ScratchCgroup::create(&ctl, &pod, limit)?;
+    let path = cg.path.display().to_string();
+    let kernel_path = ctl.display_path(&cg.path);
+
+    let mut memhold = workload(&path, "memhold", &["memhold=40@80"], 60)?;
+    touched(&mut memhold, 1)?;
+    let memhold_rss = vm_rss(memhold.id()).context("memhold rss")?;
+    let mut qemu = workload(&path, "qemu-system-x86", &["CPU 0/KVM=0@48"], 60)?;
+    // The vCPU thread's id, while it is alive: the kernel will name it as the invoker.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let vcpu_tid = loop {
+        if let Some(t) = tids_named(qemu.id(), "CPU 0/KVM").first() {
+            break *t;
+        }
+        if Instant::now() > deadline {
+            bail!("the vCPU thread never appeared");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let status = qemu.wait()?;
+    assert!(!status.success(), "qemu was OOM-killed: {status}");
+    let _ = memhold.kill();
+    let _ = memhold.wait();
+
+    let out = Command::new(oomtrace_bin()?)
+        .args(["explain", "--json"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let reports: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let e = reports
+        .iter()
+        .rev()
+        .find(|r| r["victim_pid"] == qemu.id())
+        .context("explain found no report of the qemu kill")?;
+
+    assert_eq!(e["type"], "oom_report");
+    assert_eq!(e["oom_kind"], "memcg");
+    assert_eq!(
+        e["memcg"],
+        kernel_path.as_str(),
+        "the memcg whose limit was hit"
+    );
+    assert_eq!(e["limit"], limit);
+    assert_eq!(e["limit_hit"], "memory");
+    assert!(
+        e["usage"].as_u64().unwrap_or(0) + (1 << 20) >= limit,
+        "{}",
+        e["usage"]
+    );
+    assert_eq!(e["pod"]["pod_uid"], UID);
+    assert_eq!(e["pod"]["qos"], "burstable");
+    assert_eq!(e["invoker_comm"], "CPU 0/KVM");
+    assert_eq!(
+        e["invoker_pid"], vcpu_tid,
+        "the kernel names the vCPU thread"
+    );
+    assert_eq!(e["invoker_class"], "vcpu");
+    assert_eq!(e["victim_comm"], "qemu-system-x86");
+    assert_eq!(e["victim_class"], "qemu-other");
+    let uname = Command::new("uname").arg("-r").output()?;
+    assert_eq!(
+        e["report"]["kernel_version"],
+        String::from_utf8_lossy(&uname.stdout).trim()
+    );
+    assert_eq!(
+        e["cgroup_version"],
+        if cg.version == oomtrace::cgroupfs::Version::V1 {
+            1
+        } else {
+            2
+        }
+    );
+    let mh = e["tasks"]
+        .as_array()
+        .context("tasks")?
+        .iter()
+        .find(|t| t["pid"] == memhold.id())
+        .context("memhold in the task table")?;
+    assert_eq!(mh["class"], "foreign");
+    let rss = mh["rss"].as_i64().unwrap_or(0);
+    assert!(
+        within(rss, memhold_rss as i64, 5.0),
+        "memhold rss {rss} vs /proc VmRSS {memhold_rss}"
+    );
+    // Guest RAM is qemu's anon-rss at the kill; with memhold's 40 MiB the rest is overhead.
+    let guest = e["guest_ram"].as_u64().context("guest_ram")?;
+    assert_eq!(guest, e["victim_anon_rss_kb"].as_u64().unwrap_or(0) * 1024);
+    let summary = e["summary"].as_str().unwrap_or("");
+    assert!(
+        summary.contains("CPU 0/KVM (vcpu)") && summary.contains("memhold"),
+        "{summary}"
+    );
+    drop(cg);
+    Ok(())
+}
