@@ -11,6 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod guest;
+
 use anyhow::{Context as _, Result, bail};
 use oomtrace::explain::{parse::Assembler, report::OomReport};
 use serde_json::Value;

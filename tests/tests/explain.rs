@@ -123,3 +123,85 @@ fn explain_reads_back_a_real_memcg_oom_from_the_kernel_log() -> Result<()> {
     drop(cg);
     Ok(())
 }
+
+/// A cgroup v2 memcg OOM inside a stock Debian 6.1 kernel booted under qemu: the guest prints
+/// its kernel log to the serial console and explain reads it from that capture.
+#[test]
+fn explain_reads_a_cgroup_v2_oom_from_a_debian_6_1_guest() -> Result<()> {
+    if !require_root("explain_reads_a_cgroup_v2_oom_from_a_debian_6_1_guest") {
+        return Ok(());
+    }
+    use tests::guest;
+    guest::ensure_tools()?;
+    let kernel = guest::debian_cloud_kernel()?;
+    let pod = "kubepods-pod0b5e1c2d_3f4a_4b6c_8d7e_9f0a1b2c3d4e.slice";
+    let init = format!(
+        r#"#!/bin/sh
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mount -t cgroup2 none /sys/fs/cgroup
+cd /sys/fs/cgroup
+echo +memory > cgroup.subtree_control
+mkdir kubepods.slice; echo +memory > kubepods.slice/cgroup.subtree_control
+CG=/sys/fs/cgroup/kubepods.slice/{pod}
+mkdir $CG; echo 33554432 > $CG/memory.max
+sh -c "echo \$\$ > $CG/cgroup.procs; exec dd if=/dev/zero of=/dev/null bs=64M count=1"
+echo OOMTRACE-DMESG-BEGIN; dmesg; echo OOMTRACE-DMESG-END
+poweroff -f
+"#
+    );
+    let initrd = guest::initramfs("explain-v2", &init)?;
+    let out = guest::qemu_command(&kernel, &initrd, "quiet loglevel=0")
+        .args(["-m", "256"])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let console = String::from_utf8_lossy(&out.stdout);
+    let log = console
+        .split("OOMTRACE-DMESG-BEGIN")
+        .nth(1)
+        .and_then(|s| s.split("OOMTRACE-DMESG-END").next())
+        .with_context(|| format!("the guest printed no kernel log: {console}"))?;
+    let dir = std::env::temp_dir().join(format!("oomtrace-v2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("guest-console.log");
+    std::fs::write(&file, log)?;
+    let ex = Command::new(oomtrace_bin()?)
+        .args(["explain", "--json"])
+        .arg(&file)
+        .output()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        ex.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ex.stderr)
+    );
+    let reports: Vec<Value> = String::from_utf8_lossy(&ex.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(reports.len(), 1, "one OOM in the guest: {reports:?}");
+    let e = &reports[0];
+    assert_eq!(e["cgroup_version"], 2);
+    assert_eq!(e["oom_kind"], "memcg");
+    assert_eq!(e["memcg"], format!("/kubepods.slice/{pod}"));
+    assert_eq!(e["pod"]["qos"], "guaranteed");
+    assert_eq!(e["limit"], 32 << 20);
+    assert_eq!(e["limit_hit"], "memory");
+    assert_eq!(e["invoker_comm"], "dd");
+    assert_eq!(e["victim_comm"], "dd");
+    assert!(
+        e["report"]["kernel_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("6.1.0-")),
+        "{}",
+        e["report"]["kernel_version"]
+    );
+    assert!(
+        e["report"]["counters"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["name"] == "swap")),
+        "cgroup v2 prints a swap line"
+    );
+    assert!(e["report"]["stats"]["anon"].as_u64().unwrap_or(0) > 16 << 20);
+    Ok(())
+}
