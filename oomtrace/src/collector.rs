@@ -17,8 +17,11 @@ use crate::{
     cgroupfs::{self, MemoryController},
     decode::{self, Charge, Event},
     kernel_enums::{ChargeItems, VMLINUX_BTF},
+    kubevirt::budget,
     model::{Change, Model, Summary},
     output::{self, Clock},
+    procfs,
+    render::{self, By},
     tracefs,
 };
 
@@ -43,6 +46,11 @@ pub struct Config {
     /// Stop this long after the first OOM kill (the demo).
     pub stop_after_oom: Option<Duration>,
     pub flush_bytes: i64,
+    /// Print a per-class/process/thread summary every `every`.
+    pub by: Option<By>,
+    pub every: Duration,
+    /// KubeVirt overhead constants and ratio for the budget comparison.
+    pub budget: (budget::Constants, f64),
 }
 
 impl Default for Config {
@@ -54,6 +62,9 @@ impl Default for Config {
             duration: None,
             stop_after_oom: None,
             flush_bytes: 256 * 1024,
+            by: None,
+            every: Duration::from_secs(5),
+            budget: (budget::KUBEVIRT_CURRENT, 1.0),
         }
     }
 }
@@ -133,13 +144,14 @@ impl Live {
         self.read_process(tgid, false);
     }
 
-    /// Process comm from /proc; `refresh` re-reads it even when known (it changes at exec).
+    /// Process names, executable and command line from /proc; `refresh` re-reads them even
+    /// when known (they change at exec).
     fn read_process(&mut self, tgid: u32, refresh: bool) {
         if (refresh || !self.model.knows_process(tgid))
-            && let Ok(comm) = std::fs::read_to_string(format!("/proc/{tgid}/comm"))
+            && let Some(info) =
+                procfs::process_info(tgid, self.clock.start_boot_ns, self.ctl.version)
         {
-            self.model
-                .set_process_comm(tgid, comm.trim_end().to_string());
+            self.model.set_process_info(tgid, info);
         }
     }
 
@@ -157,6 +169,25 @@ impl Live {
                 output::text_line(&self.clock, change)
             };
             writeln!(out, "{line}").context("cannot write output")?;
+            if let (Change::Oom(o), false) = (change, self.cfg.json)
+                && let Some(pm) = &o.post_mortem
+            {
+                render::post_mortem(out, pm).context("cannot write output")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The periodic `--by` summary.
+    fn show_snapshot(&self, out: &mut dyn Write, by: By) -> Result<()> {
+        let now = output::monotonic_ns();
+        let snap = self.model.snapshot(now);
+        if self.cfg.json {
+            let line = serde_json::to_string(&snap).context("cannot encode snapshot")?;
+            writeln!(out, "{line}").context("cannot write output")?;
+        } else {
+            render::snapshot(out, &snap, by, self.clock.since_start(now))
+                .context("cannot write output")?;
         }
         Ok(())
     }
@@ -165,8 +196,10 @@ impl Live {
         let tgid = match event {
             Event::Charge(c) => c.tgid,
             Event::OomVictim(v) => {
-                // Usage right at the kill tells which limit was hit.
+                // Usage right at the kill tells which limit was hit; totals right at the kill
+                // tell what grew.
                 self.rescan();
+                self.sweep(out)?;
                 self.read_process(v.victim_pid, true);
                 self.read_process(v.invoker_tgid, true);
                 v.invoker_tgid
@@ -209,6 +242,7 @@ impl Live {
             }
         }
         bpf::read_stats(&self.stats, &mut self.model.counters);
+        self.model.tick(now);
         Ok(())
     }
 
@@ -286,7 +320,11 @@ pub async fn run(
         stats: probes.take_stats()?,
         known_memcgs: HashSet::new(),
         pending_exits: Vec::new(),
-        model: Model::new(),
+        model: {
+            let mut m = Model::new();
+            m.set_budget(cfg.budget.0, cfg.budget.1);
+            m
+        },
         clock: Clock::now(),
         cfg: cfg.clone(),
     };
@@ -308,6 +346,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(TICK);
     let deadline = cfg.duration.map(|d| Instant::now() + d);
     let mut oom_deadline: Option<Instant> = None;
+    let mut next_snapshot = Instant::now() + cfg.every;
     loop {
         let stop_at = match (deadline, oom_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -332,6 +371,12 @@ pub async fn run(
                 probes.flush_logs();
                 live.sweep(out)?;
                 live.retire_exited(out, false)?;
+                if let Some(by) = cfg.by
+                    && Instant::now() >= next_snapshot
+                {
+                    next_snapshot = Instant::now() + cfg.every;
+                    live.show_snapshot(out, by)?;
+                }
                 out.flush().ok();
             }
             _ = sigint.recv() => break,

@@ -14,12 +14,25 @@ use crate::{
     collector::{self, Config, Target},
     model::Summary,
     output,
+    render::By,
     scratch_cgroup::ScratchCgroup,
 };
 
 pub const DEMO_LIMIT: u64 = 256 << 20;
 
-/// Starts `oomtrace workload` (this same binary) with the given role.
+/// What the demo's qemu stand-in shows in its command line, so oomtrace finds the VM's name,
+/// guest memory and vCPUs as it would for a real qemu.
+pub const DEMO_QEMU_ARGS: &[&str] = &[
+    "-name",
+    "guest=default_demo-vm,debug-threads=on",
+    "-m",
+    "192M",
+    "-smp",
+    "1",
+];
+
+/// Starts `oomtrace workload` (this same binary) with the given role. A qemu role runs with
+/// argv[0] /usr/bin/qemu-system-x86_64 and qemu's options after `--`.
 pub fn spawn_workload(
     cgroup: &str,
     process: &str,
@@ -28,6 +41,10 @@ pub fn spawn_workload(
 ) -> Result<Child> {
     let exe = std::env::current_exe().context("cannot find the oomtrace executable")?;
     let mut cmd = Command::new(exe);
+    let qemu = process.starts_with("qemu-system-");
+    if qemu {
+        std::os::unix::process::CommandExt::arg0(&mut cmd, "/usr/bin/qemu-system-x86_64");
+    }
     cmd.args([
         "workload",
         "--process",
@@ -40,6 +57,9 @@ pub fn spawn_workload(
     for t in threads {
         cmd.args(["--thread", t]);
     }
+    if qemu {
+        cmd.arg("--").args(DEMO_QEMU_ARGS);
+    }
     cmd.stdout(Stdio::null()).stdin(Stdio::null());
     cmd.spawn().context("cannot start the workload process")
 }
@@ -48,7 +68,7 @@ pub async fn run(json: bool, out: &mut dyn Write) -> Result<Summary> {
     collector::preflight(&Config::default())?;
     let ctl = MemoryController::detect()?;
     let relative = format!(
-        "oomtrace-demo-{}/kubepods-burstable-pod6f1c2d3e_0000_4000_8000_00000000demo.slice",
+        "oomtrace-demo-{}/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod6f1c2d3e_0000_4000_8000_0000000000de.slice",
         std::process::id()
     );
     let cg = ScratchCgroup::create(&ctl, &relative, DEMO_LIMIT)?;
@@ -69,6 +89,9 @@ pub async fn run(json: bool, out: &mut dyn Write) -> Result<Summary> {
         duration: Some(Duration::from_secs(60)),
         stop_after_oom: Some(Duration::from_secs(2)),
         flush_bytes: 4 << 20,
+        by: Some(By::Class),
+        every: Duration::from_secs(3),
+        ..Config::default()
     };
     let mut children: Vec<Child> = Vec::new();
     let mut spawn_error = None;

@@ -13,6 +13,8 @@ pub mod kernel_enums;
 pub mod kubevirt;
 pub mod model;
 pub mod output;
+pub mod procfs;
+pub mod render;
 pub mod scratch_cgroup;
 pub mod tracefs;
 pub mod workload;

@@ -9,8 +9,27 @@ use oomtrace::{
         budget,
         cmdline::{VmFacts, parse_size},
     },
-    output, workload,
+    output,
+    render::By,
+    workload,
 };
+
+/// The KubeVirt overhead constants by name, and a sane ratio.
+fn budget_profile(name: &str, ratio: f64) -> Result<budget::Constants> {
+    if !(ratio > 0.0 && ratio.is_finite()) {
+        anyhow::bail!("--overhead-ratio must be a positive number");
+    }
+    match budget::PROFILES.iter().find(|p| p.name == name) {
+        Some(p) => Ok(*p),
+        None => {
+            let names: Vec<&str> = budget::PROFILES.iter().map(|p| p.name).collect();
+            anyhow::bail!(
+                "--kubevirt {name:?} is unknown; use one of {}",
+                names.join(", ")
+            )
+        }
+    }
+}
 
 /// "1948Mi", "16G", "2048M", plain bytes.
 fn parse_size_arg(s: &str) -> Option<u64> {
@@ -47,6 +66,18 @@ enum Command {
         /// Bytes a thread charges before a record is sent (smaller: more lines, more cost).
         #[arg(long, default_value_t = 256 * 1024)]
         flush_bytes: i64,
+        /// Also print, every --every seconds, each memcg's headroom and growth by class,
+        /// process or thread.
+        #[arg(long, value_enum)]
+        by: Option<By>,
+        #[arg(long, default_value_t = 5.0)]
+        every: f64,
+        /// KubeVirt overhead constants for the budget: kubevirt-1.4+, kubevirt-1.1, kubevirt-0.54.
+        #[arg(long, default_value = "kubevirt-1.4+")]
+        kubevirt: String,
+        /// additionalGuestMemoryOverheadRatio in force (Harvester >= 1.4 defaults to 1.5).
+        #[arg(long, default_value_t = 1.0)]
+        overhead_ratio: f64,
     },
     /// Make a VM-pod-shaped memory cgroup, run a qemu-named workload and a memhold sidecar in it,
     /// and trace them until the memcg OOM killer strikes.
@@ -90,6 +121,9 @@ enum Command {
         threads: Vec<String>,
         #[arg(long, default_value_t = 3600)]
         hold: u64,
+        /// Ignored: lets the process carry a qemu-like command line.
+        #[arg(last = true)]
+        ignored: Vec<String>,
     },
 }
 
@@ -103,6 +137,10 @@ fn run(cli: Cli) -> Result<()> {
             json,
             duration,
             flush_bytes,
+            by,
+            every,
+            kubevirt,
+            overhead_ratio,
         } => {
             let target = match (cgroup, pid) {
                 (Some(c), _) => Target::Cgroup(c),
@@ -119,11 +157,17 @@ fn run(cli: Cli) -> Result<()> {
                 Some(d) => Some(Duration::from_secs_f64(d)),
                 None => None,
             };
+            if !(every > 0.0 && every.is_finite()) {
+                anyhow::bail!("--every must be a positive number of seconds");
+            }
             let cfg = Config {
                 target,
                 json,
                 duration,
                 flush_bytes,
+                by,
+                every: Duration::from_secs_f64(every),
+                budget: (budget_profile(&kubevirt, overhead_ratio)?, overhead_ratio),
                 ..Config::default()
             };
             let rt = runtime()?;
@@ -168,16 +212,7 @@ fn run(cli: Cli) -> Result<()> {
                 })?),
                 None => None,
             };
-            let Some(constants) = budget::PROFILES.iter().find(|p| p.name == kubevirt) else {
-                let names: Vec<&str> = budget::PROFILES.iter().map(|p| p.name).collect();
-                anyhow::bail!(
-                    "--kubevirt {kubevirt:?} is unknown; use one of {}",
-                    names.join(", ")
-                );
-            };
-            if !(overhead_ratio > 0.0 && overhead_ratio.is_finite()) {
-                anyhow::bail!("--overhead-ratio must be a positive number");
-            }
+            let constants = budget_profile(&kubevirt, overhead_ratio)?;
             let opts = explain::Options {
                 source,
                 json,
@@ -187,7 +222,7 @@ fn run(cli: Cli) -> Result<()> {
                         vcpus,
                         ..Default::default()
                     },
-                    constants: Some(*constants),
+                    constants: Some(constants),
                     ratio: Some(overhead_ratio),
                 },
             };
@@ -199,6 +234,7 @@ fn run(cli: Cli) -> Result<()> {
             cgroup,
             threads,
             hold,
+            ignored: _,
         } => {
             let touchers = threads
                 .iter()

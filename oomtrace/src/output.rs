@@ -12,6 +12,8 @@ pub struct Clock {
     /// CLOCK_REALTIME − CLOCK_MONOTONIC, in ns, taken at start.
     pub realtime_offset_ns: i128,
     pub start_mono_ns: u64,
+    /// CLOCK_BOOTTIME at start: /proc/<pid>/stat start times count from boot on this clock.
+    pub start_boot_ns: u64,
 }
 
 fn clock_ns(id: libc::clockid_t) -> u64 {
@@ -35,6 +37,7 @@ impl Clock {
         Self {
             realtime_offset_ns: real as i128 - mono as i128,
             start_mono_ns: mono,
+            start_boot_ns: clock_ns(libc::CLOCK_BOOTTIME),
         }
     }
 

@@ -193,8 +193,15 @@ impl Assembler {
             return done;
         }
         if let Some(c) = caps(&CONSTRAINT, t) {
-            let r = self.ensure(msg.time, &mut done);
-            parse_constraint(r, &text(&c, "kv"));
+            let mut found = OomReport::default();
+            parse_constraint(&mut found, &text(&c, "kv"));
+            if found.constraint.is_some() || found.oom_memcg.is_some() || found.task_memcg.is_some()
+            {
+                let r = self.ensure(msg.time, &mut done);
+                r.constraint = found.constraint.or(r.constraint.take());
+                r.oom_memcg = found.oom_memcg.or(r.oom_memcg.take());
+                r.task_memcg = found.task_memcg.or(r.task_memcg.take());
+            }
             return done;
         }
         if let Some(c) = caps(&TASK_IN, t) {

@@ -317,7 +317,8 @@ mod properties {
             out.extend(a.finish());
             for r in out {
                 prop_assert!(r.invoker.is_some() || !r.counters.is_empty() || !r.tasks.is_empty()
-                    || r.victim.is_some() || r.oom_memcg.is_some() || r.stats_memcg.is_some());
+                    || r.victim.is_some() || r.oom_memcg.is_some() || r.stats_memcg.is_some()
+                    || r.constraint.is_some() || r.task_memcg.is_some());
             }
         }
 

@@ -55,6 +55,25 @@ impl ThreadClass {
         }
     }
 
+    /// Position in `ALL`, for per-class arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// What a process of this class is, in a sentence.
+    pub fn as_process(self) -> &'static str {
+        match self {
+            Self::Vcpu | Self::Iothread | Self::QemuOther => "the VM's qemu",
+            Self::VirtLauncher => "KubeVirt's virt-launcher",
+            Self::VirtLauncherMonitor => "KubeVirt's virt-launcher-monitor",
+            Self::Virtqemud => "libvirt's daemon",
+            Self::Virtlogd => "libvirt's log daemon",
+            Self::PodInfra => "pod infrastructure",
+            Self::Foreign => "a process foreign to KubeVirt",
+            Self::Kernel => "a kernel thread",
+        }
+    }
+
     /// Part of the qemu process (guest RAM lives here).
     pub fn is_qemu(self) -> bool {
         matches!(self, Self::Vcpu | Self::Iothread | Self::QemuOther)
@@ -298,6 +317,13 @@ mod tests {
             kernel_thread: Some(true),
         };
         assert_eq!(classify(odd), ThreadClass::Kernel);
+    }
+
+    #[test]
+    fn index_is_the_position_in_all() {
+        for (i, c) in ThreadClass::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+        }
     }
 
     #[test]

@@ -1,0 +1,140 @@
+//! What the model hands to the views: one row per change, and the final summary.
+use serde::Serialize;
+
+use super::views::PostMortem;
+use crate::kubevirt::ThreadClass;
+
+/// What changed, ready to be shown. Serialized as one JSON object per line by `tail --json`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Change {
+    Charge(ChargeRow),
+    Oom(OomRow),
+    Reclaim(ReclaimRow),
+    Exit(ExitRow),
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ChargeRow {
+    pub ts_ns: u64,
+    pub memcg: String,
+    pub memcg_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub process: String,
+    pub class: ThreadClass,
+    /// Bytes charged since the previous row of this thread (negative: uncharged).
+    pub delta: i64,
+    /// Net bytes this thread has charged to this memcg since oomtrace started.
+    pub total: i64,
+    pub anon: i64,
+    pub file: i64,
+    pub kernel: i64,
+    pub guest: i64,
+    pub usage: Option<u64>,
+    pub limit: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct OomRow {
+    pub ts_ns: u64,
+    /// The memcg whose limit was hit (best knowledge: see `oom_memcg`).
+    pub memcg: String,
+    pub memcg_id: u64,
+    pub usage: Option<u64>,
+    pub limit: Option<u64>,
+    pub invoker_pid: u32,
+    pub invoker_tid: u32,
+    pub invoker_comm: String,
+    pub invoker_process: String,
+    pub invoker_class: ThreadClass,
+    pub victim_pid: u32,
+    pub victim_comm: String,
+    pub victim_class: ThreadClass,
+    pub victim_total_vm_kb: u64,
+    pub victim_anon_rss_kb: u64,
+    pub victim_file_rss_kb: u64,
+    pub victim_shmem_rss_kb: u64,
+    pub victim_pgtables_kb: u64,
+    pub victim_oom_score_adj: i32,
+    /// Bytes oomtrace attributed to the victim's threads before the kill.
+    pub victim_charged: i64,
+    /// What grew before the kill, by class, process and thread (boxed: rows stay small).
+    pub post_mortem: Option<Box<PostMortem>>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ReclaimRow {
+    pub ts_ns: u64,
+    pub memcg: String,
+    pub memcg_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub process: String,
+    pub duration_ns: u64,
+    pub nr_reclaimed: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ExitRow {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub process: String,
+    pub group_dead: bool,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ThreadSummary {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub process: String,
+    pub class: ThreadClass,
+    pub memcg: String,
+    pub total: i64,
+    pub peak: i64,
+    pub anon: i64,
+    pub file: i64,
+    pub kernel: i64,
+    pub guest: i64,
+    pub exited: bool,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ProcessSummary {
+    pub pid: u32,
+    pub process: String,
+    pub class: ThreadClass,
+    pub total: i64,
+    /// The highest net total the process reached (what it held before an OOM kill freed it).
+    pub peak: i64,
+    pub anon: i64,
+    pub file: i64,
+    pub kernel: i64,
+    pub guest: i64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Counters {
+    pub events: u64,
+    pub ring_drops: u64,
+    pub rare_drops: u64,
+    pub map_full: u64,
+    pub decode_errors: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Summary {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub counters: Counters,
+    pub processes: Vec<ProcessSummary>,
+    pub threads: Vec<ThreadSummary>,
+    pub ooms: Vec<OomRow>,
+    /// Limits, headroom and per-class bytes of the memcgs that were charged.
+    pub memcgs: Vec<super::views::MemcgView>,
+}

@@ -1,0 +1,251 @@
+//! Views computed from the model's state: per memcg (limit, headroom, growth rate, time to the
+//! limit, bytes per class, KubeVirt budget), per process and per thread with their growth over
+//! the last 10 s and 60 s, and the OOM post-mortem. Pure functions of the state; no I/O.
+use serde::Serialize;
+
+use crate::kubevirt::{ThreadClass, budget, identity::PodIdentity};
+
+pub const WINDOW_SHORT_NS: u64 = 10_000_000_000;
+pub const WINDOW_LONG_NS: u64 = 60_000_000_000;
+
+/// Bytes per class, indexed by `ThreadClass::ALL` order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassVec {
+    pub total: [i64; ThreadClass::ALL.len()],
+    pub guest: [i64; ThreadClass::ALL.len()],
+}
+
+impl ClassVec {
+    pub fn add(&mut self, class: ThreadClass, total: i64, guest: i64) {
+        let i = class.index();
+        self.total[i] += total;
+        self.guest[i] += guest;
+    }
+
+    pub fn add_all(&mut self, other: &ClassVec) {
+        for i in 0..self.total.len() {
+            self.total[i] += other.total[i];
+            self.guest[i] += other.guest[i];
+        }
+    }
+
+    pub fn max_with(&mut self, other: &ClassVec) {
+        for i in 0..self.total.len() {
+            self.total[i] = self.total[i].max(other.total[i]);
+        }
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.total.iter().all(|v| *v == 0)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ClassView {
+    pub class: ThreadClass,
+    /// Net bytes charged since oomtrace started.
+    pub now: i64,
+    pub peak: i64,
+    /// Of `now`: guest RAM (vCPU charges inside guest faults, or TCG vCPU anon).
+    pub guest: i64,
+    pub last_10s: i64,
+    pub last_60s: i64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct BudgetView {
+    pub item: &'static str,
+    pub reserved: u64,
+    /// Overhead the item's classes hold: their memory at start (from /proc, when they were
+    /// already running) plus what they charged since, minus guest RAM.
+    pub observed: i64,
+    pub over: bool,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct MemcgView {
+    pub memcg: String,
+    pub memcg_id: u64,
+    pub pod: Option<PodIdentity>,
+    /// "namespace/name" of the VM whose qemu charges here.
+    pub vm: Option<String>,
+    pub usage: Option<u64>,
+    pub limit: Option<u64>,
+    pub headroom: Option<i64>,
+    /// Usage growth in bytes per second over the last 10 s and 60 s.
+    pub rate_10s: Option<f64>,
+    pub rate_60s: Option<f64>,
+    /// Seconds until usage reaches the limit at the 10 s rate (None: not growing or no limit).
+    pub time_to_limit_s: Option<f64>,
+    pub classes: Vec<ClassView>,
+    pub guest: i64,
+    pub overhead: i64,
+    pub budget: Vec<BudgetView>,
+    pub budget_profile: Option<&'static str>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ProcessView {
+    pub pid: u32,
+    pub process: String,
+    pub class: ThreadClass,
+    pub now: i64,
+    pub peak: i64,
+    pub guest: i64,
+    pub last_10s: i64,
+    pub last_60s: i64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ThreadView {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub process: String,
+    pub class: ThreadClass,
+    pub memcg: String,
+    pub now: i64,
+    pub peak: i64,
+    pub guest: i64,
+    pub last_10s: i64,
+    pub last_60s: i64,
+}
+
+/// Periodic `tail --by` output: the state of every charged memcg and its biggest movers.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Snapshot {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub ts_ns: u64,
+    pub memcgs: Vec<MemcgView>,
+    pub processes: Vec<ProcessView>,
+    pub threads: Vec<ThreadView>,
+}
+
+/// What grew before an OOM kill, in the memcg whose limit was hit.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PostMortem {
+    /// One plain sentence first.
+    pub sentence: String,
+    pub memcg: MemcgView,
+    pub processes: Vec<ProcessView>,
+    /// The five threads that grew most in the last 60 s (then by bytes held).
+    pub top: Vec<ThreadView>,
+    /// Guest RAM oomtrace saw the victim's vCPUs fault in (plus its RAM at start when known).
+    pub victim_guest: i64,
+}
+
+/// Rows below this many bytes in every column are left out of process and thread views (a few
+/// slab objects, a kernel stack): they would bury the rows that matter.
+pub const NOISE_BYTES: i64 = 64 * 1024;
+
+pub fn is_noise(values: &[i64]) -> bool {
+    values.iter().all(|v| v.abs() < NOISE_BYTES)
+}
+
+pub fn class_views(
+    now: &ClassVec,
+    peak: &ClassVec,
+    ago10: &ClassVec,
+    ago60: &ClassVec,
+) -> Vec<ClassView> {
+    let mut v: Vec<ClassView> = ThreadClass::ALL
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| now.total[*i] != 0 || peak.total[*i] != 0)
+        .map(|(i, c)| ClassView {
+            class: *c,
+            now: now.total[i],
+            peak: peak.total[i].max(now.total[i]),
+            guest: now.guest[i],
+            last_10s: now.total[i] - ago10.total[i],
+            last_60s: now.total[i] - ago60.total[i],
+        })
+        .collect();
+    v.sort_by_key(|c| std::cmp::Reverse(c.now));
+    v
+}
+
+/// Budget lines: observed overhead per KubeVirt item against what KubeVirt reserves.
+pub fn budget_views(b: &budget::Budget, held: &ClassVec) -> Vec<BudgetView> {
+    b.items
+        .iter()
+        .map(|item| {
+            let observed: i64 = item
+                .classes
+                .iter()
+                .map(|c| held.total[c.index()] - held.guest[c.index()])
+                .sum();
+            BudgetView {
+                item: item.name,
+                reserved: item.reserved,
+                observed,
+                over: observed > i64::try_from(item.reserved).unwrap_or(i64::MAX),
+            }
+        })
+        .collect()
+}
+
+fn mib(v: i64) -> String {
+    crate::output::bytes(v)
+}
+
+/// "memhold (foreign process in pod default/vm1) grew 250 MiB in the last 10 s and pushed the
+/// pod over its 700 MiB limit; qemu-system-x86 (guest RAM 612 MiB) was killed."
+pub fn sentence(
+    memcg: &MemcgView,
+    grower: Option<&ProcessView>,
+    grew_in: &str,
+    invoker: (&str, ThreadClass, u32),
+    victim: (&str, ThreadClass, i64, i64),
+) -> String {
+    let place = match (&memcg.pod, &memcg.vm) {
+        (_, Some(vm)) => format!("in the pod of VM {vm}"),
+        (Some(p), None) => format!("in {}", crate::kubevirt::identity::describe(p)),
+        _ => format!("in memcg {}", memcg.memcg),
+    };
+    let scope = match memcg.pod.as_ref().map(|p| p.level) {
+        Some(crate::kubevirt::identity::Level::Pod) => "the pod".to_string(),
+        Some(crate::kubevirt::identity::Level::Container) => "the container".to_string(),
+        _ => "the memcg".to_string(),
+    };
+    let limit = memcg.limit.map_or("its limit".to_string(), |l| {
+        format!("its {} limit", mib(l as i64))
+    });
+    let (inv_comm, inv_class, inv_pid) = invoker;
+    let mut s = match grower {
+        Some(g) if g.last_60s > 0 => {
+            let amount = if grew_in == "10 s" {
+                g.last_10s
+            } else {
+                g.last_60s
+            };
+            format!(
+                "{} ({} {place}) grew {} in the last {grew_in} and pushed {scope} over {limit}",
+                g.process,
+                g.class.as_process(),
+                mib(amount)
+            )
+        }
+        _ => format!("{inv_comm} ({inv_class}) hit {limit} {place}"),
+    };
+    if grower.is_some_and(|g| g.pid != inv_pid && g.last_60s > 0) {
+        s.push_str(&format!(
+            "; the charge that hit it came from {inv_comm} ({inv_class})"
+        ));
+    }
+    let (v_comm, v_class, v_rss, v_guest) = victim;
+    if v_class.is_qemu() && v_guest > 0 {
+        s.push_str(&format!(
+            "; {v_comm} (guest RAM {}) was killed.",
+            mib(v_guest)
+        ));
+    } else {
+        s.push_str(&format!(
+            "; {v_comm} ({}, rss {}) was killed.",
+            v_class.as_process(),
+            mib(v_rss)
+        ));
+    }
+    s
+}

@@ -1,0 +1,190 @@
+//! Text for the model's views: the periodic `tail --by` tables and the OOM post-mortem.
+//! Pure formatting of values already computed.
+use std::io::{self, Write};
+
+use clap::ValueEnum;
+
+use crate::{
+    kubevirt::identity,
+    model::views::{MemcgView, PostMortem, ProcessView, Snapshot, ThreadView},
+    output::bytes,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum By {
+    Class,
+    Process,
+    Thread,
+}
+
+fn signed(v: i64) -> String {
+    if v > 0 {
+        format!("+{}", bytes(v))
+    } else {
+        bytes(v)
+    }
+}
+
+fn opt_bytes(v: Option<u64>) -> String {
+    v.map_or_else(
+        || "-".into(),
+        |v| bytes(i64::try_from(v).unwrap_or(i64::MAX)),
+    )
+}
+
+/// "/…/pod0b5e (pod 0b5e1c2d (burstable), VM default/vm1)": the path and who it belongs to.
+pub fn memcg_title(m: &MemcgView) -> String {
+    let mut who = Vec::new();
+    if let Some(p) = &m.pod {
+        who.push(identity::describe(p));
+    }
+    if let Some(vm) = &m.vm {
+        who.push(format!("VM {vm}"));
+    }
+    if who.is_empty() {
+        m.memcg.clone()
+    } else {
+        format!("{} ({})", m.memcg, who.join(", "))
+    }
+}
+
+pub fn memcg_line(out: &mut dyn Write, m: &MemcgView) -> io::Result<()> {
+    let rate = m
+        .rate_10s
+        .map_or_else(|| "-".into(), |r| format!("{}/s", signed(r as i64)));
+    let eta = m
+        .time_to_limit_s
+        .map_or_else(String::new, |s| format!(", limit in {s:.0} s at this rate"));
+    writeln!(
+        out,
+        "memcg {}\n  usage {} of {} (headroom {}), growing {rate} over 10 s{eta}; guest RAM {}, overhead {}",
+        memcg_title(m),
+        opt_bytes(m.usage),
+        m.limit
+            .map_or_else(|| "no limit".into(), |l| bytes(l as i64)),
+        m.headroom.map_or_else(|| "-".into(), bytes),
+        bytes(m.guest),
+        bytes(m.overhead),
+    )
+}
+
+fn class_table(out: &mut dyn Write, m: &MemcgView) -> io::Result<()> {
+    writeln!(
+        out,
+        "  {:<22} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "class", "now", "peak", "guest", "10 s", "60 s"
+    )?;
+    for c in &m.classes {
+        writeln!(
+            out,
+            "  {:<22} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            c.class.name(),
+            bytes(c.now),
+            bytes(c.peak),
+            bytes(c.guest),
+            signed(c.last_10s),
+            signed(c.last_60s)
+        )?;
+    }
+    Ok(())
+}
+
+fn budget_table(out: &mut dyn Write, m: &MemcgView) -> io::Result<()> {
+    if m.budget.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "  KubeVirt overhead budget ({}): {:<22} {:>11} {:>11}",
+        m.budget_profile.unwrap_or("?"),
+        "item",
+        "reserved",
+        "held"
+    )?;
+    for b in &m.budget {
+        writeln!(
+            out,
+            "  {:>30}{:<22} {:>11} {:>11}{}",
+            "",
+            b.item,
+            bytes(b.reserved as i64),
+            bytes(b.observed),
+            if b.over { "  OVER" } else { "" }
+        )?;
+    }
+    Ok(())
+}
+
+fn process_table(out: &mut dyn Write, ps: &[ProcessView], n: usize) -> io::Result<()> {
+    writeln!(
+        out,
+        "  {:>7} {:<16} {:<22} {:>11} {:>11} {:>11} {:>11}",
+        "pid", "process", "class", "now", "peak", "10 s", "60 s"
+    )?;
+    for p in ps.iter().take(n) {
+        writeln!(
+            out,
+            "  {:>7} {:<16} {:<22} {:>11} {:>11} {:>11} {:>11}",
+            p.pid,
+            p.process,
+            p.class.name(),
+            bytes(p.now),
+            bytes(p.peak),
+            signed(p.last_10s),
+            signed(p.last_60s)
+        )?;
+    }
+    Ok(())
+}
+
+fn thread_table(out: &mut dyn Write, ts: &[ThreadView], n: usize) -> io::Result<()> {
+    writeln!(
+        out,
+        "  {:>7} {:<16} {:<16} {:<22} {:>11} {:>11} {:>11}",
+        "tid", "thread", "process", "class", "now", "10 s", "60 s"
+    )?;
+    for t in ts.iter().take(n) {
+        writeln!(
+            out,
+            "  {:>7} {:<16} {:<16} {:<22} {:>11} {:>11} {:>11}",
+            t.tid,
+            t.comm,
+            t.process,
+            t.class.name(),
+            bytes(t.now),
+            signed(t.last_10s),
+            signed(t.last_60s)
+        )?;
+    }
+    Ok(())
+}
+
+/// The periodic `tail --by` block.
+pub fn snapshot(out: &mut dyn Write, s: &Snapshot, by: By, since_start_s: f64) -> io::Result<()> {
+    writeln!(out, "--- {since_start_s:.1}s ---")?;
+    for m in s.memcgs.iter().take(8) {
+        memcg_line(out, m)?;
+        if by == By::Class {
+            class_table(out, m)?;
+            budget_table(out, m)?;
+        }
+    }
+    match by {
+        By::Class => Ok(()),
+        By::Process => process_table(out, &s.processes, 15),
+        By::Thread => thread_table(out, &s.threads, 20),
+    }
+}
+
+/// The post-mortem block printed under an OOM line.
+pub fn post_mortem(out: &mut dyn Write, pm: &PostMortem) -> io::Result<()> {
+    writeln!(out, "  {}", pm.sentence)?;
+    write!(out, "  ")?;
+    memcg_line(out, &pm.memcg)?;
+    class_table(out, &pm.memcg)?;
+    budget_table(out, &pm.memcg)?;
+    writeln!(out, "  what each process charged since oomtrace started:")?;
+    process_table(out, &pm.processes, 10)?;
+    writeln!(out, "  top threads by growth in the last 60 s:")?;
+    thread_table(out, &pm.top, 5)
+}
