@@ -43,7 +43,8 @@ pub struct ChargeTotals {
     pub file: i64,
     /// Kernel memory charged to the memcg: page tables, KVM secondary page tables, kernel stacks, slab.
     pub kernel: i64,
-    /// The part of `anon` charged while the thread was serving a KVM guest page fault.
+    /// The part of `anon` that is guest RAM: charged while the thread served a KVM guest page
+    /// fault, or a user page fault inside a qemu guest RAM mapping.
     pub guest: i64,
 }
 
@@ -137,6 +138,18 @@ pub struct ThreadExitEvent {
     pub comm: [u8; COMM_LEN],
 }
 
+/// Up to this many guest RAM mappings per qemu process (pc.ram is one; memory backends add more).
+pub const GUEST_RANGES: usize = 4;
+
+/// A qemu process's guest RAM mappings, [start, end) in its address space; unused slots are 0..0.
+/// A user page fault inside one of them charges guest RAM, whichever thread takes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestRanges {
+    pub start: [u64; GUEST_RANGES],
+    pub end: [u64; GUEST_RANGES],
+}
+
 /// Names of the globals userspace injects before loading (values come from the running kernel's
 /// BTF and tracefs formats; Rust eBPF has no CO-RE).
 pub mod globals {
@@ -167,6 +180,7 @@ pub mod globals {
     pub const OFF_VICTIM_ADJ: &str = "OFF_VICTIM_ADJ";
     pub const OFF_RECLAIM_NR: &str = "OFF_RECLAIM_NR";
     pub const OFF_EXIT_GROUP_DEAD: &str = "OFF_EXIT_GROUP_DEAD";
+    pub const OFF_PF_ADDRESS: &str = "OFF_PF_ADDRESS";
 }
 
 /// Map names, shared so that neither side can misspell them.
@@ -178,6 +192,8 @@ pub mod maps {
     pub const SEEN_THREADS: &str = "SEEN_THREADS";
     pub const IN_GUEST_FAULT: &str = "IN_GUEST_FAULT";
     pub const RECLAIM_START: &str = "RECLAIM_START";
+    pub const GUEST_RAM: &str = "GUEST_RAM";
+    pub const GUEST_SEEN: &str = "GUEST_SEEN";
 }
 
 #[cfg(feature = "user")]
@@ -189,4 +205,6 @@ mod pod {
     unsafe impl aya::Pod for ChargeValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ChargeTotals {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for GuestRanges {}
 }

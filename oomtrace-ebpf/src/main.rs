@@ -5,6 +5,7 @@
 
 mod charge;
 mod globals;
+mod guest_ram;
 mod kvm;
 mod maps;
 mod oom;

@@ -3,7 +3,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use oomtrace_common::{ChargeKey, ChargeValue, stat};
+use oomtrace_common::{ChargeKey, ChargeValue, GuestRanges, stat};
 
 /// Records to userspace: coalesced charges and rare events. 4 MiB holds ~50k records.
 #[map]
@@ -21,9 +21,14 @@ pub static WATCHED: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
 #[map]
 pub static SEEN_THREADS: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
 
-/// vCPU threads between kvm:kvm_page_fault and the next kvm:kvm_entry → fault address.
+/// Threads serving a guest RAM fault → fault address: vCPUs between kvm:kvm_page_fault and the
+/// next kvm:kvm_entry, and qemu threads whose last user fault hit a guest RAM mapping.
 #[map]
 pub static IN_GUEST_FAULT: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// qemu processes (tgid) → their guest RAM mappings. Filled by userspace from /proc/<pid>/maps.
+#[map]
+pub static GUEST_RAM: HashMap<u32, GuestRanges> = HashMap::with_max_entries(1024, 0);
 
 /// Threads inside a memcg reclaim pass → its start time.
 #[map]

@@ -5,10 +5,10 @@ use std::path::Path;
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use oomtrace_common::{ChargeKey, ChargeValue, globals as g, maps as m, stat};
+use oomtrace_common::{ChargeKey, ChargeValue, GuestRanges, globals as g, maps as m, stat};
 use serde::Serialize;
 
 use crate::{kernel_enums::ChargeItems, model::Counters, tracefs::Format};
@@ -34,6 +34,8 @@ struct Hook {
     name: &'static str,
     tracepoint: &'static str,
     required: bool,
+    /// Attached on demand (`Probes::attach_lazy`), not at start.
+    lazy: bool,
 }
 
 const HOOKS: &[Hook] = &[
@@ -44,6 +46,7 @@ const HOOKS: &[Hook] = &[
         name: "mod_memcg_lruvec_state",
         tracepoint: "memcg:mod_memcg_lruvec_state",
         required: true,
+        lazy: false,
     },
     Hook {
         hook: "oom-victim",
@@ -52,6 +55,7 @@ const HOOKS: &[Hook] = &[
         name: "mark_victim",
         tracepoint: "oom:mark_victim",
         required: true,
+        lazy: false,
     },
     Hook {
         hook: "thread-exit",
@@ -60,6 +64,7 @@ const HOOKS: &[Hook] = &[
         name: "sched_process_exit",
         tracepoint: "sched:sched_process_exit",
         required: true,
+        lazy: false,
     },
     Hook {
         hook: "reclaim-begin",
@@ -68,6 +73,7 @@ const HOOKS: &[Hook] = &[
         name: "mm_vmscan_memcg_reclaim_begin",
         tracepoint: "vmscan:mm_vmscan_memcg_reclaim_begin",
         required: false,
+        lazy: false,
     },
     Hook {
         hook: "reclaim-end",
@@ -76,6 +82,7 @@ const HOOKS: &[Hook] = &[
         name: "mm_vmscan_memcg_reclaim_end",
         tracepoint: "vmscan:mm_vmscan_memcg_reclaim_end",
         required: false,
+        lazy: false,
     },
     Hook {
         hook: "guest-fault",
@@ -84,6 +91,7 @@ const HOOKS: &[Hook] = &[
         name: "kvm_page_fault",
         tracepoint: "kvm:kvm_page_fault",
         required: false,
+        lazy: false,
     },
     Hook {
         hook: "guest-entry",
@@ -92,8 +100,21 @@ const HOOKS: &[Hook] = &[
         name: "kvm_entry",
         tracepoint: "kvm:kvm_entry",
         required: false,
+        lazy: false,
+    },
+    Hook {
+        hook: "guest-ram-fault",
+        program: "guest_ram_fault",
+        category: "exceptions",
+        name: "page_fault_user",
+        tracepoint: "exceptions:page_fault_user",
+        required: false,
+        lazy: true,
     },
 ];
+
+/// The hook that tells guest RAM faults of TCG vCPUs and other qemu threads apart.
+pub const GUEST_RAM_HOOK: &str = "guest-ram-fault";
 
 /// Decides, per hook, whether it can be used on this kernel: before anything is loaded.
 pub fn plan(tracefs: &Path) -> Vec<HookChoice> {
@@ -105,6 +126,9 @@ pub fn plan(tracefs: &Path) -> Vec<HookChoice> {
             let present = has(h.category, h.name);
             let usable = present && (h.category != "kvm" || kvm);
             let reason = match (usable, h.category) {
+                (true, _) if h.lazy => {
+                    "tracepoint present; attached once a qemu guest RAM mapping is found".to_string()
+                }
                 (true, _) => "tracepoint present (kprobe/fentry tiers not built yet)".to_string(),
                 (false, "kvm") => "kvm tracepoints absent (kvm module not loaded): guest RAM is told apart by thread class only".to_string(),
                 (false, _) => format!("tracepoint {} is not available on this kernel", h.tracepoint),
@@ -165,7 +189,11 @@ pub fn load(tracefs: &Path, items: &ChargeItems, opts: &Options) -> Result<Probe
         Format::read(tracefs, "vmscan", "mm_vmscan_memcg_reclaim_end").unwrap_or_default();
     let guest = choices
         .iter()
-        .any(|c| c.hook == "guest-fault" && c.tier == "tracepoint");
+        .any(|c| (c.hook == "guest-fault" || c.hook == GUEST_RAM_HOOK) && c.tier == "tracepoint");
+    let pf_address = Format::read(tracefs, "exceptions", "page_fault_user")
+        .ok()
+        .and_then(|f| f.field("address").map(|f| f.offset))
+        .unwrap_or(8);
 
     let lv_id = lruvec.offset("memcg:mod_memcg_lruvec_state", "id")?;
     let lv_item = lruvec.offset("memcg:mod_memcg_lruvec_state", "item")?;
@@ -199,6 +227,7 @@ pub fn load(tracefs: &Path, items: &ChargeItems, opts: &Options) -> Result<Probe
         (g::OFF_LRUVEC_VAL, lv_val),
         (g::OFF_VICTIM_PID, v_pid),
         (g::OFF_RECLAIM_NR, rec_nr),
+        (g::OFF_PF_ADDRESS, pf_address),
         (g::FILTER_ON, filter),
         (g::GUEST_TRACKING, guest),
     ];
@@ -246,7 +275,7 @@ impl Probes {
     /// unwatched memcg is ever counted.
     pub fn attach(&mut self) -> Result<()> {
         for (hook, choice) in HOOKS.iter().zip(self.choices.iter_mut()) {
-            if choice.tier != "tracepoint" {
+            if choice.tier != "tracepoint" || hook.lazy {
                 continue;
             }
             let result = (|| -> Result<()> {
@@ -273,6 +302,54 @@ impl Probes {
             }
         }
         Ok(())
+    }
+
+    /// Attaches a lazy hook now; Ok(false) when this kernel cannot have it. Idempotent.
+    pub fn attach_lazy(&mut self, name: &str) -> Result<bool> {
+        let Some((hook, choice)) = HOOKS
+            .iter()
+            .zip(self.choices.iter_mut())
+            .find(|(h, _)| h.hook == name && h.lazy)
+        else {
+            return Ok(false);
+        };
+        if choice.tier != "tracepoint" {
+            return Ok(false);
+        }
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(hook.program)
+            .with_context(|| format!("program {} missing from the eBPF object", hook.program))?
+            .try_into()?;
+        if prog.fd().is_ok() {
+            return Ok(true);
+        }
+        let attached = prog
+            .load()
+            .and_then(|_| prog.attach(hook.category, hook.name).map(|_| ()));
+        if let Err(e) = attached {
+            choice.tier = "off";
+            choice.reason = format!("attach failed: {e:#}");
+            return Ok(false);
+        }
+        choice.reason = "attached: a qemu guest RAM mapping was found".into();
+        Ok(true)
+    }
+
+    pub fn take_guest_ram(&mut self) -> Result<BpfHashMap<MapData, u32, GuestRanges>> {
+        let map = self
+            .ebpf
+            .take_map(m::GUEST_RAM)
+            .context("GUEST_RAM map missing")?;
+        Ok(BpfHashMap::try_from(map)?)
+    }
+
+    pub fn take_guest_seen(&mut self) -> Result<Array<MapData, u32>> {
+        let map = self
+            .ebpf
+            .take_map(m::GUEST_SEEN)
+            .context("GUEST_SEEN map missing")?;
+        Ok(Array::try_from(map)?)
     }
 
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {

@@ -8,8 +8,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use oomtrace_common::{ChargeKey, ChargeValue};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use oomtrace_common::{ChargeKey, ChargeValue, GuestRanges};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
@@ -18,7 +18,7 @@ use crate::{
     decode::{self, Charge, Event},
     kernel_enums::{ChargeItems, VMLINUX_BTF},
     kubevirt::budget,
-    model::{Change, Model, Summary},
+    model::{Change, Model, ProcessInfo, Summary},
     output::{self, Clock},
     procfs,
     render::{self, By},
@@ -104,11 +104,16 @@ struct Live {
     charges: BpfHashMap<MapData, ChargeKey, ChargeValue>,
     watched: BpfHashMap<MapData, u64, u8>,
     stats: PerCpuArray<MapData, u64>,
+    guest_ram: BpfHashMap<MapData, u32, GuestRanges>,
+    guest_seen: Array<MapData, u32>,
+    /// qemu processes whose guest RAM mapping was not found yet (qemu maps it while starting).
+    qemu_pending: HashSet<u32>,
     known_memcgs: HashSet<u64>,
     pending_exits: Vec<(Instant, u32)>,
     model: Model,
     clock: Clock,
     cfg: Config,
+    probes: bpf::Probes,
 }
 
 impl Live {
@@ -148,10 +153,56 @@ impl Live {
     /// when known (they change at exec).
     fn read_process(&mut self, tgid: u32, refresh: bool) {
         if (refresh || !self.model.knows_process(tgid))
-            && let Some(info) =
+            && let Some(mut info) =
                 procfs::process_info(tgid, self.clock.start_boot_ns, self.ctl.version)
         {
+            if info.vm.guest_memory.is_some() {
+                info.guest_ram_watched = self.watch_guest_ram(tgid, &info);
+            }
             self.model.set_process_info(tgid, info);
+        }
+    }
+
+    /// Tells the kernel programs where a qemu's guest RAM is. False (and retried at every tick)
+    /// while qemu has not mapped it yet.
+    fn watch_guest_ram(&mut self, tgid: u32, info: &ProcessInfo) -> bool {
+        let Some(guest_memory) = info.vm.guest_memory else {
+            return false;
+        };
+        let maps = std::fs::read_to_string(format!("/proc/{tgid}/maps")).unwrap_or_default();
+        let found = procfs::guest_ram_ranges(&maps, guest_memory);
+        if found.is_empty() {
+            self.qemu_pending.insert(tgid);
+            return false;
+        }
+        let mut r = GuestRanges::default();
+        for (i, (a, b)) in found.iter().enumerate() {
+            r.start[i] = *a;
+            r.end[i] = *b;
+        }
+        if let Err(e) = self.guest_ram.insert(&tgid, &r, 0) {
+            log::warn!("cannot register qemu {tgid}'s guest RAM: {e}");
+            return false;
+        }
+        let _ = self.guest_seen.set(0, &1, 0);
+        self.qemu_pending.remove(&tgid);
+        match self.probes.attach_lazy(bpf::GUEST_RAM_HOOK) {
+            Ok(attached) => attached,
+            Err(e) => {
+                log::warn!("cannot attach the guest RAM fault hook: {e:#}");
+                false
+            }
+        }
+    }
+
+    fn retry_pending_qemus(&mut self) {
+        let pending: Vec<u32> = self.qemu_pending.iter().copied().collect();
+        for tgid in pending {
+            if !std::path::Path::new(&format!("/proc/{tgid}")).exists() {
+                self.qemu_pending.remove(&tgid);
+                continue;
+            }
+            self.read_process(tgid, true);
         }
     }
 
@@ -194,7 +245,16 @@ impl Live {
 
     fn apply(&mut self, out: &mut dyn Write, event: &Event) -> Result<bool> {
         let tgid = match event {
-            Event::Charge(c) => c.tgid,
+            Event::Charge(c) => {
+                // A new thread: the process may have exec'd or renamed itself since last read.
+                // A qemu still mapping its guest RAM: look again, before its vCPUs run.
+                if !self.model.knows_thread(c.tid, c.memcg_id)
+                    || self.qemu_pending.contains(&c.tgid)
+                {
+                    self.read_process(c.tgid, true);
+                }
+                c.tgid
+            }
             Event::OomVictim(v) => {
                 // Usage right at the kill tells which limit was hit; totals right at the kill
                 // tell what grew.
@@ -208,6 +268,10 @@ impl Live {
             Event::ThreadExit(e) => {
                 self.pending_exits
                     .push((Instant::now() + EXIT_GRACE, e.tid));
+                if e.group_dead {
+                    let _ = self.guest_ram.remove(&e.tgid);
+                    self.qemu_pending.remove(&e.tgid);
+                }
                 e.tgid
             }
         };
@@ -310,6 +374,7 @@ pub async fn run(
         flush_ns: 1_000_000_000,
     };
     let mut probes = bpf::load(&tracefs, &items, &opts)?;
+    let ring = probes.take_ring()?;
     let mut live = Live {
         root: root.unwrap_or_else(|| ctl.mount.clone()),
         ctl,
@@ -318,6 +383,9 @@ pub async fn run(
         charges: probes.take_charges()?,
         watched: probes.take_watched()?,
         stats: probes.take_stats()?,
+        guest_ram: probes.take_guest_ram()?,
+        guest_seen: probes.take_guest_seen()?,
+        qemu_pending: HashSet::new(),
         known_memcgs: HashSet::new(),
         pending_exits: Vec::new(),
         model: {
@@ -327,16 +395,16 @@ pub async fn run(
         },
         clock: Clock::now(),
         cfg: cfg.clone(),
+        probes,
     };
     live.rescan();
-    probes.attach()?;
-    let ring = probes.take_ring()?;
+    live.probes.attach()?;
     // SAFETY: the ring buffer owns its fd and stays inside the AsyncFd until this function
     // returns, so the fd is neither closed nor reused while it is registered.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
     on_start(&Started {
-        choices: probes.choices.clone(),
+        choices: live.probes.choices.clone(),
     });
 
     let mut sigterm =
@@ -368,7 +436,8 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 live.rescan();
-                probes.flush_logs();
+                live.retry_pending_qemus();
+                live.probes.flush_logs();
                 live.sweep(out)?;
                 live.retire_exited(out, false)?;
                 if let Some(by) = cfg.by

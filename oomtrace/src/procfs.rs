@@ -14,13 +14,18 @@ fn ticks_per_second() -> u64 {
     u64::try_from(t).ok().filter(|t| *t > 0).unwrap_or(100)
 }
 
-/// Start time of a process in ns since boot (field 22 of /proc/<pid>/stat).
-fn start_ns(pid: u32) -> Option<u64> {
+/// PF_KTHREAD in the flags field of /proc/<pid>/stat.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// State, flags and start time (ns since boot) from /proc/<pid>/stat.
+fn stat_fields(pid: u32) -> Option<(char, u64, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The comm field may hold spaces and parentheses: split after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
-    Some(ticks * (1_000_000_000 / ticks_per_second()))
+    let rest: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let state = rest.first()?.chars().next()?;
+    let flags: u64 = rest.get(6)?.parse().ok()?;
+    let ticks: u64 = rest.get(19)?.parse().ok()?;
+    Some((state, flags, ticks * (1_000_000_000 / ticks_per_second())))
 }
 
 fn status_kb(status: &str, key: &str) -> Option<u64> {
@@ -31,9 +36,16 @@ fn status_kb(status: &str, key: &str) -> Option<u64> {
 /// Processes started this close before oomtrace may already be in the trace: no baseline.
 const BASELINE_MARGIN_NS: u64 = 1_000_000_000;
 
-/// None when the process is gone. `started_boot_ns` is oomtrace's own start on CLOCK_BOOTTIME:
-/// processes clearly older than that get their resident memory recorded as held before the trace.
+/// None when the process is gone or exiting (a dying process shows no executable, command line
+/// or memory: what was read before stays). `started_boot_ns` is oomtrace's own start on
+/// CLOCK_BOOTTIME: processes clearly older than that get their resident memory recorded as held
+/// before the trace.
 pub fn process_info(pid: u32, started_boot_ns: u64, version: Version) -> Option<ProcessInfo> {
+    let (state, flags, start_ns) = stat_fields(pid)?;
+    if matches!(state, 'Z' | 'X' | 'x') {
+        return None;
+    }
+    let kernel_thread = flags & PF_KTHREAD != 0;
     let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     let exe = fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
@@ -42,10 +54,12 @@ pub fn process_info(pid: u32, started_boot_ns: u64, version: Version) -> Option<
         .map(|raw| cmdline::split_proc_cmdline(&raw))
         .unwrap_or_default();
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    // Kernel threads have no executable, no command line and no memory map.
-    let kernel_thread = exe.is_none() && argv.is_empty() && status_kb(&status, "VmSize:").is_none();
-    let rss_at_start = match start_ns(pid) {
-        Some(s) if s + BASELINE_MARGIN_NS < started_boot_ns && !kernel_thread => {
+    if !kernel_thread && exe.is_none() && argv.is_empty() {
+        // Exiting: its mm is already gone.
+        return None;
+    }
+    let rss_at_start = match start_ns {
+        s if s + BASELINE_MARGIN_NS < started_boot_ns && !kernel_thread => {
             let anon = status_kb(&status, "RssAnon:").unwrap_or(0) * 1024;
             let other = (status_kb(&status, "RssFile:").unwrap_or(0)
                 + status_kb(&status, "RssShmem:").unwrap_or(0))
@@ -64,5 +78,62 @@ pub fn process_info(pid: u32, started_boot_ns: u64, version: Version) -> Option<
         kernel_thread: Some(kernel_thread),
         vm: cmdline::parse(&argv),
         rss_at_start,
+        guest_ram_watched: false,
     })
+}
+
+/// A qemu process's guest RAM mappings from /proc/<pid>/maps: anonymous read-write mappings of
+/// exactly the guest size (qemu maps guest RAM in one piece per RAM block; THP alignment may add
+/// up to 2 MiB). At most `GUEST_RANGES`, largest first.
+pub fn guest_ram_ranges(maps: &str, guest_memory: u64) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = maps
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (range, perms) = (f.next()?, f.next()?);
+            // offset, dev, inode; a path (or [heap], [stack]) means not plain anonymous memory.
+            let rest: Vec<&str> = f.collect();
+            if rest.len() > 3 || !perms.starts_with("rw") {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            let (a, b) = (
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            );
+            let size = b.checked_sub(a)?;
+            (size >= guest_memory && size <= guest_memory + (2 << 20)).then_some((a, b))
+        })
+        .collect();
+    out.sort_by_key(|(a, b)| std::cmp::Reverse(b - a));
+    out.truncate(oomtrace_common::GUEST_RANGES);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_ram_is_the_anonymous_rw_mapping_of_guest_size() {
+        let maps = "\
+55d0a0000000-55d0a0200000 r-xp 00000000 fe:01 123 /usr/bin/qemu-system-x86_64
+55d0a1000000-55d0a1400000 rw-p 00000000 00:00 0 [heap]
+7f0000000000-7f0025800000 rw-p 00000000 00:00 0
+7f0025800000-7f0025a00000 rw-p 00000000 00:00 0
+7f1000000000-7f1025800000 r--p 00000000 00:00 0
+7f2000000000-7f2025a00000 rw-p 00000000 00:00 0
+7f3000000000-7f3025800000 rw-s 00000000 00:01 99 /memfd:pc.ram (deleted)
+";
+        let g = 600 << 20;
+        assert_eq!(
+            guest_ram_ranges(maps, g),
+            vec![
+                (0x7f2000000000, 0x7f2025a00000),
+                (0x7f0000000000, 0x7f0025800000)
+            ]
+        );
+        assert!(guest_ram_ranges(maps, 1 << 30).is_empty());
+        assert!(guest_ram_ranges("garbage\n\n-", g).is_empty());
+    }
 }

@@ -137,7 +137,23 @@ impl Drop for Tail {
 
 /// Starts the workload: one process named `process` in `cgroup`, one thread per `NAME=MIB@RATE`.
 pub fn workload(cgroup: &str, process: &str, threads: &[&str], hold_secs: u64) -> Result<Child> {
+    workload_as(cgroup, process, threads, hold_secs, None, &[])
+}
+
+/// The workload with its command line dressed as another program's: argv[0] `arg0` and
+/// `extra` after `--` (e.g. virt-launcher's `--name vm1 --namespace default`).
+pub fn workload_as(
+    cgroup: &str,
+    process: &str,
+    threads: &[&str],
+    hold_secs: u64,
+    arg0: Option<&str>,
+    extra: &[&str],
+) -> Result<Child> {
     let mut cmd = Command::new(oomtrace_bin()?);
+    if let Some(a) = arg0 {
+        std::os::unix::process::CommandExt::arg0(&mut cmd, a);
+    }
     cmd.args([
         "workload",
         "--process",
@@ -149,6 +165,9 @@ pub fn workload(cgroup: &str, process: &str, threads: &[&str], hold_secs: u64) -
     ]);
     for t in threads {
         cmd.args(["--thread", t]);
+    }
+    if !extra.is_empty() {
+        cmd.arg("--").args(extra);
     }
     cmd.stdout(Stdio::piped()).stdin(Stdio::null());
     cmd.spawn().context("cannot start workload")

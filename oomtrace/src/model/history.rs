@@ -17,12 +17,14 @@ impl<V: Clone + PartialEq> Series<V> {
     /// Records `value` at `ts_ns`, dropping samples no window needs any more. The newest sample
     /// older than KEEP_NS stays as the baseline of the longest window.
     pub fn record(&mut self, ts_ns: u64, value: V) {
+        let keep_first = self.samples.len() == 1;
         if let Some(back) = self.samples.back_mut() {
             if back.1 == value {
                 return;
             }
-            if ts_ns < back.0.saturating_add(STEP_NS) {
-                // Within one step: the newest value replaces the last one.
+            if ts_ns < back.0.saturating_add(STEP_NS) && !keep_first {
+                // Within one step: the newest value replaces the last one (never the first:
+                // it is the baseline of every window).
                 back.1 = value;
                 return;
             }
@@ -101,13 +103,14 @@ mod tests {
     }
 
     #[test]
-    fn samples_closer_than_a_step_update_the_last_value() {
+    fn samples_closer_than_a_step_update_the_last_value_but_never_the_first() {
         let mut s = Series::default();
-        s.record(0, 1i64);
+        s.record(0, 0i64);
         s.record(S / 2, 5);
-        assert_eq!(s.len(), 1);
-        assert_eq!(s.latest(), Some(&5));
-        s.record(S, 6);
+        assert_eq!(s.len(), 2, "the first sample is the baseline");
+        s.record(S / 2 + 1, 6);
         assert_eq!(s.len(), 2);
+        assert_eq!(s.latest(), Some(&6));
+        assert_eq!(s.at(S, 10 * S), Some((0, &0)));
     }
 }

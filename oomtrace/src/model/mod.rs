@@ -41,6 +41,8 @@ pub struct ProcessInfo {
     pub rss_at_start: Option<(u64, u64)>,
     /// Its memory cgroup, as the kernel prints paths.
     pub memcg: Option<String>,
+    /// Its guest RAM mappings are known to the kernel programs: faults inside them are tagged.
+    pub guest_ram_watched: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -51,7 +53,10 @@ struct ThreadState {
     totals: ChargeTotals,
     peak: i64,
     exited: bool,
-    history: Series<i64>,
+    /// A TCG vCPU of a qemu whose guest RAM mappings are not known: all its anon counts as guest.
+    tcg_guess: bool,
+    /// (total, guest) at past ticks.
+    history: Series<(i64, i64)>,
 }
 
 impl ThreadState {
@@ -59,15 +64,22 @@ impl ThreadState {
         self.class.unwrap_or(ThreadClass::Foreign)
     }
 
-    /// Guest RAM among this thread's charges: charges inside KVM guest faults, or all anonymous
-    /// charges of a TCG vCPU (it writes guest RAM directly).
+    /// Guest RAM among this thread's charges: charges inside KVM guest faults or inside the
+    /// guest RAM mapping; for a TCG vCPU whose mapping is unknown, all its anonymous charges.
     fn guest(&self) -> i64 {
         let anon = self.totals.anon.max(0);
-        if self.class == Some(ThreadClass::Vcpu) && is_tcg_vcpu(&self.comm) {
+        if self.tcg_guess {
             anon
         } else {
             self.totals.guest.clamp(0, anon)
         }
+    }
+
+    fn set_class(&mut self, info: &ProcessInfo) {
+        let class = classify_thread(&self.comm, info);
+        self.class = Some(class);
+        self.tcg_guess =
+            class == ThreadClass::Vcpu && is_tcg_vcpu(&self.comm) && !info.guest_ram_watched;
     }
 }
 
@@ -187,6 +199,7 @@ impl Model {
             info.exe = info.exe.or(old.exe);
             info.rss_at_start = info.rss_at_start.or(old.rss_at_start);
             info.memcg = info.memcg.or(old.memcg);
+            info.guest_ram_watched |= old.guest_ram_watched;
             if info.comm.is_empty() {
                 info.comm = old.comm;
             }
@@ -200,13 +213,17 @@ impl Model {
             return;
         };
         for t in self.threads.values_mut().filter(|t| t.tgid == tgid) {
-            t.class = Some(classify_thread(&t.comm, &info));
+            t.set_class(&info);
         }
     }
 
     /// (tid, memcg) pairs of live threads, for the collector's sweep of the kernel map.
     pub fn thread_keys(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
         self.threads.keys().copied()
+    }
+
+    pub fn knows_thread(&self, tid: u32, memcg_id: u64) -> bool {
+        self.threads.contains_key(&(tid, memcg_id))
     }
 
     pub fn keys_of_thread(&self, tid: u32) -> Vec<(u32, u64)> {
@@ -258,6 +275,10 @@ impl Model {
         if !self.threads.contains_key(&key) {
             let p = self.processes.entry(c.tgid).or_default();
             p.live_threads += 1;
+            // Totals count from oomtrace's start: a thread's first record grew from zero.
+            let mut t = ThreadState::default();
+            t.history.record(c.ts_ns, (0, 0));
+            self.threads.insert(key, t);
         }
         // The main thread's comm is the process comm; it changes at exec and prctl(PR_SET_NAME).
         if c.tid == c.tgid && !c.comm.is_empty() {
@@ -288,7 +309,7 @@ impl Model {
             t.comm = c.comm.clone();
         }
         if comm_changed || t.class.is_none() {
-            t.class = Some(classify_thread(&t.comm, &info.unwrap_or_default()));
+            t.set_class(&info.unwrap_or_default());
         }
         t.totals = c.totals;
         t.peak = t.peak.max(c.totals.total());
@@ -509,7 +530,7 @@ impl Model {
         self.last_tick_ns = self.last_tick_ns.max(now_ns);
         let mut own: HashMap<u64, ClassVec> = HashMap::new();
         for ((_, memcg), t) in self.threads.iter_mut() {
-            t.history.record(now_ns, t.totals.total());
+            t.history.record(now_ns, (t.totals.total(), t.guest()));
             own.entry(*memcg)
                 .or_default()
                 .add(t.class(), t.totals.total(), t.guest());
@@ -706,8 +727,9 @@ impl Model {
             .iter()
             .filter(|((_, m), _)| memcg_id.is_none_or(|id| self.under(id, *m)))
             .map(|((tid, m), t)| {
-                let total = t.totals.total();
-                let ago = |w| t.history.at(now_ns, w).map_or(total, |(_, v)| *v);
+                let (total, guest) = (t.totals.total(), t.guest());
+                let ago = |w| t.history.at(now_ns, w).map_or((total, guest), |(_, v)| *v);
+                let (ago10, ago60) = (ago(WINDOW_SHORT_NS), ago(WINDOW_LONG_NS));
                 ThreadView {
                     pid: t.tgid,
                     tid: *tid,
@@ -717,9 +739,11 @@ impl Model {
                     memcg: self.memcg_path(*m),
                     now: total,
                     peak: t.peak,
-                    guest: t.guest(),
-                    last_10s: total - ago(WINDOW_SHORT_NS),
-                    last_60s: total - ago(WINDOW_LONG_NS),
+                    guest,
+                    last_10s: total - ago10.0,
+                    last_60s: total - ago60.0,
+                    overhead_10s: (total - guest) - (ago10.0 - ago10.1),
+                    overhead_60s: (total - guest) - (ago60.0 - ago60.1),
                 }
             })
             .collect();
@@ -750,11 +774,15 @@ impl Model {
                 guest: 0,
                 last_10s: 0,
                 last_60s: 0,
+                overhead_10s: 0,
+                overhead_60s: 0,
             });
             p.now += t.now;
             p.guest += t.guest;
             p.last_10s += t.last_10s;
             p.last_60s += t.last_60s;
+            p.overhead_10s += t.overhead_10s;
+            p.overhead_60s += t.overhead_60s;
         }
         let mut v: Vec<ProcessView> = by_pid
             .into_values()
@@ -800,11 +828,13 @@ impl Model {
         let threads = self.thread_views_all(Some(memcg_id), now_ns);
         let processes = self.process_views(&threads);
         let threads = Self::without_noise(threads);
-        // The process that grew most: in the last 10 s when that is a clear mover, else 60 s.
-        let by10 = processes.iter().max_by_key(|p| p.last_10s);
-        let by60 = processes.iter().max_by_key(|p| p.last_60s);
+        // Guest RAM up to the guest's size is what the pod was sized for; what pushes a pod over
+        // is overhead. The culprit: the process whose overhead grew most, in the last 10 s when
+        // that is a clear mover, else in the last 60 s.
+        let by10 = processes.iter().max_by_key(|p| p.overhead_10s);
+        let by60 = processes.iter().max_by_key(|p| p.overhead_60s);
         let (grower, grew_in) = match by10 {
-            Some(p) if p.last_10s >= 1 << 20 => (Some(p), "10 s"),
+            Some(p) if p.overhead_10s >= 1 << 20 => (Some(p), "10 s"),
             _ => (by60, "60 s"),
         };
         let sentence = views::sentence(&memcg, grower, grew_in, invoker, victim);

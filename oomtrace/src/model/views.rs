@@ -94,6 +94,9 @@ pub struct ProcessView {
     pub guest: i64,
     pub last_10s: i64,
     pub last_60s: i64,
+    /// Growth without guest RAM.
+    pub overhead_10s: i64,
+    pub overhead_60s: i64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -109,6 +112,8 @@ pub struct ThreadView {
     pub guest: i64,
     pub last_10s: i64,
     pub last_60s: i64,
+    pub overhead_10s: i64,
+    pub overhead_60s: i64,
 }
 
 /// Periodic `tail --by` output: the state of every charged memcg and its biggest movers.
@@ -220,8 +225,13 @@ pub fn sentence(
             } else {
                 g.last_60s
             };
+            let besides = if g.class.is_qemu() {
+                " besides guest RAM"
+            } else {
+                ""
+            };
             format!(
-                "{} ({} {place}) grew {} in the last {grew_in} and pushed {scope} over {limit}",
+                "{} ({} {place}) grew {}{besides} in the last {grew_in} and pushed {scope} over {limit}",
                 g.process,
                 g.class.as_process(),
                 mib(amount)
@@ -229,7 +239,7 @@ pub fn sentence(
         }
         _ => format!("{inv_comm} ({inv_class}) hit {limit} {place}"),
     };
-    if grower.is_some_and(|g| g.pid != inv_pid && g.last_60s > 0) {
+    if grower.is_some_and(|g| g.pid != inv_pid && g.overhead_60s > 0) {
         s.push_str(&format!(
             "; the charge that hit it came from {inv_comm} ({inv_class})"
         ));

@@ -1,0 +1,37 @@
+//! exceptions:page_fault_user: a qemu thread faulting inside its guest RAM mapping (TCG vCPUs
+//! write guest RAM directly; iothreads and the main thread DMA into it) is charging guest RAM.
+//! Attached only once userspace found a qemu guest RAM mapping; one hash lookup per user fault
+//! for every other process.
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use oomtrace_common::GUEST_RANGES;
+
+use crate::{
+    globals::{self as g, get},
+    maps::{GUEST_RAM, IN_GUEST_FAULT, current_ids},
+};
+
+#[tracepoint]
+pub fn guest_ram_fault(ctx: TracePointContext) -> u32 {
+    let (tid, tgid) = current_ids();
+    let Some(ranges) = GUEST_RAM.get_ptr(&tgid) else {
+        return 0;
+    };
+    // SAFETY: offset from this kernel's tracefs format of exceptions:page_fault_user.
+    let Ok(addr) = (unsafe { ctx.read_at::<u64>(get(&g::OFF_PF_ADDRESS) as usize) }) else {
+        return 0;
+    };
+    // SAFETY: a map value pointer stays valid for the program's run.
+    let r = unsafe { &*ranges };
+    let mut inside = false;
+    for i in 0..GUEST_RANGES {
+        if addr >= r.start[i] && addr < r.end[i] {
+            inside = true;
+        }
+    }
+    if inside {
+        let _ = IN_GUEST_FAULT.insert(&tid, &addr, 0);
+    } else if IN_GUEST_FAULT.get_ptr(&tid).is_some() {
+        let _ = IN_GUEST_FAULT.remove(&tid);
+    }
+    0
+}

@@ -1,0 +1,318 @@
+//! A KubeVirt-shaped VM pod with a REAL qemu: qemu-system-x86_64 (TCG, debug-threads, an
+//! iothread) boots a stock Debian kernel whose init fills guest RAM, next to sidecars named like
+//! KubeVirt's and a memhold that grows until the pod's limit is hit, as in the seed's
+//! experiment. oomtrace's guest-RAM attribution is checked against the kernel's own numbers for
+//! qemu's guest RAM mapping (/proc/<pid>/smaps), memhold against the kernel's OOM report, and the
+//! post-mortem against the kill the kernel made.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use oomtrace::{cgroupfs::MemoryController, scratch_cgroup::ScratchCgroup};
+use serde_json::Value;
+use tests::{Tail, guest, kernel_oom_report, require_root, serial, touched, within, workload_as};
+
+const UID: &str = "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f";
+const CID: &str = "cafe0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab";
+const GUEST_MIB: u64 = 600;
+const FILL_MIB: u64 = 400;
+const POD_LIMIT: u64 = 768 << 20;
+
+/// The guest: fill FILL_MIB of tmpfs (guest RAM), say so on the console, then idle.
+fn guest_init() -> String {
+    format!(
+        r#"#!/bin/sh
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mount -t tmpfs -o size={GUEST_MIB}m tmpfs /mnt
+dd if=/dev/zero of=/mnt/fill bs=1M count={FILL_MIB} 2>/dev/null
+echo GUEST-FILLED
+while true; do sleep 60; done
+"#
+    )
+}
+
+/// Rss of qemu's guest RAM mapping: the anonymous mapping exactly `-m` in size.
+fn guest_ram_rss(pid: u32) -> Result<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mut in_ram = false;
+    for line in smaps.lines() {
+        if let Some(kb) = line.strip_prefix("Size:") {
+            in_ram = kb.trim().trim_end_matches(" kB").trim() == (GUEST_MIB * 1024).to_string();
+        } else if in_ram && let Some(kb) = line.strip_prefix("Rss:") {
+            let kb: u64 = kb.trim().trim_end_matches(" kB").trim().parse()?;
+            return Ok(kb * 1024);
+        }
+    }
+    bail!("qemu {pid} has no {GUEST_MIB} MiB mapping")
+}
+
+/// Starts qemu paused (-S), as libvirt does, with its monitor on `monitor`: it maps guest RAM
+/// at once but runs the guest only after `cont`.
+fn start_qemu(
+    container: &str,
+    monitor: &std::path::Path,
+) -> Result<(Child, mpsc::Receiver<String>)> {
+    guest::ensure_tools()?;
+    let kernel = guest::debian_cloud_kernel()?;
+    let initrd = guest::initramfs("vm-pod", &guest_init())?;
+    let qemu = guest::qemu_command(&kernel, &initrd, "quiet");
+    let mut args: Vec<String> = vec![qemu.get_program().to_string_lossy().into_owned()];
+    args.extend(qemu.get_args().map(|a| a.to_string_lossy().into_owned()));
+    args.extend(
+        [
+            "-name",
+            "guest=default_vm1,debug-threads=on",
+            "-m",
+            &GUEST_MIB.to_string(),
+            "-object",
+            "iothread,id=iothread1",
+            "-S",
+            "-monitor",
+            &format!("unix:{},server=on,wait=off", monitor.display()),
+        ]
+        .map(str::to_string),
+    );
+    // Join the container's memcg first, then become qemu.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > {container}/cgroup.procs && exec \"$@\""))
+        .arg("sh")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start qemu")?;
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((child, rx))
+}
+
+/// One HMP command: wait for the prompt, send, wait for the next prompt.
+fn monitor_command(path: &std::path::Path, cmd: &str) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut mon =
+        std::os::unix::net::UnixStream::connect(path).context("cannot reach the qemu monitor")?;
+    mon.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut seen = Vec::new();
+    let mut prompts = 0;
+    let mut buf = [0u8; 512];
+    while prompts < 2 {
+        let n = mon.read(&mut buf).context("qemu monitor went silent")?;
+        if n == 0 {
+            bail!("qemu monitor closed");
+        }
+        seen.extend_from_slice(&buf[..n]);
+        let now = seen.windows(7).filter(|w| w == b"(qemu) ").count();
+        if now > prompts {
+            prompts = now;
+            if prompts == 1 {
+                mon.write_all(format!("{cmd}\n").as_bytes())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn class<'a>(pm: &'a Value, name: &str) -> Option<&'a Value> {
+    pm["memcg"]["classes"]
+        .as_array()?
+        .iter()
+        .find(|c| c["class"] == name)
+}
+
+#[test]
+fn real_qemu_vm_pod_guest_ram_memhold_and_post_mortem_match_the_kernel() -> Result<()> {
+    if !require_root("real_qemu_vm_pod_guest_ram_memhold_and_post_mortem_match_the_kernel") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let ctl = MemoryController::detect()?;
+    let top = format!("oomtrace-test-vmpod-{}", std::process::id());
+    let pod = ScratchCgroup::create(
+        &ctl,
+        &format!("{top}/kubepods/burstable/pod{UID}"),
+        POD_LIMIT,
+    )?;
+    // The container level, without a limit of its own: the pod's limit is the one hit.
+    let container = pod.path.join(CID);
+    std::fs::create_dir(&container)?;
+    let container_s = container.display().to_string();
+    let pod_kernel_path = ctl.display_path(&pod.path);
+
+    let mut tail = Tail::start(&[
+        "--cgroup",
+        &pod.path.display().to_string(),
+        "--by",
+        "class",
+        "--every",
+        "1",
+    ])?;
+    let mut sidecars = Vec::new();
+    for (arg0, name, extra) in [
+        (
+            "/usr/bin/virt-launcher-monitor",
+            "virt-launcher-monitor",
+            &["--name", "vm1", "--namespace", "default"][..],
+        ),
+        (
+            "/usr/bin/virt-launcher",
+            "virt-launcher",
+            &["--name", "vm1", "--namespace", "default"][..],
+        ),
+        ("/usr/sbin/virtqemud", "virtqemud", &[][..]),
+        ("/usr/sbin/virtlogd", "virtlogd", &[][..]),
+    ] {
+        let mut c = workload_as(
+            &container_s,
+            name,
+            &[&format!("{name}=4@40")],
+            120,
+            Some(arg0),
+            extra,
+        )?;
+        touched(&mut c, 1)?;
+        sidecars.push(c);
+    }
+    let monitor = std::env::temp_dir().join(format!("oomtrace-vmpod-{}.mon", std::process::id()));
+    let (mut qemu, console) = start_qemu(&container_s, &monitor)?;
+    let qemu_pid = qemu.id();
+    // oomtrace finds the guest RAM mapping of a paused qemu within a tick; then run the guest.
+    std::thread::sleep(Duration::from_millis(1500));
+    monitor_command(&monitor, "cont")?;
+    let _ = std::fs::remove_file(&monitor);
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let mut filled = false;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match console.recv_timeout(left) {
+            Ok(l) if l.contains("GUEST-FILLED") => {
+                filled = true;
+                break;
+            }
+            Ok(l) if l.contains("Kernel panic") => break,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    if !filled {
+        let _ = qemu.kill();
+        bail!("the guest never filled its RAM");
+    }
+    // Let oomtrace sweep, then read the kernel's count of qemu's guest RAM.
+    std::thread::sleep(Duration::from_millis(1500));
+    let guest_rss = guest_ram_rss(qemu_pid)?;
+
+    let mut memhold = workload_as(&container_s, "memhold", &["memhold=0@80"], 120, None, &[])?;
+    let memhold_pid = memhold.id();
+    let oom = tail.wait_for(Duration::from_secs(60), |v| v["type"] == "oom")?;
+    let status = qemu.wait()?;
+    let _ = memhold.kill();
+    let _ = memhold.wait();
+    for mut s in sidecars {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    drop(tail);
+    let kernel = kernel_oom_report(qemu_pid)?;
+    assert!(!status.success(), "qemu was killed: {status}");
+
+    // The post-mortem names the kill the kernel made.
+    let pm = &oom["post_mortem"];
+    let _ = std::fs::write(oom.to_string());
+    let kinvoker = kernel.invoker.as_ref().context("kernel invoker")?;
+    assert_eq!(
+        oom["victim_pid"], qemu_pid,
+        "the biggest process, qemu, is the victim"
+    );
+    assert_eq!(oom["victim_class"], "qemu-other");
+    assert_eq!(oom["invoker_comm"], kinvoker.comm.as_str());
+    assert_eq!(oom["invoker_tid"].as_u64(), kinvoker.pid.map(u64::from));
+    assert_eq!(
+        oom["invoker_pid"], memhold_pid,
+        "memhold's growth hit the limit"
+    );
+    assert_eq!(oom["invoker_class"], "foreign");
+    assert_eq!(oom["memcg"].as_str(), kernel.oom_memcg.as_deref());
+    assert_eq!(
+        oom["memcg"],
+        pod_kernel_path.as_str(),
+        "the pod-level limit was hit"
+    );
+    assert_eq!(pm["memcg"]["pod"]["pod_uid"], UID);
+    assert_eq!(pm["memcg"]["pod"]["level"], "pod");
+    assert_eq!(pm["memcg"]["vm"], "default/vm1");
+    assert_eq!(pm["memcg"]["limit"], POD_LIMIT);
+    let sentence = pm["sentence"].as_str().unwrap_or("");
+    assert!(
+        sentence
+            .starts_with("memhold (a process foreign to KubeVirt in the pod of VM default/vm1)")
+            && sentence.contains("qemu-system-x86 (guest RAM"),
+        "{sentence}"
+    );
+
+    // (a) Guest RAM: the vCPU class's guest bytes, and all of the pod's, vs the kernel's rss of
+    // the guest RAM mapping (qemu's main thread loads the guest kernel into it: a few MiB).
+    let vcpu_guest = class(pm, "vcpu").context("no vcpu class")?["guest"]
+        .as_i64()
+        .unwrap_or(0);
+    assert!(
+        within(vcpu_guest, guest_rss as i64, 5.0),
+        "vCPU guest RAM {vcpu_guest} vs kernel's guest-RAM mapping rss {guest_rss}"
+    );
+    assert!(
+        vcpu_guest >= (FILL_MIB << 20) as i64,
+        "the guest filled {FILL_MIB} MiB"
+    );
+    for name in [
+        "iothread",
+        "virt-launcher",
+        "virt-launcher-monitor",
+        "virtqemud",
+        "virtlogd",
+        "foreign",
+    ] {
+        assert!(
+            class(pm, name).is_some(),
+            "class {name} in {}",
+            pm["memcg"]["classes"]
+        );
+    }
+    // memhold: what oomtrace saw it charge vs its rss in the kernel's task table.
+    let k_memhold = kernel
+        .tasks
+        .iter()
+        .find(|t| t.pid == memhold_pid)
+        .context("memhold in the kernel's task table")?;
+    let k_rss = (k_memhold.rss_pages.unwrap_or(0) * 4096) as i64;
+    let p_memhold = pm["processes"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["pid"] == memhold_pid))
+        .context("memhold in the post-mortem")?;
+    assert_eq!(p_memhold["class"], "foreign");
+    let seen = p_memhold["now"].as_i64().unwrap_or(0);
+    assert!(
+        within(seen, k_rss, 5.0),
+        "memhold charged {seen} vs kernel rss {k_rss}"
+    );
+    // The budget compares against qemu's -m: guest 600 MiB, 1 vCPU.
+    assert!(
+        pm["memcg"]["budget"]
+            .as_array()
+            .is_some_and(|b| !b.is_empty()),
+        "budget lines: {}",
+        pm["memcg"]
+    );
+    drop(pod);
+    Ok(())
+}
