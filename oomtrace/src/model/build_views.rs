@@ -1,0 +1,350 @@
+//! The model's views, built from its state: per memcg, process and thread, the OOM post-mortem,
+//! the periodic snapshot and the final summary.
+use std::collections::{BTreeMap, HashSet};
+
+use super::{
+    ChargeTotals, Model, ProcessSummary, Summary, ThreadState, ThreadSummary, add, classify_thread,
+    is_ancestor,
+    views::{
+        self, ClassVec, MemcgView, PostMortem, ProcessView, Snapshot, ThreadView, WINDOW_LONG_NS,
+        WINDOW_SHORT_NS,
+    },
+};
+use crate::kubevirt::{ThreadClass, budget, cmdline::VmFacts};
+
+impl Model {
+    /// VM facts of the processes charging in or below `memcg_id` (qemu's -m, -smp, -name).
+    pub(super) fn vm_facts(&self, memcg_id: u64) -> VmFacts {
+        let mut vm = VmFacts::default();
+        let mut seen = HashSet::new();
+        for ((_, m), t) in &self.threads {
+            if seen.insert(t.tgid)
+                && self.under(memcg_id, *m)
+                && let Some(info) = self.processes.get(&t.tgid).and_then(|p| p.info.as_ref())
+            {
+                vm.merge(info.vm.clone());
+            }
+        }
+        vm
+    }
+
+    /// Guest RAM a qemu process already held when oomtrace started (capped at the guest size).
+    pub(super) fn baseline_guest(&self, tgid: u32) -> i64 {
+        let Some(info) = self.processes.get(&tgid).and_then(|p| p.info.as_ref()) else {
+            return 0;
+        };
+        if !classify_thread(&info.comm, info).is_qemu() {
+            return 0;
+        }
+        let anon = info.rss_at_start.map_or(0, |(a, _)| a);
+        let capped = info.vm.guest_memory.map_or(anon, |g| anon.min(g));
+        i64::try_from(capped).unwrap_or(i64::MAX)
+    }
+
+    /// Bytes per class held in or below `memcg_id`: charged since start plus, for processes
+    /// that were already running, their resident memory at start.
+    pub(super) fn held_by_class(&self, memcg_id: u64, now: &ClassVec) -> ClassVec {
+        let mut held = *now;
+        let mut seen = HashSet::new();
+        for ((_, m), t) in &self.threads {
+            if !seen.insert(t.tgid) || !self.under(memcg_id, *m) {
+                continue;
+            }
+            // Only a process that lives in this memcg holds its resident memory here; others
+            // (the creator of a cgroup, a reader of its files) only charged kernel objects.
+            let path = &self
+                .memcgs
+                .get(&memcg_id)
+                .map(|m| m.path.clone())
+                .unwrap_or_default();
+            if let Some(info) = self.processes.get(&t.tgid).and_then(|p| p.info.as_ref())
+                && let Some((anon, other)) = info.rss_at_start
+                && info.memcg.as_deref().is_some_and(|m| is_ancestor(path, m))
+            {
+                let class = classify_thread(&info.comm, info);
+                let total = i64::try_from(anon + other).unwrap_or(i64::MAX);
+                held.add(class, total, self.baseline_guest(t.tgid));
+            }
+        }
+        held
+    }
+
+    pub fn memcg_view(&self, memcg_id: u64, now_ns: u64) -> Option<MemcgView> {
+        let m = self.memcgs.get(&memcg_id)?;
+        let now = m.classes.latest().copied().unwrap_or_default();
+        let ago = |w| m.classes.at(now_ns, w).map(|(_, v)| *v).unwrap_or(now);
+        let classes = views::class_views(
+            &now,
+            &m.class_peak,
+            &ago(WINDOW_SHORT_NS),
+            &ago(WINDOW_LONG_NS),
+        );
+        let rate = |w| {
+            let (t, then) = m.usage_history.at(now_ns, w)?;
+            let u = m.usage?.usage;
+            let dt = now_ns.saturating_sub(t) as f64 / 1e9;
+            (dt >= 1.0).then(|| (u as f64 - *then as f64) / dt)
+        };
+        let (rate_10s, rate_60s) = (rate(WINDOW_SHORT_NS), rate(WINDOW_LONG_NS));
+        let limit = m.usage.and_then(|u| u.limit);
+        let headroom = match (m.usage, limit) {
+            (Some(u), Some(l)) => Some(l as i64 - u.usage as i64),
+            _ => None,
+        };
+        let time_to_limit_s = match (headroom, rate_10s) {
+            (Some(h), Some(r)) if r > 0.0 => Some(h.max(0) as f64 / r),
+            _ => None,
+        };
+        let vm = self.vm_facts(memcg_id);
+        let guest: i64 = now.guest.iter().sum();
+        let total: i64 = now.total.iter().sum();
+        let (budget, budget_profile) = match vm.guest_memory {
+            Some(g) => {
+                let shape = budget::VmShape {
+                    guest_memory: g,
+                    vcpus: vm.vcpus.unwrap_or(1),
+                    graphics: true,
+                };
+                let b = budget::compute(&shape, &self.budget_constants, self.budget_ratio);
+                let held = self.held_by_class(memcg_id, &now);
+                (
+                    views::budget_views(&b, &held),
+                    Some(self.budget_constants.name),
+                )
+            }
+            None => (Vec::new(), None),
+        };
+        Some(MemcgView {
+            memcg: self.memcg_path(memcg_id),
+            memcg_id,
+            pod: m.identity.clone(),
+            vm: vm.display_name(),
+            usage: m.usage.map(|u| u.usage),
+            limit,
+            headroom,
+            rate_10s,
+            rate_60s,
+            time_to_limit_s,
+            classes,
+            guest,
+            overhead: total - guest,
+            budget,
+            budget_profile,
+        })
+    }
+
+    /// Threads in or below `memcg_id` (all when None), noise included.
+    pub(super) fn thread_views_all(&self, memcg_id: Option<u64>, now_ns: u64) -> Vec<ThreadView> {
+        let mut v: Vec<ThreadView> = self
+            .threads
+            .iter()
+            .filter(|((_, m), _)| memcg_id.is_none_or(|id| self.under(id, *m)))
+            .map(|((tid, m), t)| {
+                let (total, guest) = (t.totals.total(), t.guest());
+                let ago = |w| t.history.at(now_ns, w).map_or((total, guest), |(_, v)| *v);
+                let (ago10, ago60) = (ago(WINDOW_SHORT_NS), ago(WINDOW_LONG_NS));
+                ThreadView {
+                    pid: t.tgid,
+                    tid: *tid,
+                    comm: t.comm.clone(),
+                    process: self.process_name(t.tgid, &t.comm),
+                    class: t.class(),
+                    memcg: self.memcg_path(*m),
+                    now: total,
+                    peak: t.peak,
+                    guest,
+                    last_10s: total - ago10.0,
+                    last_60s: total - ago60.0,
+                    overhead_10s: (total - guest) - (ago10.0 - ago10.1),
+                    overhead_60s: (total - guest) - (ago60.0 - ago60.1),
+                }
+            })
+            .collect();
+        v.sort_by_key(|t| {
+            (
+                std::cmp::Reverse(t.last_60s),
+                std::cmp::Reverse(t.now),
+                t.tid,
+            )
+        });
+        v
+    }
+
+    pub(super) fn without_noise(mut threads: Vec<ThreadView>) -> Vec<ThreadView> {
+        threads.retain(|t| !views::is_noise(&[t.now, t.peak, t.last_60s]));
+        threads
+    }
+
+    pub(super) fn process_views(&self, threads: &[ThreadView]) -> Vec<ProcessView> {
+        let mut by_pid: BTreeMap<u32, ProcessView> = BTreeMap::new();
+        for t in threads {
+            let p = by_pid.entry(t.pid).or_insert_with(|| ProcessView {
+                pid: t.pid,
+                process: t.process.clone(),
+                class: self.process_class(t.pid),
+                now: 0,
+                peak: 0,
+                guest: 0,
+                last_10s: 0,
+                last_60s: 0,
+                overhead_10s: 0,
+                overhead_60s: 0,
+            });
+            p.now += t.now;
+            p.guest += t.guest;
+            p.last_10s += t.last_10s;
+            p.last_60s += t.last_60s;
+            p.overhead_10s += t.overhead_10s;
+            p.overhead_60s += t.overhead_60s;
+        }
+        let mut v: Vec<ProcessView> = by_pid
+            .into_values()
+            .map(|mut p| {
+                if let Some(s) = self.processes.get(&p.pid) {
+                    p.now += s.retired.total();
+                    p.peak = s.peak.max(p.now);
+                }
+                p
+            })
+            .collect();
+        v.retain(|p| !views::is_noise(&[p.now, p.peak, p.last_60s]));
+        v.sort_by_key(|p| (std::cmp::Reverse(p.now), p.pid));
+        v
+    }
+
+    pub(super) fn post_mortem(
+        &self,
+        memcg_id: u64,
+        now_ns: u64,
+        invoker: (&str, ThreadClass, u32),
+        victim: (&str, ThreadClass, i64, i64),
+    ) -> PostMortem {
+        let memcg = self
+            .memcg_view(memcg_id, now_ns)
+            .unwrap_or_else(|| MemcgView {
+                memcg: self.memcg_path(memcg_id),
+                memcg_id,
+                pod: None,
+                vm: None,
+                usage: None,
+                limit: None,
+                headroom: None,
+                rate_10s: None,
+                rate_60s: None,
+                time_to_limit_s: None,
+                classes: Vec::new(),
+                guest: 0,
+                overhead: 0,
+                budget: Vec::new(),
+                budget_profile: None,
+            });
+        let threads = self.thread_views_all(Some(memcg_id), now_ns);
+        let processes = self.process_views(&threads);
+        let threads = Self::without_noise(threads);
+        // Guest RAM up to the guest's size is what the pod was sized for; what pushes a pod over
+        // is overhead. The culprit: the process whose overhead grew most, in the last 10 s when
+        // that is a clear mover, else in the last 60 s.
+        let by10 = processes.iter().max_by_key(|p| p.overhead_10s);
+        let by60 = processes.iter().max_by_key(|p| p.overhead_60s);
+        let (grower, grew_in) = match by10 {
+            Some(p) if p.overhead_10s >= 1 << 20 => (Some(p), "10 s"),
+            _ => (by60, "60 s"),
+        };
+        let sentence = views::sentence(&memcg, grower, grew_in, invoker, victim);
+        PostMortem {
+            sentence,
+            memcg,
+            top: threads.into_iter().take(5).collect(),
+            processes: processes.into_iter().take(20).collect(),
+            victim_guest: victim.3,
+        }
+    }
+
+    /// The state of every charged memcg (limited ones first, least headroom first) and the
+    /// biggest movers, for `tail --by`.
+    pub fn snapshot(&self, now_ns: u64) -> Snapshot {
+        let mut memcgs: Vec<MemcgView> = self
+            .memcgs
+            .iter()
+            .filter(|(_, m)| m.classes.latest().is_some_and(|v| !v.is_zero()))
+            .filter_map(|(id, _)| self.memcg_view(*id, now_ns))
+            .collect();
+        memcgs.sort_by_key(|m| (m.headroom.is_none(), m.headroom, m.memcg.clone()));
+        let threads = self.thread_views_all(None, now_ns);
+        let processes = self.process_views(&threads);
+        let threads = Self::without_noise(threads);
+        Snapshot {
+            kind: "snapshot",
+            ts_ns: now_ns,
+            memcgs,
+            processes,
+            threads,
+        }
+    }
+
+    pub fn summary(&self) -> Summary {
+        let mut per_process: BTreeMap<u32, ChargeTotals> = BTreeMap::new();
+        for (pid, p) in &self.processes {
+            add(per_process.entry(*pid).or_default(), &p.retired);
+        }
+        let mut threads = Vec::new();
+        for ((tid, memcg), t) in &self.threads {
+            add(per_process.entry(t.tgid).or_default(), &t.totals);
+            threads.push(ThreadSummary {
+                pid: t.tgid,
+                tid: *tid,
+                comm: t.comm.clone(),
+                process: self.process_name(t.tgid, &t.comm),
+                class: t.class(),
+                memcg: self.memcg_path(*memcg),
+                total: t.totals.total(),
+                peak: t.peak,
+                anon: t.totals.anon,
+                file: t.totals.file,
+                kernel: t.totals.kernel,
+                guest: t.guest(),
+                exited: t.exited,
+            });
+        }
+        threads.sort_by(|a, b| b.total.cmp(&a.total).then(a.tid.cmp(&b.tid)));
+        let mut processes: Vec<ProcessSummary> = per_process
+            .into_iter()
+            .filter(|(_, t)| *t != ChargeTotals::default())
+            .map(|(pid, t)| ProcessSummary {
+                pid,
+                process: self.process_name(pid, "?"),
+                class: self.process_class(pid),
+                total: t.total(),
+                peak: self
+                    .processes
+                    .get(&pid)
+                    .map_or(t.total(), |p| p.peak.max(t.total())),
+                anon: t.anon,
+                file: t.file,
+                kernel: t.kernel,
+                guest: self.process_guest(pid),
+            })
+            .collect();
+        processes.sort_by(|a, b| b.total.cmp(&a.total).then(a.pid.cmp(&b.pid)));
+        Summary {
+            kind: "summary",
+            counters: self.counters.clone(),
+            processes,
+            threads,
+            ooms: self.ooms.clone(),
+            memcgs: self.snapshot(self.last_tick_ns).memcgs,
+        }
+    }
+
+    pub(super) fn process_guest(&self, tgid: u32) -> i64 {
+        self.threads
+            .values()
+            .filter(|t| t.tgid == tgid)
+            .map(ThreadState::guest)
+            .sum::<i64>()
+            + self
+                .processes
+                .get(&tgid)
+                .map_or(0, |p| p.retired.guest.clamp(0, p.retired.anon.max(0)))
+    }
+}

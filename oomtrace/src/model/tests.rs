@@ -1,0 +1,319 @@
+//! Table tests of the attribution model: deltas, retirement, the OOM memcg, windows, classes
+//! and the post-mortem.
+use super::*;
+use crate::kubevirt::cmdline::VmFacts;
+
+fn charge(tid: u32, tgid: u32, memcg: u64, comm: &str, anon: i64) -> Event {
+    Event::Charge(Charge {
+        ts_ns: 1,
+        tid,
+        tgid,
+        memcg_id: memcg,
+        comm: comm.into(),
+        totals: ChargeTotals {
+            anon,
+            ..Default::default()
+        },
+    })
+}
+
+#[test]
+fn charge_delta_is_difference_of_cumulative_totals() {
+    let mut m = Model::new();
+    m.set_process_comm(10, "qemu-system-x86".into());
+    let Some(Change::Charge(a)) = m.apply(&charge(11, 10, 5, "CPU 0/KVM", 4096)) else {
+        panic!()
+    };
+    assert_eq!(
+        (a.delta, a.total, a.process.as_str()),
+        (4096, 4096, "qemu-system-x86")
+    );
+    let Some(Change::Charge(b)) = m.apply(&charge(11, 10, 5, "CPU 0/KVM", 300_000)) else {
+        panic!()
+    };
+    assert_eq!((b.delta, b.total), (300_000 - 4096, 300_000));
+    assert_eq!(
+        m.apply(&charge(11, 10, 5, "CPU 0/KVM", 300_000)),
+        None,
+        "a sweep with no change is silent"
+    );
+}
+
+#[test]
+fn forgotten_threads_keep_their_bytes_in_the_process_summary() {
+    let mut m = Model::new();
+    m.apply(&charge(11, 10, 5, "CPU 0/KVM", 8192));
+    m.apply(&charge(12, 10, 5, "IO iothread1", 4096));
+    m.forget_thread(11);
+    let s = m.summary();
+    assert_eq!(s.threads.len(), 1);
+    assert_eq!(s.processes[0].total, 12288);
+    assert_eq!(s.processes[0].peak, 12288);
+    assert_eq!(m.thread_count(), 1);
+}
+
+#[test]
+fn oom_memcg_is_deepest_limited_ancestor_that_reached_its_limit() {
+    let mut m = Model::new();
+    m.set_memcg_path(1, "/kubepods/pod1".into());
+    m.set_memcg_path(2, "/kubepods/pod1/ctr".into());
+    m.set_usage(
+        1,
+        UsageLimit {
+            usage: 100,
+            limit: Some(100 << 20),
+            peak: Some(100 << 20),
+        },
+    );
+    m.set_usage(
+        2,
+        UsageLimit {
+            usage: 100,
+            limit: Some(400 << 20),
+            peak: Some(10 << 20),
+        },
+    );
+    m.apply(&charge(11, 10, 2, "CPU 1/KVM", 4096));
+    let v = OomVictim {
+        ts_ns: 2,
+        invoker_tid: 11,
+        invoker_tgid: 10,
+        invoker_comm: "CPU 1/KVM".into(),
+        victim_pid: 10,
+        victim_comm: "qemu-system-x86".into(),
+        total_vm_kb: 0,
+        anon_rss_kb: 0,
+        file_rss_kb: 0,
+        shmem_rss_kb: 0,
+        pgtables_kb: 0,
+        uid: 0,
+        oom_score_adj: 0,
+    };
+    let Some(Change::Oom(o)) = m.apply(&Event::OomVictim(v)) else {
+        panic!()
+    };
+    assert_eq!(o.memcg, "/kubepods/pod1");
+    assert_eq!(o.victim_charged, 4096);
+    assert_eq!(o.invoker_comm, "CPU 1/KVM");
+}
+
+#[test]
+fn is_ancestor_respects_path_component_boundaries() {
+    assert!(is_ancestor("/a/b", "/a/b/c"));
+    assert!(is_ancestor("/a/b", "/a/b"));
+    assert!(is_ancestor("/", "/x"));
+    assert!(!is_ancestor("/a/b", "/a/bc"));
+    assert!(!is_ancestor("/a/b/c", "/a/b"));
+}
+
+const S: u64 = 1_000_000_000;
+const MIB: i64 = 1 << 20;
+
+fn charge_at(ts: u64, tid: u32, tgid: u32, memcg: u64, comm: &str, anon: i64, guest: i64) -> Event {
+    Event::Charge(Charge {
+        ts_ns: ts,
+        tid,
+        tgid,
+        memcg_id: memcg,
+        comm: comm.into(),
+        totals: ChargeTotals {
+            anon,
+            guest,
+            ..Default::default()
+        },
+    })
+}
+
+fn qemu_info(watched: bool) -> ProcessInfo {
+    ProcessInfo {
+        comm: "qemu-system-x86".into(),
+        vm: VmFacts {
+            namespace: Some("default".into()),
+            name: Some("vm1".into()),
+            guest_memory: Some(512 << 20),
+            vcpus: Some(1),
+            iothreads: None,
+        },
+        guest_ram_watched: watched,
+        ..Default::default()
+    }
+}
+
+fn pod(m: &mut Model, usage: u64) {
+    m.set_memcg_path(
+        1,
+        "/kubepods/burstable/pod0b5e1c2d-3f4a-4b6c-8d7e-9f0a1b2c3d4e".into(),
+    );
+    m.set_usage(
+        1,
+        UsageLimit {
+            usage,
+            limit: Some(768 << 20),
+            peak: Some(usage),
+        },
+    );
+}
+
+#[test]
+fn guest_ram_is_tagged_charges_or_tcg_vcpu_anon_only_when_its_mapping_is_unknown() {
+    let mut m = Model::new();
+    m.set_process_info(10, qemu_info(true));
+    m.set_process_info(
+        20,
+        ProcessInfo {
+            comm: "qemu-system-x86".into(),
+            ..qemu_info(false)
+        },
+    );
+    m.apply(&charge_at(S, 11, 10, 1, "CPU 0/TCG", 100 * MIB, 80 * MIB));
+    m.apply(&charge_at(S, 21, 20, 1, "CPU 0/TCG", 100 * MIB, 0));
+    m.set_process_comm(30, "stress".into());
+    m.apply(&charge_at(S, 31, 30, 1, "CPU 0/KVM", 100 * MIB, 60 * MIB));
+    let s = m.summary();
+    let t = |tid| {
+        s.threads
+            .iter()
+            .find(|t| t.tid == tid)
+            .map(|t| (t.class, t.guest))
+    };
+    assert_eq!(
+        t(11),
+        Some((ThreadClass::Vcpu, 80 * MIB)),
+        "watched: tagged bytes only"
+    );
+    assert_eq!(
+        t(21),
+        Some((ThreadClass::Vcpu, 100 * MIB)),
+        "unwatched TCG vCPU: all anon"
+    );
+    assert_eq!(
+        t(31),
+        Some((ThreadClass::Foreign, 60 * MIB)),
+        "a qemu-like thread name outside qemu"
+    );
+}
+
+#[test]
+fn exited_threads_keep_their_bytes_in_class_views_until_the_process_ends() {
+    let mut m = Model::new();
+    pod(&mut m, 200 << 20);
+    m.set_process_comm(40, "memhold".into());
+    m.apply(&charge_at(S, 41, 40, 1, "memhold", 96 * MIB, 0));
+    m.apply(&Event::ThreadExit(ThreadExit {
+        ts_ns: 2 * S,
+        tid: 41,
+        tgid: 40,
+        comm: "memhold".into(),
+        group_dead: false,
+    }));
+    m.forget_thread(41);
+    m.tick(3 * S);
+    let foreign = |m: &Model| {
+        m.memcg_view(1, 3 * S).and_then(|v| {
+            v.classes
+                .iter()
+                .find(|c| c.class == ThreadClass::Foreign)
+                .map(|c| c.now)
+        })
+    };
+    assert_eq!(
+        foreign(&m),
+        Some(96 * MIB),
+        "the process still holds its exited thread's pages"
+    );
+    // The process ends: its last thread uncharged everything.
+    m.apply(&charge_at(4 * S, 40, 40, 1, "memhold", -96 * MIB, 0));
+    m.apply(&Event::ThreadExit(ThreadExit {
+        ts_ns: 4 * S,
+        tid: 40,
+        tgid: 40,
+        comm: "memhold".into(),
+        group_dead: true,
+    }));
+    m.forget_thread(40);
+    m.tick(5 * S);
+    assert_eq!(
+        m.memcg_view(1, 5 * S)
+            .map(|v| v.classes.iter().map(|c| c.now).sum::<i64>()),
+        Some(0)
+    );
+}
+
+#[test]
+fn windows_measure_growth_over_the_last_10_and_60_seconds() {
+    let mut m = Model::new();
+    pod(&mut m, 0);
+    m.set_process_comm(50, "memhold".into());
+    for i in 0..=70u64 {
+        m.apply(&charge_at(i * S, 51, 50, 1, "memhold", i as i64 * MIB, 0));
+        m.tick(i * S);
+    }
+    let v = m.memcg_view(1, 70 * S).unwrap();
+    let c = &v.classes[0];
+    assert_eq!(
+        (c.now, c.last_10s, c.last_60s),
+        (70 * MIB, 10 * MIB, 60 * MIB)
+    );
+}
+
+#[test]
+fn time_to_limit_follows_the_usage_growth_rate() {
+    let mut m = Model::new();
+    for i in 0..=10u64 {
+        pod(&mut m, (500 << 20) + i * (10 << 20));
+        m.tick(i * S);
+    }
+    let v = m.memcg_view(1, 10 * S).unwrap();
+    assert_eq!(v.headroom, Some(168 * MIB));
+    let rate = v.rate_10s.unwrap();
+    assert!((rate - (10 << 20) as f64).abs() < 1.0, "{rate}");
+    let eta = v.time_to_limit_s.unwrap();
+    assert!((eta - 16.8).abs() < 0.01, "{eta}");
+}
+
+#[test]
+fn post_mortem_blames_the_overhead_grower_not_the_guest_filling_its_ram() {
+    let mut m = Model::new();
+    pod(&mut m, 700 << 20);
+    m.set_process_info(10, qemu_info(true));
+    m.set_process_comm(40, "memhold".into());
+    m.tick(0);
+    // The guest fills 500 MiB of its RAM; memhold grows 150 MiB; memhold hits the limit.
+    m.apply(&charge_at(S, 11, 10, 1, "CPU 0/TCG", 500 * MIB, 500 * MIB));
+    m.apply(&charge_at(2 * S, 41, 40, 1, "memhold", 150 * MIB, 0));
+    m.apply(&charge_at(2 * S, 10, 10, 1, "qemu-system-x86", 20 * MIB, 0));
+    pod(&mut m, 768 << 20);
+    let Some(Change::Oom(o)) = m.apply(&Event::OomVictim(OomVictim {
+        ts_ns: 3 * S,
+        invoker_tid: 41,
+        invoker_tgid: 40,
+        invoker_comm: "memhold".into(),
+        victim_pid: 10,
+        victim_comm: "qemu-system-x86".into(),
+        total_vm_kb: 0,
+        anon_rss_kb: 520 << 10,
+        file_rss_kb: 0,
+        shmem_rss_kb: 0,
+        pgtables_kb: 0,
+        uid: 0,
+        oom_score_adj: 0,
+    })) else {
+        panic!()
+    };
+    assert_eq!(
+        (o.invoker_class, o.victim_class),
+        (ThreadClass::Foreign, ThreadClass::QemuOther)
+    );
+    let pm = o.post_mortem.unwrap();
+    assert_eq!(
+        pm.sentence,
+        "memhold (a process foreign to KubeVirt in the pod of VM default/vm1) grew 150.0 MiB in the \
+         last 10 s and pushed the pod over its 768.0 MiB limit; qemu-system-x86 (guest RAM 500.0 MiB) was killed."
+    );
+    assert_eq!(pm.memcg.guest, 500 * MIB);
+    assert_eq!(pm.memcg.overhead, 170 * MIB);
+    assert_eq!(pm.top[0].comm, "CPU 0/TCG");
+    let budget = &pm.memcg.budget;
+    let unreserved = budget.iter().find(|b| b.item == "not reserved").unwrap();
+    assert!(unreserved.over && unreserved.observed == 150 * MIB);
+}
