@@ -1,7 +1,7 @@
 //! The live collector: loads the probes, keeps the memcg filter current, drains the ring buffer,
 //! sweeps the charge map for totals not yet sent, and feeds everything to the model.
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     io::Write,
     path::PathBuf,
     time::{Duration, Instant},
@@ -73,6 +73,7 @@ impl Default for Config {
 /// after the exit tracepoint on some kernels), then forgotten.
 const EXIT_GRACE: Duration = Duration::from_millis(1500);
 const TICK: Duration = Duration::from_millis(500);
+const RECLAIM_LINE_NS: u64 = 1_000_000_000;
 
 /// Checks that must pass before anything is loaded; each failure is one clear line.
 pub fn preflight(cfg: &Config) -> Result<(MemoryController, Option<PathBuf>, Option<u32>)> {
@@ -114,6 +115,9 @@ struct Live {
     clock: Clock,
     cfg: Config,
     probes: bpf::Probes,
+    /// When each thread's last reclaim line was shown (text output only; bounded by threads
+    /// that were seen, cleared with them).
+    reclaim_shown: HashMap<u32, u64>,
 }
 
 impl Live {
@@ -206,10 +210,20 @@ impl Live {
         }
     }
 
-    fn show(&self, out: &mut dyn Write, change: &Change) -> Result<()> {
+    fn show(&mut self, out: &mut dyn Write, change: &Change) -> Result<()> {
         let shown = match change {
             Change::Charge(r) => self.cfg.charges && self.pid_filter.is_none_or(|p| p == r.pid),
-            Change::Reclaim(r) => self.pid_filter.is_none_or(|p| p == r.pid),
+            Change::Reclaim(r) => {
+                // A thread at the limit reclaims on every charge: one text line per second per
+                // thread says as much (JSON keeps every pass).
+                let last = self.reclaim_shown.get(&r.tid).copied();
+                let quiet = !self.cfg.json
+                    && last.is_some_and(|t| r.ts_ns.saturating_sub(t) < RECLAIM_LINE_NS);
+                if !quiet {
+                    self.reclaim_shown.insert(r.tid, r.ts_ns);
+                }
+                !quiet && self.pid_filter.is_none_or(|p| p == r.pid)
+            }
             Change::Exit(e) => self.pid_filter.is_none_or(|p| p == e.pid),
             Change::Oom(_) => true,
         };
@@ -330,6 +344,7 @@ impl Live {
                 });
             }
             self.model.forget_thread(tid);
+            self.reclaim_shown.remove(&tid);
         }
         Ok(())
     }
@@ -396,6 +411,7 @@ pub async fn run(
         clock: Clock::now(),
         cfg: cfg.clone(),
         probes,
+        reclaim_shown: HashMap::new(),
     };
     live.rescan();
     live.probes.attach()?;

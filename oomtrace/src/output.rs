@@ -117,8 +117,9 @@ fn thread_columns(
 pub fn text_line(clock: &Clock, change: &Change) -> String {
     match change {
         Change::Charge(r) => format!(
-            "{} {:>12} total {:>11}  memcg {}",
+            "{} {:<10} {:>12} total {:>11}  memcg {}",
             thread_columns(clock, r.ts_ns, &r.memcg, r.pid, r.tid, &r.comm, &r.process),
+            r.class.name(),
             format!("{}{}", if r.delta >= 0 { "+" } else { "" }, bytes(r.delta)),
             bytes(r.total),
             usage_limit(r.usage, r.limit),
