@@ -1,6 +1,8 @@
-//! `oomtrace demo`: a VM-pod-shaped memory cgroup with a limit, a process named like qemu whose
-//! "CPU 0/KVM" thread grows and whose "IO iothread1" thread grows slower, a "memhold" sidecar
-//! as in the seed's reproduction; traced live until the memcg OOM killer strikes.
+//! `oomtrace demo`: the seed's memhold experiment in a VM-pod-shaped memory cgroup. A stand-in
+//! for qemu (its command line says `-name guest=default_demo-vm -m 192M`) whose "CPU 0/TCG"
+//! vCPU faults in 160 MiB of guest RAM and whose "IO iothread1" takes 16 MiB; then a "memhold"
+//! exec'd into the pod grows until the pod's 256 MiB limit is hit and the OOM killer takes qemu.
+//! Traced live, with class summaries every 3 s and the post-mortem at the kill.
 use std::{
     io::Write,
     process::{Child, Command, Stdio},
@@ -38,6 +40,7 @@ pub fn spawn_workload(
     process: &str,
     threads: &[&str],
     hold_secs: u64,
+    start_after_secs: f64,
 ) -> Result<Child> {
     let exe = std::env::current_exe().context("cannot find the oomtrace executable")?;
     let mut cmd = Command::new(exe);
@@ -53,6 +56,8 @@ pub fn spawn_workload(
         cgroup,
         "--hold",
         &hold_secs.to_string(),
+        "--start-after",
+        &start_after_secs.to_string(),
     ]);
     for t in threads {
         cmd.args(["--thread", t]);
@@ -76,8 +81,9 @@ pub async fn run(json: bool, out: &mut dyn Write) -> Result<Summary> {
     if !json {
         writeln!(
             out,
-            "oomtrace demo: memory cgroup {} limited to {}; starting qemu-system-x86 (CPU 0/KVM grows 24 MiB/s, \
-             IO iothread1 16 MiB) and a memhold sidecar (96 MiB) inside it",
+            "oomtrace demo: memory cgroup {} limited to {}; starting a qemu-system-x86 stand-in for VM \
+             default/demo-vm (CPU 0/TCG faults in 160 MiB of guest RAM, IO iothread1 16 MiB), then, after \
+             3.5 s, a memhold that grows 48 MiB/s to 120 MiB",
             ctl.display_path(&cg.path),
             output::bytes(DEMO_LIMIT as i64)
         )?;
@@ -96,14 +102,16 @@ pub async fn run(json: bool, out: &mut dyn Write) -> Result<Summary> {
     let mut children: Vec<Child> = Vec::new();
     let mut spawn_error = None;
     let summary = collector::run(cfg, out, |_| {
-        let spawned = spawn_workload(&cg_path, "memhold", &["memhold=96@48"], 3600).and_then(|m| {
-            children.push(m);
-            spawn_workload(
-                &cg_path,
-                "qemu-system-x86",
-                &["CPU 0/KVM=0@24", "IO iothread1=16@4"],
-                3600,
-            )
+        let spawned = spawn_workload(
+            &cg_path,
+            "qemu-system-x86",
+            &["CPU 0/TCG=160@64", "IO iothread1=16@8"],
+            3600,
+            0.0,
+        )
+        .and_then(|q| {
+            children.push(q);
+            spawn_workload(&cg_path, "memhold", &["memhold=120@48"], 3600, 3.5)
         });
         match spawned {
             Ok(c) => children.push(c),

@@ -121,6 +121,9 @@ enum Command {
         threads: Vec<String>,
         #[arg(long, default_value_t = 3600)]
         hold: u64,
+        /// Seconds to wait (in the cgroup, named) before touching anything.
+        #[arg(long, default_value_t = 0.0)]
+        start_after: f64,
         /// Ignored: lets the process carry a qemu-like command line.
         #[arg(last = true)]
         ignored: Vec<String>,
@@ -234,14 +237,24 @@ fn run(cli: Cli) -> Result<()> {
             cgroup,
             threads,
             hold,
+            start_after,
             ignored: _,
         } => {
+            if !(start_after >= 0.0 && start_after.is_finite()) {
+                anyhow::bail!("--start-after must be a number of seconds >= 0");
+            }
             let touchers = threads
                 .iter()
                 .map(|t| workload::parse_toucher(t))
                 .collect::<Result<Vec<_>>>()?;
             drop(out);
-            workload::run(&process, cgroup.as_deref(), &touchers, hold)?;
+            workload::run(
+                &process,
+                cgroup.as_deref(),
+                &touchers,
+                hold,
+                Duration::from_secs_f64(start_after),
+            )?;
         }
     }
     Ok(())

@@ -185,7 +185,11 @@ pub fn write_summary(out: &mut dyn Write, json: bool, s: &Summary) -> std::io::R
         "summary: {} events, {} ring-buffer drops, {} rare-event drops, {} untracked (map full), {} decode errors",
         c.events, c.ring_drops, c.rare_drops, c.map_full, c.decode_errors
     )?;
-    let mut by_peak: Vec<_> = s.processes.iter().collect();
+    let mut by_peak: Vec<_> = s
+        .processes
+        .iter()
+        .filter(|p| !crate::model::views::is_noise(&[p.total, p.peak]))
+        .collect();
     by_peak.sort_by_key(|p| std::cmp::Reverse(p.peak));
     for p in by_peak.into_iter().take(20) {
         writeln!(

@@ -95,17 +95,16 @@ fn budget_table(out: &mut dyn Write, m: &MemcgView) -> io::Result<()> {
     }
     writeln!(
         out,
-        "  KubeVirt overhead budget ({}): {:<22} {:>11} {:>11}",
-        m.budget_profile.unwrap_or("?"),
-        "item",
+        "  {:<22} {:>11} {:>11}   (KubeVirt's overhead reservation, {})",
+        "budget item",
         "reserved",
-        "held"
+        "held",
+        m.budget_profile.unwrap_or("?")
     )?;
     for b in &m.budget {
         writeln!(
             out,
-            "  {:>30}{:<22} {:>11} {:>11}{}",
-            "",
+            "  {:<22} {:>11} {:>11}{}",
             b.item,
             bytes(b.reserved as i64),
             bytes(b.observed),

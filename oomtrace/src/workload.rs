@@ -96,6 +96,7 @@ pub fn run(
     cgroup: Option<&str>,
     touchers: &[Toucher],
     hold_secs: u64,
+    start_after: Duration,
 ) -> Result<()> {
     // Named first, so that every charge in the cgroup is made under the final name.
     set_current_thread_name(process_name);
@@ -103,6 +104,7 @@ pub fn run(
         std::fs::write(format!("{cg}/cgroup.procs"), std::process::id().to_string())
             .with_context(|| format!("cannot join cgroup {cg}"))?;
     }
+    thread::sleep(start_after);
     let handles: Vec<_> = touchers
         .iter()
         .cloned()

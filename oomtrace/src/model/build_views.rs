@@ -342,9 +342,6 @@ impl Model {
             .filter(|t| t.tgid == tgid)
             .map(ThreadState::guest)
             .sum::<i64>()
-            + self
-                .processes
-                .get(&tgid)
-                .map_or(0, |p| p.retired.guest.clamp(0, p.retired.anon.max(0)))
+            + self.processes.get(&tgid).map_or(0, |p| p.retired_guest)
     }
 }

@@ -91,6 +91,8 @@ struct ProcessState {
     /// The same per memcg and class: an exited thread's pages stay with the process until the
     /// process ends, so they stay in the class views until then.
     retired_by: HashMap<(u64, ThreadClass), (i64, i64)>,
+    /// Guest RAM among the retired totals (as each thread counted it when it was forgotten).
+    retired_guest: i64,
     /// Its last thread exited: the retired buckets go with its last forgotten thread.
     dead: bool,
     live_threads: usize,
@@ -411,8 +413,7 @@ impl Model {
         let victim_class = self.process_class(v.victim_pid);
         let post_mortem = (memcg_id != 0).then(|| {
             let baseline_guest = self.baseline_guest(v.victim_pid);
-            let victim_guest =
-                victim_threads().map(ThreadState::guest).sum::<i64>() + baseline_guest;
+            let victim_guest = self.process_guest(v.victim_pid) + baseline_guest;
             let rss = (v.anon_rss_kb + v.file_rss_kb + v.shmem_rss_kb) as i64 * 1024;
             Box::new(self.post_mortem(
                 memcg_id,
@@ -495,6 +496,7 @@ impl Model {
                 let guest = t.guest();
                 let p = self.processes.entry(t.tgid).or_default();
                 add(&mut p.retired, &t.totals);
+                p.retired_guest += guest;
                 let b = p.retired_by.entry((key.1, t.class())).or_default();
                 b.0 += t.totals.total();
                 b.1 += guest;
@@ -529,13 +531,23 @@ impl Model {
     pub fn tick(&mut self, now_ns: u64) {
         self.last_tick_ns = self.last_tick_ns.max(now_ns);
         let mut own: HashMap<u64, ClassVec> = HashMap::new();
+        let dead: std::collections::HashSet<u32> = self
+            .processes
+            .iter()
+            .filter(|(_, p)| p.dead)
+            .map(|(pid, _)| *pid)
+            .collect();
         for ((_, memcg), t) in self.threads.iter_mut() {
             t.history.record(now_ns, (t.totals.total(), t.guest()));
-            own.entry(*memcg)
-                .or_default()
-                .add(t.class(), t.totals.total(), t.guest());
+            // A process whose last thread exited holds nothing any more; its exit uncharges
+            // land on whichever of its threads ran the teardown.
+            if !dead.contains(&t.tgid) {
+                own.entry(*memcg)
+                    .or_default()
+                    .add(t.class(), t.totals.total(), t.guest());
+            }
         }
-        for p in self.processes.values() {
+        for p in self.processes.values().filter(|p| !p.dead) {
             for ((memcg, class), (total, guest)) in &p.retired_by {
                 own.entry(*memcg).or_default().add(*class, *total, *guest);
             }

@@ -157,7 +157,7 @@ pub fn class_views(
     let mut v: Vec<ClassView> = ThreadClass::ALL
         .iter()
         .enumerate()
-        .filter(|(i, _)| now.total[*i] != 0 || peak.total[*i] != 0)
+        .filter(|(i, _)| !is_noise(&[now.total[*i], peak.total[*i], ago60.total[*i]]))
         .map(|(i, c)| ClassView {
             class: *c,
             now: now.total[i],
