@@ -225,7 +225,10 @@ impl Live {
                 !quiet && self.pid_filter.is_none_or(|p| p == r.pid)
             }
             Change::Exit(e) => self.pid_filter.is_none_or(|p| p == e.pid),
-            Change::Oom(_) => true,
+            // With a target, only kills that involve it (another memcg's OOM is not ours).
+            Change::Oom(o) => {
+                !self.filter || o.memcg_id != 0 || self.model.knows_process(o.victim_pid)
+            }
         };
         if shown {
             let line = if self.cfg.json {

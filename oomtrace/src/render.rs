@@ -74,7 +74,11 @@ fn class_table(out: &mut dyn Write, m: &MemcgView) -> io::Result<()> {
         "  {:<22} {:>11} {:>11} {:>11} {:>11} {:>11}",
         "class", "now", "peak", "guest", "10 s", "60 s"
     )?;
-    for c in &m.classes {
+    for c in m
+        .classes
+        .iter()
+        .filter(|c| !crate::model::views::is_noise(&[c.now, c.peak, c.last_60s]))
+    {
         writeln!(
             out,
             "  {:<22} {:>11} {:>11} {:>11} {:>11} {:>11}",

@@ -188,8 +188,15 @@ fn real_qemu_vm_pod_guest_ram_memhold_and_post_mortem_match_the_kernel() -> Resu
     let monitor = std::env::temp_dir().join(format!("oomtrace-vmpod-{}.mon", std::process::id()));
     let (mut qemu, console) = start_qemu(&container_s, &monitor)?;
     let qemu_pid = qemu.id();
-    // oomtrace finds the guest RAM mapping of a paused qemu within a tick; then run the guest.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Run the guest once oomtrace knows where the paused qemu's guest RAM is.
+    tail.wait_for(Duration::from_secs(30), |v| {
+        v["type"] == "snapshot"
+            && v["processes"].as_array().is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| p["pid"] == qemu_pid && p["guest_ram_mapped"] == true)
+            })
+    })
+    .context("oomtrace never found qemu's guest RAM mapping")?;
     monitor_command(&monitor, "cont")?;
     let _ = std::fs::remove_file(&monitor);
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
@@ -237,11 +244,10 @@ fn real_qemu_vm_pod_guest_ram_memhold_and_post_mortem_match_the_kernel() -> Resu
     assert_eq!(oom["victim_class"], "qemu-other");
     assert_eq!(oom["invoker_comm"], kinvoker.comm.as_str());
     assert_eq!(oom["invoker_tid"].as_u64(), kinvoker.pid.map(u64::from));
-    assert_eq!(
-        oom["invoker_pid"], memhold_pid,
-        "memhold's growth hit the limit"
-    );
-    assert_eq!(oom["invoker_class"], "foreign");
+    // Whoever charged when the limit was hit (memhold mostly; an idle guest's vCPU sometimes):
+    // the class follows from the kernel's own name for it.
+    let expected_class = oomtrace::kubevirt::classify_thread_comm(&kinvoker.comm);
+    assert_eq!(oom["invoker_class"], expected_class.name());
     assert_eq!(oom["memcg"].as_str(), kernel.oom_memcg.as_deref());
     assert_eq!(
         oom["memcg"],
@@ -304,10 +310,12 @@ fn real_qemu_vm_pod_guest_ram_memhold_and_post_mortem_match_the_kernel() -> Resu
         .and_then(|ps| ps.iter().find(|p| p["pid"] == memhold_pid))
         .context("memhold in the post-mortem")?;
     assert_eq!(p_memhold["class"], "foreign");
-    let seen = p_memhold["now"].as_i64().unwrap_or(0);
+    // Anonymous bytes against rss_anon: memhold's net total is lower, since its direct reclaim
+    // at the limit uncharged other processes' page cache (counted against the reclaimer).
+    let seen = p_memhold["anon"].as_i64().unwrap_or(0);
     assert!(
         within(seen, k_rss, 5.0),
-        "memhold charged {seen} vs kernel rss {k_rss}"
+        "memhold charged {seen} anon vs kernel rss_anon {k_rss}"
     );
     // The budget compares against qemu's -m: guest 600 MiB, 1 vCPU.
     assert!(

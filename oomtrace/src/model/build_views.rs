@@ -152,6 +152,7 @@ impl Model {
                     memcg: self.memcg_path(*m),
                     now: total,
                     peak: t.peak,
+                    anon: t.totals.anon,
                     guest,
                     last_10s: total - ago10.0,
                     last_60s: total - ago60.0,
@@ -184,13 +185,20 @@ impl Model {
                 class: self.process_class(t.pid),
                 now: 0,
                 peak: 0,
+                anon: 0,
                 guest: 0,
                 last_10s: 0,
                 last_60s: 0,
                 overhead_10s: 0,
                 overhead_60s: 0,
+                guest_ram_mapped: self
+                    .processes
+                    .get(&t.pid)
+                    .and_then(|p| p.info.as_ref())
+                    .is_some_and(|i| i.guest_ram_watched),
             });
             p.now += t.now;
+            p.anon += t.anon;
             p.guest += t.guest;
             p.last_10s += t.last_10s;
             p.last_60s += t.last_60s;
@@ -202,6 +210,7 @@ impl Model {
             .map(|mut p| {
                 if let Some(s) = self.processes.get(&p.pid) {
                     p.now += s.retired.total();
+                    p.anon += s.retired.anon;
                     p.peak = s.peak.max(p.now);
                 }
                 p

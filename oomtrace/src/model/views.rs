@@ -91,12 +91,17 @@ pub struct ProcessView {
     pub class: ThreadClass,
     pub now: i64,
     pub peak: i64,
+    /// Of `now`: anonymous memory (what the kernel's rss_anon counts), and guest RAM.
+    pub anon: i64,
     pub guest: i64,
     pub last_10s: i64,
     pub last_60s: i64,
     /// Growth without guest RAM.
     pub overhead_10s: i64,
     pub overhead_60s: i64,
+    /// A qemu whose guest RAM mappings the kernel programs know: its guest RAM is measured by
+    /// address, not estimated.
+    pub guest_ram_mapped: bool,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -109,6 +114,7 @@ pub struct ThreadView {
     pub memcg: String,
     pub now: i64,
     pub peak: i64,
+    pub anon: i64,
     pub guest: i64,
     pub last_10s: i64,
     pub last_60s: i64,
@@ -157,7 +163,7 @@ pub fn class_views(
     let mut v: Vec<ClassView> = ThreadClass::ALL
         .iter()
         .enumerate()
-        .filter(|(i, _)| !is_noise(&[now.total[*i], peak.total[*i], ago60.total[*i]]))
+        .filter(|(i, _)| now.total[*i] != 0 || peak.total[*i] != 0)
         .map(|(i, c)| ClassView {
             class: *c,
             now: now.total[i],
