@@ -181,6 +181,7 @@ pub mod globals {
     pub const OFF_RECLAIM_NR: &str = "OFF_RECLAIM_NR";
     pub const OFF_EXIT_GROUP_DEAD: &str = "OFF_EXIT_GROUP_DEAD";
     pub const OFF_PF_ADDRESS: &str = "OFF_PF_ADDRESS";
+    pub const SELF_TGID: &str = "SELF_TGID";
 }
 
 /// Map names, shared so that neither side can misspell them.

@@ -60,8 +60,12 @@ fn try_charge(ctx: &TracePointContext) -> Result<(), i32> {
     if get(&g::FILTER_ON) != 0 && WATCHED.get_ptr(&memcg_id).is_none() {
         return Ok(());
     }
-    count(stat::CHARGE_HITS);
     let (tid, tgid) = current_ids();
+    if tgid == get(&g::SELF_TGID) {
+        // oomtrace's own charges (its maps, its /proc reads) are not the node's.
+        return Ok(());
+    }
+    count(stat::CHARGE_HITS);
     let key = ChargeKey {
         tid,
         _pad: 0,

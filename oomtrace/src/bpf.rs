@@ -230,6 +230,7 @@ pub fn load(tracefs: &Path, items: &ChargeItems, opts: &Options) -> Result<Probe
         (g::OFF_PF_ADDRESS, pf_address),
         (g::FILTER_ON, filter),
         (g::GUEST_TRACKING, guest),
+        (g::SELF_TGID, std::process::id()),
     ];
 
     raise_memlock();

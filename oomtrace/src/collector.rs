@@ -277,7 +277,8 @@ impl Live {
                 // tell what grew.
                 self.rescan();
                 self.sweep(out)?;
-                self.read_process(v.victim_pid, true);
+                // Not the victim: reading a dying process's /proc files takes a reference on its
+                // memory, and the last reference frees it (in our context, and later).
                 self.read_process(v.invoker_tgid, true);
                 v.invoker_tgid
             }

@@ -191,7 +191,7 @@ pub fn budget_views(b: &budget::Budget, held: &ClassVec) -> Vec<BudgetView> {
                 item: item.name,
                 reserved: item.reserved,
                 observed,
-                over: observed > i64::try_from(item.reserved).unwrap_or(i64::MAX),
+                over: observed - i64::try_from(item.reserved).unwrap_or(i64::MAX) >= NOISE_BYTES,
             }
         })
         .collect()
