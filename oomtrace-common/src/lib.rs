@@ -36,6 +36,7 @@ pub mod stat {
 /// same thread (munmap, exit) subtract.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct ChargeTotals {
     /// Anonymous memory (NR_ANON_MAPPED), including THP.
     pub anon: i64,

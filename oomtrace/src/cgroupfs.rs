@@ -170,7 +170,7 @@ pub fn parse_limit(text: &str) -> Option<u64> {
     t.parse::<u64>().ok().filter(|v| *v < (1u64 << 62))
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct UsageLimit {
     pub usage: u64,
     pub limit: Option<u64>,

@@ -1,22 +1,21 @@
 //! Ring-buffer records → decoded events. Pure: no I/O, table-tested.
 use oomtrace_common as c;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use oomtrace_common::ChargeTotals;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Charge {
     pub ts_ns: u64,
     pub tid: u32,
     pub tgid: u32,
     pub memcg_id: u64,
     pub comm: String,
-    #[serde(skip)]
     pub totals: ChargeTotals,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OomVictim {
     pub ts_ns: u64,
     pub invoker_tid: u32,
@@ -33,7 +32,7 @@ pub struct OomVictim {
     pub oom_score_adj: i32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reclaim {
     pub ts_ns: u64,
     pub tid: u32,
@@ -44,7 +43,7 @@ pub struct Reclaim {
     pub nr_reclaimed: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadExit {
     pub ts_ns: u64,
     pub tid: u32,
@@ -53,12 +52,24 @@ pub struct ThreadExit {
     pub group_dead: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     Charge(Charge),
     OomVictim(OomVictim),
     Reclaim(Reclaim),
     ThreadExit(ThreadExit),
+}
+
+impl Event {
+    /// When the kernel produced it (CLOCK_MONOTONIC ns).
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Event::Charge(c) => c.ts_ns,
+            Event::OomVictim(v) => v.ts_ns,
+            Event::Reclaim(r) => r.ts_ns,
+            Event::ThreadExit(e) => e.ts_ns,
+        }
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]

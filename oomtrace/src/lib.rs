@@ -3,6 +3,7 @@
 //!
 //! Data flows one way: kernel (bpf) → ring/maps → decode → model (attribution) → output.
 pub mod bpf;
+pub mod capture;
 pub mod cgroupfs;
 pub mod collector;
 pub mod decode;

@@ -126,7 +126,7 @@ pub fn text_line(clock: &Clock, change: &Change) -> String {
         ),
         Change::Oom(o) => format!(
             "{:>9.3}s *** OOM KILL in {} (usage {}): invoked by \"{}\" tid {} of {} pid {}; \
-             killed {} pid {} (anon-rss {}, file-rss {}, shmem-rss {}); oomtrace saw the victim charge {}",
+             killed {} pid {} (anon-rss {}, file-rss {}, shmem-rss {}); oomtrace saw the victim charge {} anon",
             clock.since_start(o.ts_ns),
             o.memcg,
             usage_limit(o.usage, o.limit),
@@ -139,7 +139,7 @@ pub fn text_line(clock: &Clock, change: &Change) -> String {
             bytes(o.victim_anon_rss_kb as i64 * 1024),
             bytes(o.victim_file_rss_kb as i64 * 1024),
             bytes(o.victim_shmem_rss_kb as i64 * 1024),
-            bytes(o.victim_charged),
+            bytes(o.victim_charged_anon),
         ),
         Change::Reclaim(r) => format!(
             "{} reclaim at limit: {} pages in {:.2} ms",

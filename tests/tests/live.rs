@@ -157,7 +157,7 @@ fn oom_kill_names_the_invoker_and_victim_the_kernel_names() -> Result<()> {
     assert_eq!(oom["limit"], 128 << 20);
     assert_eq!(summary["ooms"].as_array().map(Vec::len), Some(1));
     // What oomtrace saw the victim charge before the kill is what the kernel found it holding.
-    let charged_kb = oom["victim_charged"].as_i64().unwrap_or(0) / 1024;
+    let charged_kb = oom["victim_charged_anon"].as_i64().unwrap_or(0) / 1024;
     assert!(
         within(charged_kb, kvictim.anon_rss_kb as i64, 5.0),
         "victim charged {charged_kb} kB vs anon-rss {} kB",

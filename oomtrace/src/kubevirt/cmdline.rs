@@ -1,9 +1,9 @@
 //! The VM behind a pod, read from its processes' command lines (no API server needed):
 //! virt-launcher's `--name`/`--namespace`, qemu's `-name guest=<ns>_<vm>`, `-m`, `-smp` and
 //! iothread objects.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmFacts {
     pub namespace: Option<String>,
     pub name: Option<String>,

@@ -3,6 +3,7 @@
 //! does no I/O.
 mod build_views;
 mod history;
+pub mod input;
 mod rows;
 #[cfg(test)]
 mod tests;
@@ -30,7 +31,7 @@ use crate::{
 const MAX_RETIRED_PROCESSES: usize = 4096;
 
 /// What /proc says about a process, read once by the collector when the process is first seen.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProcessInfo {
     pub comm: String,
     pub exe: Option<String>,
@@ -405,6 +406,11 @@ impl Model {
                 .processes
                 .get(&v.victim_pid)
                 .map_or(0, |p| p.retired.total());
+        let victim_charged_anon = victim_threads().map(|t| t.totals.anon).sum::<i64>()
+            + self
+                .processes
+                .get(&v.victim_pid)
+                .map_or(0, |p| p.retired.anon);
         let victim_comm = if v.victim_comm.is_empty() {
             self.process_name(v.victim_pid, "?")
         } else {
@@ -447,6 +453,7 @@ impl Model {
             victim_pgtables_kb: v.pgtables_kb,
             victim_oom_score_adj: v.oom_score_adj,
             victim_charged,
+            victim_charged_anon,
             post_mortem,
         };
         self.ooms.push(row.clone());

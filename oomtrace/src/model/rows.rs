@@ -60,6 +60,9 @@ pub struct OomRow {
     pub victim_oom_score_adj: i32,
     /// Bytes oomtrace attributed to the victim's threads before the kill.
     pub victim_charged: i64,
+    /// The anonymous part: what the kernel's anon-rss of the victim counts. (The net total also
+    /// holds page cache the victim's threads freed by direct reclaim at the limit, as negative.)
+    pub victim_charged_anon: i64,
     /// What grew before the kill, by class, process and thread (boxed: rows stay small).
     pub post_mortem: Option<Box<PostMortem>>,
 }

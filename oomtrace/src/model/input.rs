@@ -1,0 +1,119 @@
+//! Everything the model is ever told, as values: the live collector feeds these and a capture
+//! stores them, so a replay runs exactly the attribution the live run did.
+use serde::{Deserialize, Serialize};
+
+use super::{Change, Model, ProcessInfo};
+use crate::{
+    cgroupfs::UsageLimit,
+    decode::{Charge, Event},
+    kubevirt::budget,
+};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ModelInput {
+    /// KubeVirt constants (by profile name) and overhead ratio for the budget.
+    Budget {
+        profile: String,
+        ratio: f64,
+    },
+    MemcgPath {
+        id: u64,
+        path: String,
+    },
+    Usage {
+        id: u64,
+        usage: UsageLimit,
+    },
+    Process {
+        tgid: u32,
+        info: ProcessInfo,
+    },
+    /// A decoded ring-buffer record.
+    Event(Event),
+    /// A sweep's reading of the kernel's charge map.
+    Sweep(Charge),
+    /// The collector's clock at a sweep (CLOCK_MONOTONIC ns): the windows' samples.
+    Tick(u64),
+    /// An exited thread's final totals were read; the model lets it go.
+    Forget(u32),
+}
+
+impl ModelInput {
+    /// CLOCK_MONOTONIC ns the input carries, if any.
+    pub fn ts_ns(&self) -> Option<u64> {
+        match self {
+            ModelInput::Tick(t) => Some(*t),
+            ModelInput::Sweep(c) => Some(c.ts_ns),
+            ModelInput::Event(e) => Some(e.ts_ns()),
+            _ => None,
+        }
+    }
+}
+
+impl Model {
+    /// Applies one input; returns what changed, for the views.
+    pub fn feed(&mut self, input: &ModelInput) -> Option<Change> {
+        match input {
+            ModelInput::Budget { profile, ratio } => {
+                let constants = budget::PROFILES
+                    .iter()
+                    .find(|p| p.name == profile)
+                    .cloned()
+                    .unwrap_or(budget::KUBEVIRT_CURRENT);
+                self.set_budget(constants, *ratio);
+                None
+            }
+            ModelInput::MemcgPath { id, path } => {
+                self.set_memcg_path(*id, path.clone());
+                None
+            }
+            ModelInput::Usage { id, usage } => {
+                self.set_usage(*id, *usage);
+                None
+            }
+            ModelInput::Process { tgid, info } => {
+                self.set_process_info(*tgid, info.clone());
+                None
+            }
+            ModelInput::Event(e) => self.apply(e),
+            ModelInput::Sweep(c) => self.charge(c).map(Change::Charge),
+            ModelInput::Tick(t) => {
+                self.tick(*t);
+                None
+            }
+            ModelInput::Forget(tid) => {
+                self.forget_thread(*tid);
+                None
+            }
+        }
+    }
+
+    /// The facts a capture file must start with to be read on its own (after rotation):
+    /// budget, memcg paths and usage, process infos.
+    pub fn facts(&self) -> Vec<ModelInput> {
+        let mut out = vec![ModelInput::Budget {
+            profile: self.budget_constants.name.to_string(),
+            ratio: self.budget_ratio,
+        }];
+        for (id, m) in &self.memcgs {
+            if !m.path.is_empty() {
+                out.push(ModelInput::MemcgPath {
+                    id: *id,
+                    path: m.path.clone(),
+                });
+            }
+            if let Some(u) = m.usage {
+                out.push(ModelInput::Usage { id: *id, usage: u });
+            }
+        }
+        for (tgid, p) in &self.processes {
+            if let Some(info) = &p.info {
+                out.push(ModelInput::Process {
+                    tgid: *tgid,
+                    info: info.clone(),
+                });
+            }
+        }
+        out
+    }
+}
