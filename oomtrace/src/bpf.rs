@@ -11,7 +11,7 @@ use aya::{
 use oomtrace_common::{ChargeKey, ChargeValue, GuestRanges, globals as g, maps as m, stat};
 use serde::Serialize;
 
-use crate::{kernel_enums::ChargeItems, model::Counters, tracefs::Format};
+use crate::{kernel_enums::ChargeItems, tracefs::Format};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oomtrace"));
 
@@ -383,10 +383,12 @@ impl Probes {
     }
 }
 
-/// Sums the per-CPU counters into the model's counter set.
-pub fn read_stats(stats: &PerCpuArray<MapData, u64>, into: &mut Counters) {
+/// Sums the per-CPU loss counters: (ring drops, rare-event drops, map full).
+pub fn read_stats(stats: &PerCpuArray<MapData, u64>) -> (u64, u64, u64) {
     let sum = |i: u32| stats.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
-    into.ring_drops = sum(stat::RING_DROPS);
-    into.rare_drops = sum(stat::RARE_DROPS);
-    into.map_full = sum(stat::MAP_FULL);
+    (
+        sum(stat::RING_DROPS),
+        sum(stat::RARE_DROPS),
+        sum(stat::MAP_FULL),
+    )
 }

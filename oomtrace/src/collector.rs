@@ -1,7 +1,7 @@
 //! The live collector: loads the probes, keeps the memcg filter current, drains the ring buffer,
 //! sweeps the charge map for totals not yet sent, and feeds everything to the model.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     io::Write,
     path::PathBuf,
     time::{Duration, Instant},
@@ -14,14 +14,17 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
     bpf::{self, HookChoice},
+    capture,
     cgroupfs::{self, MemoryController},
     decode::{self, Charge, Event},
     kernel_enums::{ChargeItems, VMLINUX_BTF},
     kubevirt::budget,
+    model::input::ModelInput,
     model::{Change, Model, ProcessInfo, Summary},
     output::{self, Clock},
+    printer::Printer,
     procfs,
-    render::{self, By},
+    render::By,
     tracefs,
 };
 
@@ -51,6 +54,17 @@ pub struct Config {
     pub every: Duration,
     /// KubeVirt overhead constants and ratio for the budget comparison.
     pub budget: (budget::Constants, f64),
+    /// Write a capture of everything the model is fed.
+    pub record: Option<RecordTo>,
+    /// Show a one-line status on stderr, updated in place (record).
+    pub status_line: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct RecordTo {
+    pub path: PathBuf,
+    pub max_size: Option<u64>,
+    pub keep: usize,
 }
 
 impl Default for Config {
@@ -65,6 +79,8 @@ impl Default for Config {
             by: None,
             every: Duration::from_secs(5),
             budget: (budget::KUBEVIRT_CURRENT, 1.0),
+            record: None,
+            status_line: false,
         }
     }
 }
@@ -73,7 +89,6 @@ impl Default for Config {
 /// after the exit tracepoint on some kernels), then forgotten.
 const EXIT_GRACE: Duration = Duration::from_millis(1500);
 const TICK: Duration = Duration::from_millis(500);
-const RECLAIM_LINE_NS: u64 = 1_000_000_000;
 
 /// Checks that must pass before anything is loaded; each failure is one clear line.
 pub fn preflight(cfg: &Config) -> Result<(MemoryController, Option<PathBuf>, Option<u32>)> {
@@ -101,7 +116,6 @@ struct Live {
     ctl: MemoryController,
     root: PathBuf,
     filter: bool,
-    pid_filter: Option<u32>,
     charges: BpfHashMap<MapData, ChargeKey, ChargeValue>,
     watched: BpfHashMap<MapData, u64, u8>,
     stats: PerCpuArray<MapData, u64>,
@@ -115,9 +129,9 @@ struct Live {
     clock: Clock,
     cfg: Config,
     probes: bpf::Probes,
-    /// When each thread's last reclaim line was shown (text output only; bounded by threads
-    /// that were seen, cleared with them).
-    reclaim_shown: HashMap<u32, u64>,
+    capture: Option<capture::Writer>,
+    capture_error: Option<anyhow::Error>,
+    printer: Printer,
 }
 
 impl Live {
@@ -129,10 +143,11 @@ impl Live {
                 if self.filter {
                     let _ = self.watched.insert(id, &1u8, 0);
                 }
-                self.model.set_memcg_path(*id, self.ctl.display_path(path));
+                let path = self.ctl.display_path(path);
+                self.feed(ModelInput::MemcgPath { id: *id, path });
             }
             if let Some(u) = self.ctl.usage_limit(path) {
-                self.model.set_usage(*id, u);
+                self.feed(ModelInput::Usage { id: *id, usage: u });
             }
         }
         let gone: Vec<u64> = self
@@ -146,6 +161,46 @@ impl Live {
             if self.filter {
                 let _ = self.watched.remove(&id);
             }
+        }
+    }
+
+    /// Everything the model learns goes through here, so a capture holds all of it.
+    fn feed(&mut self, input: ModelInput) -> Option<Change> {
+        if let Some(w) = self.capture.as_mut()
+            && let Err(e) = w.push(&input)
+        {
+            // Keep tracing; say once why the capture stopped.
+            log::error!("capture stopped: {e:#}");
+            self.capture_error = Some(e);
+            self.capture = None;
+        }
+        self.model.feed(&input)
+    }
+
+    /// At every tick: frame what the capture holds, rotate if due, show the status line.
+    fn capture_tick(&mut self) {
+        let Some(w) = self.capture.as_mut() else {
+            return;
+        };
+        let model = &self.model;
+        if let Err(e) = w.tick(|| model.facts()) {
+            log::error!("capture stopped: {e:#}");
+            self.capture_error = Some(e);
+            self.capture = None;
+            return;
+        }
+        if self.cfg.status_line {
+            let c = &self.model.counters;
+            eprint!(
+                "\rrecording: {} events, {} records, {} written, file {}, drops {}/{}/{}   ",
+                c.events,
+                w.stats.inputs,
+                output::bytes(w.stats.bytes as i64),
+                output::bytes(w.file_bytes() as i64),
+                c.ring_drops,
+                c.rare_drops,
+                c.map_full
+            );
         }
     }
 
@@ -163,7 +218,7 @@ impl Live {
             if info.vm.guest_memory.is_some() {
                 info.guest_ram_watched = self.watch_guest_ram(tgid, &info);
             }
-            self.model.set_process_info(tgid, info);
+            self.feed(ModelInput::Process { tgid, info });
         }
     }
 
@@ -211,53 +266,13 @@ impl Live {
     }
 
     fn show(&mut self, out: &mut dyn Write, change: &Change) -> Result<()> {
-        let shown = match change {
-            Change::Charge(r) => self.cfg.charges && self.pid_filter.is_none_or(|p| p == r.pid),
-            Change::Reclaim(r) => {
-                // A thread at the limit reclaims on every charge: one text line per second per
-                // thread says as much (JSON keeps every pass).
-                let last = self.reclaim_shown.get(&r.tid).copied();
-                let quiet = !self.cfg.json
-                    && last.is_some_and(|t| r.ts_ns.saturating_sub(t) < RECLAIM_LINE_NS);
-                if !quiet {
-                    self.reclaim_shown.insert(r.tid, r.ts_ns);
-                }
-                !quiet && self.pid_filter.is_none_or(|p| p == r.pid)
-            }
-            Change::Exit(e) => self.pid_filter.is_none_or(|p| p == e.pid),
-            // With a target, only kills that involve it (another memcg's OOM is not ours).
-            Change::Oom(o) => {
-                !self.filter || o.memcg_id != 0 || self.model.knows_process(o.victim_pid)
-            }
-        };
-        if shown {
-            let line = if self.cfg.json {
-                output::json_line(&self.clock, change)
-            } else {
-                output::text_line(&self.clock, change)
-            };
-            writeln!(out, "{line}").context("cannot write output")?;
-            if let (Change::Oom(o), false) = (change, self.cfg.json)
-                && let Some(pm) = &o.post_mortem
-            {
-                render::post_mortem(out, pm).context("cannot write output")?;
-            }
-        }
-        Ok(())
+        self.printer.show(out, &self.model, change)
     }
 
     /// The periodic `--by` summary.
     fn show_snapshot(&self, out: &mut dyn Write, by: By) -> Result<()> {
-        let now = output::monotonic_ns();
-        let snap = self.model.snapshot(now);
-        if self.cfg.json {
-            let line = serde_json::to_string(&snap).context("cannot encode snapshot")?;
-            writeln!(out, "{line}").context("cannot write output")?;
-        } else {
-            render::snapshot(out, &snap, by, self.clock.since_start(now))
-                .context("cannot write output")?;
-        }
-        Ok(())
+        self.printer
+            .snapshot(out, &self.model, output::monotonic_ns(), by)
     }
 
     fn apply(&mut self, out: &mut dyn Write, event: &Event) -> Result<bool> {
@@ -295,7 +310,7 @@ impl Live {
         };
         self.learn_process(tgid);
         let oom = matches!(event, Event::OomVictim(_));
-        if let Some(change) = self.model.apply(event) {
+        if let Some(change) = self.feed(ModelInput::Event(event.clone())) {
             self.show(out, &change)?;
         }
         Ok(oom)
@@ -319,12 +334,17 @@ impl Live {
         }
         for c in readings {
             self.learn_process(c.tgid);
-            if let Some(row) = self.model.charge(&c) {
-                self.show(out, &Change::Charge(row))?;
+            if let Some(change) = self.feed(ModelInput::Sweep(c)) {
+                self.show(out, &change)?;
             }
         }
-        bpf::read_stats(&self.stats, &mut self.model.counters);
-        self.model.tick(now);
+        let (ring_drops, rare_drops, map_full) = bpf::read_stats(&self.stats);
+        self.feed(ModelInput::KernelStats {
+            ring_drops,
+            rare_drops,
+            map_full,
+        });
+        self.feed(ModelInput::Tick(now));
         Ok(())
     }
 
@@ -347,8 +367,8 @@ impl Live {
                     memcg_id,
                 });
             }
-            self.model.forget_thread(tid);
-            self.reclaim_shown.remove(&tid);
+            self.feed(ModelInput::Forget(tid));
+            self.printer.forget(tid);
         }
         Ok(())
     }
@@ -370,6 +390,28 @@ fn drain(ring: &mut RingBuf<MapData>, live: &mut Live, out: &mut dyn Write) -> R
         oom |= live.apply(out, e)?;
     }
     Ok(oom)
+}
+
+/// The capture header: this host, kernel and clocks, and the hooks chosen.
+fn capture_header(clock: &Clock, target: &Target, hooks: &[bpf::HookChoice]) -> capture::Header {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    capture::Header {
+        host: read("/proc/sys/kernel/hostname"),
+        kernel: read("/proc/sys/kernel/osrelease"),
+        realtime_offset_ns: i64::try_from(clock.realtime_offset_ns).unwrap_or(0),
+        start_mono_ns: clock.start_mono_ns,
+        target: match target {
+            Target::All => "all".into(),
+            Target::Cgroup(c) => c.clone(),
+            Target::Pid(p) => format!("pid {p}"),
+        },
+        hooks: hooks.iter().map(capture::format::SavedHook::from).collect(),
+        sequence: 0,
+    }
 }
 
 /// What the collector chose, for doctor and the start banner.
@@ -394,11 +436,11 @@ pub async fn run(
     };
     let mut probes = bpf::load(&tracefs, &items, &opts)?;
     let ring = probes.take_ring()?;
+    let clock = Clock::now();
     let mut live = Live {
         root: root.unwrap_or_else(|| ctl.mount.clone()),
         ctl,
         filter,
-        pid_filter,
         charges: probes.take_charges()?,
         watched: probes.take_watched()?,
         stats: probes.take_stats()?,
@@ -407,16 +449,27 @@ pub async fn run(
         qemu_pending: HashSet::new(),
         known_memcgs: HashSet::new(),
         pending_exits: Vec::new(),
-        model: {
-            let mut m = Model::new();
-            m.set_budget(cfg.budget.0, cfg.budget.1);
-            m
-        },
-        clock: Clock::now(),
+        model: Model::new(),
+        clock,
         cfg: cfg.clone(),
         probes,
-        reclaim_shown: HashMap::new(),
+        printer: Printer::new(cfg.json, cfg.charges, pid_filter, filter, clock),
+        capture: None,
+        capture_error: None,
     };
+    if let Some(rec) = &cfg.record {
+        let header = capture_header(&live.clock, &cfg.target, &live.probes.choices);
+        live.capture = Some(capture::Writer::create(
+            &rec.path,
+            header,
+            rec.max_size,
+            rec.keep,
+        )?);
+    }
+    live.feed(ModelInput::Budget {
+        profile: cfg.budget.0.name.to_string(),
+        ratio: cfg.budget.1,
+    });
     live.rescan();
     live.probes.attach()?;
     // SAFETY: the ring buffer owns its fd and stays inside the AsyncFd until this function
@@ -460,6 +513,7 @@ pub async fn run(
                 live.probes.flush_logs();
                 live.sweep(out)?;
                 live.retire_exited(out, false)?;
+                live.capture_tick();
                 if let Some(by) = cfg.by
                     && Instant::now() >= next_snapshot
                 {
@@ -476,6 +530,24 @@ pub async fn run(
     drain(ring.get_mut(), &mut live, out)?;
     live.sweep(out)?;
     let summary = live.model.summary();
+    if cfg.status_line {
+        eprintln!();
+    }
+    if let Some(w) = live.capture.take() {
+        let stats = w.finish()?;
+        if cfg.status_line {
+            eprintln!(
+                "oomtrace: wrote {} records in {} ({} file{})",
+                stats.inputs,
+                output::bytes(stats.bytes as i64),
+                stats.files,
+                if stats.files == 1 { "" } else { "s" }
+            );
+        }
+    }
+    if let Some(e) = live.capture_error.take() {
+        return Err(e.context("the capture file is incomplete"));
+    }
     out.flush().ok();
     Ok(summary)
 }

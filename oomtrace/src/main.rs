@@ -1,18 +1,44 @@
-use std::{io::Write, process::ExitCode, time::Duration};
+use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use oomtrace::{
-    collector::{self, Config, Target},
+    collector::{self, Config, RecordTo, Target},
     demo, doctor, explain,
     kubevirt::{
         budget,
         cmdline::{VmFacts, parse_size},
     },
+    offline::{self, ExportFormat},
     output,
     render::By,
     workload,
 };
+
+fn target_of(cgroup: Option<String>, pid: Option<u32>) -> Target {
+    match (cgroup, pid) {
+        (Some(c), _) => Target::Cgroup(c),
+        (None, Some(p)) => Target::Pid(p),
+        (None, None) => Target::All,
+    }
+}
+
+fn positive_duration(d: Option<f64>) -> Result<Option<Duration>> {
+    match d {
+        Some(d) if !(d > 0.0 && d.is_finite()) => {
+            anyhow::bail!("--duration must be a positive number of seconds")
+        }
+        Some(d) => Ok(Some(Duration::from_secs_f64(d))),
+        None => Ok(None),
+    }
+}
+
+fn positive_flush(v: i64) -> Result<i64> {
+    if v <= 0 {
+        anyhow::bail!("--flush-bytes must be > 0");
+    }
+    Ok(v)
+}
 
 /// The KubeVirt overhead constants by name, and a sane ratio.
 fn budget_profile(name: &str, ratio: f64) -> Result<budget::Constants> {
@@ -54,6 +80,12 @@ enum Command {
         /// Watch this memory cgroup and everything below it (as the kernel prints it, or a full path).
         #[arg(long, conflicts_with = "pid")]
         cgroup: Option<String>,
+        /// Replay a capture instead of tracing (no root needed).
+        #[arg(long, conflicts_with_all = ["cgroup", "pid"])]
+        from: Option<PathBuf>,
+        /// With --from: replay at this speed (1 = as recorded); default: as fast as possible.
+        #[arg(long, requires = "from")]
+        speed: Option<f64>,
         /// Watch the memory cgroup of this process and show only its threads.
         #[arg(long)]
         pid: Option<u32>,
@@ -78,6 +110,57 @@ enum Command {
         /// additionalGuestMemoryOverheadRatio in force (Harvester >= 1.4 defaults to 1.5).
         #[arg(long, default_value_t = 1.0)]
         overhead_ratio: f64,
+    },
+    /// Trace like `tail` and write everything to a capture file, for `report` and `export` later.
+    Record {
+        /// The capture file.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        #[arg(long, conflicts_with = "pid")]
+        cgroup: Option<String>,
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Rotate when the file reaches this size (e.g. 256M); keeps --keep older files.
+        #[arg(long)]
+        max_size: Option<String>,
+        #[arg(long, default_value_t = 4)]
+        keep: usize,
+        /// The final summary as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 256 * 1024)]
+        flush_bytes: i64,
+    },
+    /// Replay captures (rotated files oldest first) and show OOM post-mortems, the state at the
+    /// end or at --at, and the summary. No root or BPF needed.
+    Report {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Seconds after the capture's start: show the state then.
+        #[arg(long)]
+        at: Option<f64>,
+        /// With --at: also list every change of the last this-many seconds before it.
+        #[arg(long, requires = "at")]
+        window: Option<f64>,
+        /// Also show the state every this many seconds of capture time.
+        #[arg(long)]
+        every: Option<f64>,
+        #[arg(long, value_enum, default_value = "class")]
+        by: By,
+    },
+    /// Convert a capture: JSON Lines or CSV (tail --json's field names), or a Perfetto trace.
+    Export {
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Output file (default standard output; required for perfetto).
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
     },
     /// Make a VM-pod-shaped memory cgroup, run a qemu-named workload and a memhold sidecar in it,
     /// and trace them until the memcg OOM killer strikes.
@@ -135,6 +218,108 @@ fn run(cli: Cli) -> Result<()> {
     let mut out = stdout.lock();
     match cli.command {
         Command::Tail {
+            from: Some(file),
+            speed,
+            json,
+            by,
+            every,
+            ..
+        } => {
+            if !(every > 0.0 && every.is_finite()) {
+                anyhow::bail!("--every must be a positive number of seconds");
+            }
+            offline::tail_from(
+                &file,
+                json,
+                speed,
+                by,
+                Duration::from_secs_f64(every),
+                &mut out,
+            )?;
+        }
+        Command::Record {
+            output,
+            cgroup,
+            pid,
+            duration,
+            max_size,
+            keep,
+            json,
+            flush_bytes,
+        } => {
+            let max_size = match max_size {
+                Some(m) => Some(parse_size_arg(&m).filter(|v| *v > 0).ok_or_else(|| {
+                    anyhow::anyhow!("--max-size {m:?} is not a size (e.g. 256M, 1G)")
+                })?),
+                None => None,
+            };
+            let cfg = Config {
+                target: target_of(cgroup, pid),
+                json,
+                charges: false,
+                duration: positive_duration(duration)?,
+                flush_bytes: positive_flush(flush_bytes)?,
+                record: Some(RecordTo {
+                    path: output,
+                    max_size,
+                    keep,
+                }),
+                status_line: true,
+                ..Config::default()
+            };
+            let rt = runtime()?;
+            let summary = rt.block_on(collector::run(cfg, &mut std::io::sink(), |_| {
+                eprintln!("oomtrace: recording; Ctrl-C to stop");
+            }))?;
+            output::write_summary(&mut out, json, &summary)?;
+        }
+        Command::Report {
+            files,
+            json,
+            at,
+            window,
+            every,
+            by,
+        } => {
+            for (name, v) in [("--at", at), ("--window", window), ("--every", every)] {
+                if v.is_some_and(|v| !(v >= 0.0 && v.is_finite())) {
+                    anyhow::bail!("{name} must be a number of seconds >= 0");
+                }
+            }
+            if every == Some(0.0) {
+                anyhow::bail!("--every must be > 0");
+            }
+            offline::report(
+                &offline::ReportOptions {
+                    files,
+                    json,
+                    at,
+                    window,
+                    every,
+                    by,
+                },
+                &mut out,
+            )?;
+        }
+        Command::Export {
+            file,
+            format,
+            output,
+        } => match output {
+            Some(path) => {
+                let mut f = std::io::BufWriter::new(
+                    std::fs::File::create(&path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                );
+                offline::export(&file, format, &mut f)?;
+                f.flush()?;
+            }
+            None if format == ExportFormat::Perfetto => {
+                anyhow::bail!("a Perfetto trace is binary: give -o FILE")
+            }
+            None => offline::export(&file, format, &mut out)?,
+        },
+        Command::Tail {
             cgroup,
             pid,
             json,
@@ -144,22 +329,12 @@ fn run(cli: Cli) -> Result<()> {
             every,
             kubevirt,
             overhead_ratio,
+            from: None,
+            speed: _,
         } => {
-            let target = match (cgroup, pid) {
-                (Some(c), _) => Target::Cgroup(c),
-                (None, Some(p)) => Target::Pid(p),
-                (None, None) => Target::All,
-            };
-            if flush_bytes <= 0 {
-                anyhow::bail!("--flush-bytes must be > 0");
-            }
-            let duration = match duration {
-                Some(d) if !(d > 0.0 && d.is_finite()) => {
-                    anyhow::bail!("--duration must be a positive number of seconds")
-                }
-                Some(d) => Some(Duration::from_secs_f64(d)),
-                None => None,
-            };
+            let target = target_of(cgroup, pid);
+            let flush_bytes = positive_flush(flush_bytes)?;
+            let duration = positive_duration(duration)?;
             if !(every > 0.0 && every.is_finite()) {
                 anyhow::bail!("--every must be a positive number of seconds");
             }

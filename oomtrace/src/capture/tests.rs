@@ -23,7 +23,7 @@ fn header() -> Header {
 }
 
 fn input(i: u64) -> ModelInput {
-    if i % 7 == 0 {
+    if i.is_multiple_of(7) {
         ModelInput::Tick(i * 1000)
     } else {
         ModelInput::Event(Event::Charge(Charge {
@@ -31,7 +31,7 @@ fn input(i: u64) -> ModelInput {
             tid: 100 + (i % 5) as u32,
             tgid: 100,
             memcg_id: 42,
-            comm: if i % 3 == 0 {
+            comm: if i.is_multiple_of(3) {
                 "CPU 0/KVM".into()
             } else {
                 String::new()

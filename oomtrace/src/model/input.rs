@@ -36,6 +36,12 @@ pub enum ModelInput {
     Tick(u64),
     /// An exited thread's final totals were read; the model lets it go.
     Forget(u32),
+    /// The kernel side's loss counters (cumulative), read at a sweep.
+    KernelStats {
+        ring_drops: u64,
+        rare_drops: u64,
+        map_full: u64,
+    },
 }
 
 impl ModelInput {
@@ -83,6 +89,16 @@ impl Model {
             }
             ModelInput::Forget(tid) => {
                 self.forget_thread(*tid);
+                None
+            }
+            ModelInput::KernelStats {
+                ring_drops,
+                rare_drops,
+                map_full,
+            } => {
+                self.counters.ring_drops = *ring_drops;
+                self.counters.rare_drops = *rare_drops;
+                self.counters.map_full = *map_full;
                 None
             }
         }

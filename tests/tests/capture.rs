@@ -1,0 +1,283 @@
+//! Captures end to end: `record` a real OOM scenario, then `report` replays it to exactly the
+//! live run's totals, `export` gives JSON Lines, CSV and a Perfetto trace that Perfetto's own
+//! protobuf bindings decode, and damaged or foreign files get warnings or one clear error.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use oomtrace::{cgroupfs::MemoryController, scratch_cgroup::ScratchCgroup};
+use serde_json::Value;
+use tests::{oomtrace_bin, require_root, serial, touched, workload};
+
+fn scratch_dir(name: &str) -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("oomtrace-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+fn run(args: &[&str]) -> Result<(i32, String, String)> {
+    let out = Command::new(oomtrace_bin()?).args(args).output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+fn last_json(stdout: &str) -> Result<Value> {
+    let line = stdout.lines().last().context("no output")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+/// Records a memhold sidecar and a qemu-named process growing into a 128 MiB limit.
+fn record_scenario(dir: &Path) -> Result<(PathBuf, Value)> {
+    let ctl = MemoryController::detect()?;
+    let cg = ScratchCgroup::create(
+        &ctl,
+        &format!("oomtrace-test-cap-{}", std::process::id()),
+        128 << 20,
+    )?;
+    let path = cg.path.display().to_string();
+    let file = dir.join("scenario.otr");
+    let rec = Command::new(oomtrace_bin()?)
+        .args(["record", "-o"])
+        .arg(&file)
+        .args(["--cgroup", &path, "--duration", "8", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut memhold = workload(&path, "memhold", &["memhold=32@64"], 60)?;
+    touched(&mut memhold, 1)?;
+    let mut qemu = workload(
+        &path,
+        "qemu-system-x86",
+        &["CPU 0/KVM=0@64", "IO iothread1=8@8"],
+        60,
+    )?;
+    let _ = qemu.wait();
+    let _ = (memhold.kill(), memhold.wait());
+    let out = rec.wait_with_output()?;
+    if !out.status.success() {
+        bail!("record failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    drop(cg);
+    let live = last_json(&String::from_utf8_lossy(&out.stdout))?;
+    Ok((file, live))
+}
+
+fn by_tid(summary: &Value) -> Vec<(u64, i64, i64, i64, i64, i64)> {
+    let mut v: Vec<_> = summary["threads"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|t| {
+                    (
+                        t["tid"].as_u64().unwrap_or(0),
+                        t["total"].as_i64().unwrap_or(0),
+                        t["anon"].as_i64().unwrap_or(0),
+                        t["file"].as_i64().unwrap_or(0),
+                        t["kernel"].as_i64().unwrap_or(0),
+                        t["guest"].as_i64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+const PERFETTO_CHECK: &str = r#"
+import json, sys
+from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
+t = Trace.FromString(open(sys.argv[1], 'rb').read())
+names = {}
+values = {}
+instants = []
+for p in t.packet:
+    if p.HasField('track_descriptor'):
+        d = p.track_descriptor
+        names[d.uuid] = d.name
+    if p.HasField('track_event'):
+        e = p.track_event
+        if e.type == TrackEvent.TYPE_COUNTER:
+            values.setdefault(names[e.track_uuid], []).append(e.counter_value)
+        elif e.type == TrackEvent.TYPE_INSTANT:
+            instants.append((names[e.track_uuid], e.name))
+print(json.dumps({"tracks": sorted(names.values()), "counters": values, "instants": instants}))
+"#;
+
+fn python_with_perfetto() -> Result<()> {
+    let ok = |c: &mut Command| c.status().map(|s| s.success()).unwrap_or(false);
+    let import = "import perfetto.protos.perfetto.trace.perfetto_trace_pb2";
+    if ok(Command::new("python3")
+        .args(["-c", import])
+        .stderr(Stdio::null()))
+    {
+        return Ok(());
+    }
+    if !ok(Command::new("python3").args(["-m", "pip", "install", "--quiet", "perfetto", "protobuf"]))
+        || !ok(Command::new("python3").args(["-c", import]))
+    {
+        bail!("cannot install the PyPI package perfetto (Perfetto's protobuf bindings)");
+    }
+    Ok(())
+}
+
+#[test]
+fn recorded_oom_replays_to_the_live_totals_and_exports_to_perfetto() -> Result<()> {
+    if !require_root("recorded_oom_replays_to_the_live_totals_and_exports_to_perfetto") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let dir = scratch_dir("capture")?;
+    let (file, live) = record_scenario(&dir)?;
+    let f = file.display().to_string();
+
+    // report replays to exactly what the live run ended with.
+    let (code, stdout, stderr) = run(&["report", &f, "--json"])?;
+    assert_eq!(code, 0, "{stderr}");
+    let replayed = last_json(&stdout)?;
+    assert_eq!(replayed["type"], "summary");
+    assert!(!by_tid(&live).is_empty());
+    assert_eq!(by_tid(&replayed), by_tid(&live), "per-thread totals");
+    assert_eq!(replayed["processes"], live["processes"]);
+    assert_eq!(replayed["ooms"], live["ooms"]);
+    assert_eq!(replayed["counters"], live["counters"]);
+    let oom = &live["ooms"][0];
+    assert_eq!(oom["victim_comm"], "qemu-system-x86");
+    // The text report shows the post-mortem.
+    let (code, text, _) = run(&["report", &f])?;
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("*** OOM KILL") && text.contains("grew"),
+        "{text}"
+    );
+
+    // JSON Lines and CSV: one row per change, tail --json's names.
+    let (code, jsonl, _) = run(&["export", &f, "--format", "jsonl"])?;
+    assert_eq!(code, 0);
+    let rows: Vec<Value> = jsonl
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert!(
+        rows.iter()
+            .any(|r| r["type"] == "charge" && r["class"] == "vcpu")
+    );
+    assert_eq!(rows.iter().filter(|r| r["type"] == "oom").count(), 1);
+    let (code, csv, _) = run(&["export", &f, "--format", "csv"])?;
+    assert_eq!(code, 0);
+    assert!(csv.starts_with("type,time,ts_ns,memcg,memcg_id,pid,tid,comm,process,class,"));
+    assert_eq!(
+        csv.lines().count() - 1,
+        rows.len() - 1,
+        "every change but the summary"
+    );
+
+    // Perfetto: decoded by Perfetto's own generated bindings.
+    python_with_perfetto()?;
+    let pb = dir.join("scenario.perfetto-trace");
+    let (code, _, stderr) = run(&[
+        "export",
+        &f,
+        "--format",
+        "perfetto",
+        "-o",
+        &pb.display().to_string(),
+    ])?;
+    assert_eq!(code, 0, "{stderr}");
+    let check = Command::new("python3")
+        .args(["-c", PERFETTO_CHECK])
+        .arg(&pb)
+        .output()?;
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let p: Value = serde_json::from_slice(&check.stdout)?;
+    let memcg = oom["memcg"].as_str().unwrap_or("");
+    let limit_track = format!("memcg {memcg} limit");
+    assert_eq!(
+        p["counters"][&limit_track]
+            .as_array()
+            .and_then(|v| v.last())
+            .and_then(Value::as_i64),
+        Some(128 << 20),
+        "{limit_track} in {}",
+        p["tracks"]
+    );
+    let usage = p["counters"][format!("memcg {memcg} usage")]
+        .as_array()
+        .context("usage counter")?;
+    assert!(usage.iter().filter_map(Value::as_i64).max() >= Some((120 << 20) as i64));
+    assert!(p["tracks"].as_array().is_some_and(|t| {
+        t.iter()
+            .any(|n| n == &Value::from(format!("memcg {memcg} class vcpu")))
+    }));
+    let instants = p["instants"].as_array().context("instants")?;
+    assert_eq!(instants.len(), 1);
+    let name = instants[0][1].as_str().unwrap_or("");
+    assert!(
+        name.contains(&format!("(pid {})", oom["victim_pid"])) && name.contains("qemu-system-x86"),
+        "{name}"
+    );
+
+    // A capture cut mid-frame (the recorder was SIGKILLed) still reports, with a warning.
+    let bytes = std::fs::read(&file)?;
+    let cut = dir.join("cut.otr");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3])?;
+    let (code, out, _) = run(&["report", &cut.display().to_string()])?;
+    assert_eq!(code, 0);
+    assert!(out.contains("warning") && out.contains("torn"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn files_that_are_not_captures_get_one_clear_error() -> Result<()> {
+    let dir = scratch_dir("notcap")?;
+    let text = dir.join("kernel.log");
+    std::fs::write(&text, "[ 1.0] hello\n")?;
+    for (args, needle) in [
+        (
+            vec!["report".to_string(), text.display().to_string()],
+            "not an oomtrace capture",
+        ),
+        (
+            vec!["report".to_string(), "/no/such.otr".into()],
+            "cannot open",
+        ),
+        (
+            vec![
+                "export".to_string(),
+                text.display().to_string(),
+                "--format".into(),
+                "perfetto".into(),
+            ],
+            "give -o FILE",
+        ),
+        (
+            vec![
+                "tail".to_string(),
+                "--from".into(),
+                text.display().to_string(),
+            ],
+            "not an oomtrace capture",
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stdout, stderr) = run(&args)?;
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
