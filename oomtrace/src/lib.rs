@@ -2,6 +2,7 @@
 //! involved when the memcg OOM killer struck.
 //!
 //! Data flows one way: kernel (bpf) → ring/maps → decode → model (attribution) → output.
+pub mod bench;
 pub mod bpf;
 pub mod capture;
 pub mod cgroupfs;
@@ -12,6 +13,7 @@ pub mod doctor;
 pub mod explain;
 pub mod kernel_enums;
 pub mod kubevirt;
+pub mod load;
 pub mod model;
 pub mod offline;
 pub mod output;
