@@ -45,7 +45,15 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
 /// A fault storm in `cg`: median ns per page over its rounds.
 fn storm(cg: &str, mib: usize, rounds: usize) -> Result<f64> {
     let out = Command::new(exe()?)
-        .args(["storm", "--cgroup", cg, "--mib", &mib.to_string(), "--rounds", &rounds.to_string()])
+        .args([
+            "storm",
+            "--cgroup",
+            cg,
+            "--mib",
+            &mib.to_string(),
+            "--rounds",
+            &rounds.to_string(),
+        ])
         .output()?;
     if !out.status.success() {
         bail!("storm failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -89,7 +97,9 @@ impl Tracer {
             started,
             ready_after: Duration::ZERO,
         };
-        t.wait_for(Duration::from_secs(30), |l| l.contains("\"type\":\"start\""))?;
+        t.wait_for(Duration::from_secs(30), |l| {
+            l.contains("\"type\":\"start\"")
+        })?;
         t.ready_after = started.elapsed();
         Ok(t)
     }
@@ -122,7 +132,9 @@ impl Tracer {
             started,
             ready_after: Duration::ZERO,
         };
-        if t.wait_for(Duration::from_secs(60), |l| l.contains("ready")).is_err() {
+        if t.wait_for(Duration::from_secs(60), |l| l.contains("ready"))
+            .is_err()
+        {
             let _ = t.child.kill();
             return Ok(None);
         }
@@ -130,7 +142,11 @@ impl Tracer {
         Ok(Some(t))
     }
 
-    fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Result<(Instant, String)> {
+    fn wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<(Instant, String)> {
         let deadline = Instant::now() + timeout;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.lines.recv_timeout(left) {
@@ -169,7 +185,9 @@ impl Tracer {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let summary = self
-            .wait_for(Duration::from_secs(60), |l| l.contains("\"type\":\"summary\""))
+            .wait_for(Duration::from_secs(60), |l| {
+                l.contains("\"type\":\"summary\"")
+            })
             .ok()
             .and_then(|(_, l)| serde_json::from_str(&l).ok());
         let _ = self.child.wait();
@@ -190,7 +208,11 @@ fn mib(v: f64) -> String {
 
 pub fn run(opts: &Options) -> Result<()> {
     let ctl = MemoryController::detect()?;
-    let root = ScratchCgroup::create(&ctl, &format!("oomtrace-bench-{}", std::process::id()), 8 << 30)?;
+    let root = ScratchCgroup::create(
+        &ctl,
+        &format!("oomtrace-bench-{}", std::process::id()),
+        8 << 30,
+    )?;
     let cg = root.path.display().to_string();
     let mut md = String::new();
     let mut raw = String::new();
@@ -248,10 +270,22 @@ pub fn run(opts: &Options) -> Result<()> {
          | oomtrace tail --cgroup (tracepoint tier) | {omin:.0} | {omed:.0} | {omax:.0} | {ratio:.2}x | ≤ 1.10x | {} |",
         opts.storm_mib,
         opts.pairs,
-        if ratio <= 1.10 { "met".to_string() } else { format!("**missed** by {:.0}%", (ratio - 1.10) * 100.0) }
+        if ratio <= 1.10 {
+            "met".to_string()
+        } else {
+            format!("**missed** by {:.0}%", (ratio - 1.10) * 100.0)
+        }
     );
     if peer.is_empty() {
-        let _ = writeln!(md, "| bpftrace one-liner | - | - | - | - | (peer) | not available{} |", if bpftrace_missing { " (bpftrace missing or failed)" } else { "" });
+        let _ = writeln!(
+            md,
+            "| bpftrace one-liner | - | - | - | - | (peer) | not available{} |",
+            if bpftrace_missing {
+                " (bpftrace missing or failed)"
+            } else {
+                ""
+            }
+        );
     } else {
         let (pmin, pmed, pmax) = stats(&peer);
         let _ = writeln!(
@@ -260,12 +294,18 @@ pub fn run(opts: &Options) -> Result<()> {
             pmed / bmed
         );
     }
-    let _ = writeln!(md, "\nThe fentry tier (goal ≤ 1.05x) is not built yet: nothing to measure.\n");
+    let _ = writeln!(
+        md,
+        "\nThe fentry tier (goal ≤ 1.05x) is not built yet: nothing to measure.\n"
+    );
 
     // 2. Page-cache writes.
     eprintln!("bench: page-cache writes");
     let (mut wbase, mut wours) = (Vec::new(), Vec::new());
-    let file = root.path.join("..").join(format!("oomtrace-bench-{}.dat", std::process::id()));
+    let file = root
+        .path
+        .join("..")
+        .join(format!("oomtrace-bench-{}.dat", std::process::id()));
     let dd = |cg: &str, f: &Path| -> Result<f64> {
         let start = Instant::now();
         let st = Command::new("sh")
@@ -300,7 +340,11 @@ pub fn run(opts: &Options) -> Result<()> {
         wbase.len(),
         wb,
         wo,
-        if wr <= 1.03 { "met".to_string() } else { format!("**missed** by {:.0}%", (wr - 1.03) * 100.0) }
+        if wr <= 1.03 {
+            "met".to_string()
+        } else {
+            format!("**missed** by {:.0}%", (wr - 1.03) * 100.0)
+        }
     );
 
     // 3. Drain rate: one record per page.
@@ -324,7 +368,11 @@ pub fn run(opts: &Options) -> Result<()> {
         events / secs,
         cpu / (events / 1e6).max(1e-9),
         drops / (events / 1e6).max(1e-9),
-        if drops == 0.0 { "met: no drops" } else { "met: every drop counted and shown (none silent)" }
+        if drops == 0.0 {
+            "met: no drops"
+        } else {
+            "met: every drop counted and shown (none silent)"
+        }
     );
 
     // 4. Memory: 10 000 threads in 100 memcgs, then thread churn.
@@ -336,7 +384,15 @@ pub fn run(opts: &Options) -> Result<()> {
         let sub = root.path.join(format!("m{i}"));
         std::fs::create_dir_all(&sub)?;
         let mut c = Command::new(exe()?)
-            .args(["threads", "--cgroup", &sub.display().to_string(), "--threads", "100", "--hold", "600"])
+            .args([
+                "threads",
+                "--cgroup",
+                &sub.display().to_string(),
+                "--threads",
+                "100",
+                "--hold",
+                "600",
+            ])
             .stdout(Stdio::piped())
             .spawn()?;
         let mut line = String::new();
@@ -356,7 +412,15 @@ pub fn run(opts: &Options) -> Result<()> {
     std::fs::create_dir_all(&churn_cg)?;
     let cstart = Instant::now();
     let st = Command::new(exe()?)
-        .args(["churn", "--cgroup", &churn_cg.display().to_string(), "--threads", &opts.churn.to_string(), "--parallel", "64"])
+        .args([
+            "churn",
+            "--cgroup",
+            &churn_cg.display().to_string(),
+            "--threads",
+            &opts.churn.to_string(),
+            "--parallel",
+            "64",
+        ])
         .stdout(Stdio::null())
         .status()?;
     if !st.success() {
@@ -377,17 +441,33 @@ pub fn run(opts: &Options) -> Result<()> {
          \nmap-full events: {}.\n",
         mib(rss_idle as f64),
         mib(rss_threads as f64),
-        if rss_threads <= 32 << 20 { "met" } else { "**missed**" },
+        if rss_threads <= 32 << 20 {
+            "met"
+        } else {
+            "**missed**"
+        },
         mib(hwm_threads as f64),
-        if hwm_threads <= 32 << 20 { "met".to_string() } else { format!("**missed** by {}", mib((hwm_threads - (32 << 20)) as f64)) },
+        if hwm_threads <= 32 << 20 {
+            "met".to_string()
+        } else {
+            format!("**missed** by {}", mib((hwm_threads - (32 << 20)) as f64))
+        },
         mib(rss_after_threads as f64),
         opts.churn,
         mib(rss_end as f64),
         mib(hwm_end as f64),
-        if rss_end <= rss_after_threads + (4 << 20) { "met" } else { "**missed**: grew" },
+        if rss_end <= rss_after_threads + (4 << 20) {
+            "met"
+        } else {
+            "**missed**: grew"
+        },
         summary["counters"]["map_full"]
     );
-    let _ = writeln!(raw, "threads summary processes: {}", summary["processes"].as_array().map_or(0, Vec::len));
+    let _ = writeln!(
+        raw,
+        "threads summary processes: {}",
+        summary["processes"].as_array().map_or(0, Vec::len)
+    );
 
     // 5. Start time.
     eprintln!("bench: start time");
@@ -399,7 +479,9 @@ pub fn run(opts: &Options) -> Result<()> {
         let begin = Instant::now();
         let cgc = cg.clone();
         let h = std::thread::spawn(move || storm(&cgc, 16, 1));
-        let (at, _) = t.wait_for(Duration::from_secs(10), |l| l.contains("\"type\":\"charge\""))?;
+        let (at, _) = t.wait_for(Duration::from_secs(10), |l| {
+            l.contains("\"type\":\"charge\"")
+        })?;
         first.push(at.duration_since(begin).as_secs_f64());
         let _ = h.join();
         let _ = t.started;
@@ -419,7 +501,16 @@ pub fn run(opts: &Options) -> Result<()> {
     eprintln!("bench: capture");
     let cap = std::env::temp_dir().join(format!("oomtrace-bench-{}.otr", std::process::id()));
     let mut rec = Command::new(exe()?)
-        .args(["record", "-o", &cap.display().to_string(), "--cgroup", &cg, "--flush-bytes", "4096", "--json"])
+        .args([
+            "record",
+            "-o",
+            &cap.display().to_string(),
+            "--cgroup",
+            &cg,
+            "--flush-bytes",
+            "4096",
+            "--json",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
@@ -459,11 +550,16 @@ pub fn run(opts: &Options) -> Result<()> {
         mib(size),
         if bpe <= 16.0 { "met" } else { "**missed**" },
         records / rsecs,
-        if eps >= 5e6 { "met".to_string() } else { format!("**missed** ({:.1}x short)", 5e6 / eps) }
+        if eps >= 5e6 {
+            "met".to_string()
+        } else {
+            format!("**missed** ({:.1}x short)", 5e6 / eps)
+        }
     );
     let _ = writeln!(md, "## Raw numbers\n\n```\n{raw}```");
     drop(root);
-    std::fs::write(&opts.out, md).with_context(|| format!("cannot write {}", opts.out.display()))?;
+    std::fs::write(&opts.out, md)
+        .with_context(|| format!("cannot write {}", opts.out.display()))?;
     eprintln!("bench: wrote {}", opts.out.display());
     Ok(())
 }

@@ -10,8 +10,11 @@ use anyhow::{Context as _, Result, bail};
 const PAGE: usize = 4096;
 
 fn join(cgroup: &str) -> Result<()> {
-    std::fs::write(format!("{cgroup}/cgroup.procs"), std::process::id().to_string())
-        .with_context(|| format!("cannot join cgroup {cgroup}"))
+    std::fs::write(
+        format!("{cgroup}/cgroup.procs"),
+        std::process::id().to_string(),
+    )
+    .with_context(|| format!("cannot join cgroup {cgroup}"))
 }
 
 /// A fresh anonymous mapping without THP; every page written once; then unmapped.

@@ -21,6 +21,14 @@ enum Task {
     },
     /// Set up, build, and run every test: unit, property and end-to-end on the real kernel.
     Test,
+    /// Set up, build (release), and measure oomtrace's costs into BENCHMARKS.md (needs root).
+    /// Not part of the tests: it takes minutes and its numbers are for reading, not asserting.
+    Bench {
+        #[arg(long, default_value_t = 7)]
+        pairs: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        churn: usize,
+    },
 }
 
 fn workspace() -> PathBuf {
@@ -220,6 +228,30 @@ fn main() -> Result<()> {
                 cmd.arg("--json");
             }
             run(&mut cmd)?;
+        }
+        Task::Bench { pairs, churn } => {
+            let channel = setup()?;
+            run(Command::new("cargo")
+                .arg(format!("+{channel}"))
+                .args(["build", "--quiet", "--release", "-p", "oomtrace"])
+                .current_dir(&ws))?;
+            if !is_root() {
+                bail!(
+                    "the benchmarks load eBPF programs and make memory cgroups: run them as root (sudo ./x bench)"
+                );
+            }
+            // bpftrace is the peer a user would reach for instead; measured when it installs.
+            if !std::path::Path::new("/usr/bin/bpftrace").exists() {
+                let _ = Command::new("apt-get")
+                    .args(["install", "-y", "--no-install-recommends", "bpftrace"])
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .status();
+            }
+            run(Command::new(ws.join("target/release/oomtrace"))
+                .args(["bench", "--out"])
+                .arg(ws.join("BENCHMARKS.md"))
+                .args(["--pairs", &pairs.to_string(), "--churn", &churn.to_string()])
+                .current_dir(&ws))?;
         }
         Task::Test => {
             let channel = setup()?;
