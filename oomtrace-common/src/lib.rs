@@ -181,7 +181,6 @@ pub mod globals {
     pub const OFF_VICTIM_ADJ: &str = "OFF_VICTIM_ADJ";
     pub const OFF_RECLAIM_NR: &str = "OFF_RECLAIM_NR";
     pub const OFF_EXIT_GROUP_DEAD: &str = "OFF_EXIT_GROUP_DEAD";
-    pub const OFF_PF_ADDRESS: &str = "OFF_PF_ADDRESS";
     pub const SELF_TGID: &str = "SELF_TGID";
 }
 

@@ -2,17 +2,24 @@
 //!
 //! This runs for every memcg stat update on the machine, so the fast path is: read the item, drop
 //! it unless it is one of the seven charge items, then one hash lookup for the memcg filter.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
 use aya_log_ebpf::warn;
 use oomtrace_common::{ChargeEvent, ChargeKey, ChargeTotals, ChargeValue, KIND_CHARGE, stat};
 
 use crate::{
     globals::{self as g, get},
     maps::{
-        CHARGES, EVENTS, GUEST_SEEN, IN_GUEST_FAULT, SEEN_THREADS, WATCHED, count, current_comm,
-        current_ids, now_ns,
+        CHARGES, EVENTS, GUEST_SEEN, IN_GUEST_FAULT, SEEN_THREADS, WATCHED, count, ctx_field,
+        current_comm, current_ids, now_ns,
     },
 };
+
+/// A quarter of the 4 MiB ring: time to wake the collector.
+const EVENTS_WAKE_BYTES: u64 = 1 << 20;
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -40,23 +47,54 @@ fn classify(item: i32, val: i64) -> Option<(Kind, i64)> {
     }
 }
 
+/// The record layout every kernel since 6.10 has (`u64 id; int item; int val;` after the common
+/// header). Loads at constant offsets are plain instructions; userspace picks this program only
+/// when this kernel's tracefs format says exactly these offsets.
+const FIXED_ID: usize = 8;
+const FIXED_ITEM: usize = 16;
+const FIXED_VAL: usize = 20;
+
+/// The fast variant: fields loaded straight from the record at the fixed offsets.
 #[tracepoint]
 pub fn memcg_lruvec_state(ctx: TracePointContext) -> u32 {
-    let _ = try_charge(&ctx);
+    // SAFETY: userspace attaches this program only when the format has these offsets.
+    let f = unsafe {
+        (
+            ctx_field::<i32>(&ctx, FIXED_ITEM),
+            ctx_field::<i32>(&ctx, FIXED_VAL),
+            ctx_field::<u64>(&ctx, FIXED_ID),
+        )
+    };
+    let _ = try_charge(&ctx, f.0, f.1, || f.2);
+    0
+}
+
+/// The general variant: offsets from the tracefs format, read with a helper (slower).
+#[tracepoint]
+pub fn memcg_lruvec_state_any(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets come from this kernel's tracefs format for this tracepoint.
+    let item: i32 = unsafe { ctx.read_at(get(&g::OFF_LRUVEC_ITEM) as usize) }.unwrap_or(-1);
+    // SAFETY: as above.
+    let val: i32 = unsafe { ctx.read_at(get(&g::OFF_LRUVEC_VAL) as usize) }.unwrap_or(0);
+    let id = || {
+        // SAFETY: as above.
+        unsafe { ctx.read_at::<u64>(get(&g::OFF_LRUVEC_ID) as usize) }.unwrap_or(0)
+    };
+    let _ = try_charge(&ctx, item, val, id);
     0
 }
 
 #[inline(always)]
-fn try_charge(ctx: &TracePointContext) -> Result<(), i32> {
-    // SAFETY: offsets come from this kernel's tracefs format for this tracepoint.
-    let item: i32 = unsafe { ctx.read_at(get(&g::OFF_LRUVEC_ITEM) as usize)? };
-    // SAFETY: as above.
-    let val: i32 = unsafe { ctx.read_at(get(&g::OFF_LRUVEC_VAL) as usize)? };
+fn try_charge(
+    ctx: &TracePointContext,
+    item: i32,
+    val: i32,
+    memcg_id: impl FnOnce() -> u64,
+) -> Result<(), i32> {
     let Some((kind, bytes)) = classify(item, val as i64) else {
         return Ok(());
     };
-    // SAFETY: as above.
-    let memcg_id: u64 = unsafe { ctx.read_at(get(&g::OFF_LRUVEC_ID) as usize)? };
+    let memcg_id = memcg_id();
     if get(&g::FILTER_ON) != 0 && WATCHED.get_ptr(&memcg_id).is_none() {
         return Ok(());
     }
@@ -134,7 +172,14 @@ fn emit(tid: u32, tgid: u32, memcg_id: u64, totals: ChargeTotals, now: u64, firs
         totals,
         comm: current_comm(),
     };
-    if EVENTS.output(&event, 0).is_ok() {
+    // Waking the collector for every record costs the charging thread a wakeup (microseconds);
+    // it reads the ring at every tick anyway. Wake it only when the ring is a quarter full.
+    let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= EVENTS_WAKE_BYTES {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    };
+    if EVENTS.output(&event, flags).is_ok() {
         count(stat::EVENTS);
     } else {
         // The totals stay in CHARGES; the next record or sweep carries them.

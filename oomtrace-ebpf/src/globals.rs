@@ -34,7 +34,6 @@ global!(OFF_VICTIM_PGTABLES: i32 = -1);
 global!(OFF_VICTIM_ADJ: i32 = -1);
 global!(OFF_RECLAIM_NR: u32 = 8);
 global!(OFF_EXIT_GROUP_DEAD: i32 = -1);
-global!(OFF_PF_ADDRESS: u32 = 8);
 global!(SELF_TGID: u32 = 0);
 
 #[inline(always)]

@@ -5,10 +5,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use oomtrace_common::GUEST_RANGES;
 
-use crate::{
-    globals::{self as g, get},
-    maps::{GUEST_RAM, IN_GUEST_FAULT, current_ids},
-};
+use crate::maps::{GUEST_RAM, IN_GUEST_FAULT, ctx_field, current_ids};
 
 #[tracepoint]
 pub fn guest_ram_fault(ctx: TracePointContext) -> u32 {
@@ -16,10 +13,9 @@ pub fn guest_ram_fault(ctx: TracePointContext) -> u32 {
     let Some(ranges) = GUEST_RAM.get_ptr(&tgid) else {
         return 0;
     };
-    // SAFETY: offset from this kernel's tracefs format of exceptions:page_fault_user.
-    let Ok(addr) = (unsafe { ctx.read_at::<u64>(get(&g::OFF_PF_ADDRESS) as usize) }) else {
-        return 0;
-    };
+    // SAFETY: exceptions:page_fault_user has `unsigned long address` first after the common
+    // header on every x86_64 kernel; userspace attaches this program only when the format says so.
+    let addr: u64 = unsafe { ctx_field(&ctx, 8) };
     // SAFETY: a map value pointer stays valid for the program's run.
     let r = unsafe { &*ranges };
     let mut inside = false;

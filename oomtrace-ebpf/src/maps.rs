@@ -50,14 +50,31 @@ pub fn count(index: u32) {
     }
 }
 
-/// Sends a rare event one by one; counts it when the ring is full.
+/// Sends a rare event one by one and wakes the collector at once (charge records do not wake it,
+/// so "adaptive" wakeups would wait for them); counts it when the ring is full.
 #[inline(always)]
 pub fn send<T>(event: &T) {
-    if EVENTS.output(event, 0).is_ok() {
+    if EVENTS
+        .output(event, u64::from(aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP))
+        .is_ok()
+    {
         count(stat::EVENTS);
     } else {
         count(stat::RARE_DROPS);
     }
+}
+
+/// A field of a tracepoint record, loaded straight from the context (no helper call: these run
+/// for every memcg stat update or user fault on the machine). `offset` comes from frozen
+/// .rodata, so the verifier sees a constant.
+///
+/// # Safety
+/// `offset` must be a field offset of type `T` in this tracepoint's format.
+#[inline(always)]
+pub unsafe fn ctx_field<T: Copy>(ctx: &aya_ebpf::programs::TracePointContext, offset: usize) -> T {
+    use aya_ebpf::EbpfContext as _;
+    // SAFETY: the caller guarantees a field of type T at `offset` inside the record.
+    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
 }
 
 #[inline(always)]

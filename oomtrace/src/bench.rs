@@ -427,7 +427,8 @@ pub fn run(opts: &Options) -> Result<()> {
         bail!("churn failed");
     }
     let churn_secs = cstart.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_secs(4));
+    // The collector gives back leftover capacity every 10 s.
+    std::thread::sleep(Duration::from_secs(12));
     let (_, hwm_end, rss_end) = t.usage();
     let summary = t.stop()?.context("no summary")?;
     let _ = writeln!(

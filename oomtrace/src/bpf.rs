@@ -116,7 +116,19 @@ const HOOKS: &[Hook] = &[
 /// The hook that tells guest RAM faults of TCG vCPUs and other qemu threads apart.
 pub const GUEST_RAM_HOOK: &str = "guest-ram-fault";
 
-/// Decides, per hook, whether it can be used on this kernel: before anything is loaded.
+/// The charge record's usual layout (`u64 id; int item; int val;`): the fast program loads these
+/// offsets directly; any other layout gets the program that reads them with a helper.
+const LRUVEC_FIXED: [(&str, u32); 3] = [("id", 8), ("item", 16), ("val", 20)];
+
+fn offsets_are(tracefs: &Path, category: &str, name: &str, want: &[(&str, u32)]) -> bool {
+    Format::read(tracefs, category, name).is_ok_and(|f| {
+        want.iter()
+            .all(|(field, off)| f.field(field).is_some_and(|x| x.offset == *off))
+    })
+}
+
+/// Decides, per hook, whether it can be used on this kernel and which program variant serves
+/// it: before anything is loaded.
 pub fn plan(tracefs: &Path) -> Vec<HookChoice> {
     let has = |c: &str, n: &str| crate::tracefs::has_tracepoint(tracefs, c, n);
     let kvm = has("kvm", "kvm_page_fault") && has("kvm", "kvm_entry");
@@ -124,8 +136,9 @@ pub fn plan(tracefs: &Path) -> Vec<HookChoice> {
         .iter()
         .map(|h| {
             let present = has(h.category, h.name);
-            let usable = present && (h.category != "kvm" || kvm);
-            let reason = match (usable, h.category) {
+            let mut program = h.program;
+            let mut usable = present && (h.category != "kvm" || kvm);
+            let mut reason = match (usable, h.category) {
                 (true, _) if h.lazy => {
                     "tracepoint present; attached once a qemu guest RAM mapping is found".to_string()
                 }
@@ -133,9 +146,17 @@ pub fn plan(tracefs: &Path) -> Vec<HookChoice> {
                 (false, "kvm") => "kvm tracepoints absent (kvm module not loaded): guest RAM is told apart by thread class only".to_string(),
                 (false, _) => format!("tracepoint {} is not available on this kernel", h.tracepoint),
             };
+            if usable && h.hook == "charge" && !offsets_are(tracefs, h.category, h.name, &LRUVEC_FIXED) {
+                program = "memcg_lruvec_state_any";
+                reason = "tracepoint present; unusual record layout: fields read with a helper (slower)".into();
+            }
+            if usable && h.hook == GUEST_RAM_HOOK && !offsets_are(tracefs, h.category, h.name, &[("address", 8)]) {
+                usable = false;
+                reason = "exceptions:page_fault_user has an unexpected layout: guest RAM by address is off".into();
+            }
             HookChoice {
                 hook: h.hook,
-                program: h.program,
+                program,
                 tracepoint: h.tracepoint,
                 required: h.required,
                 tier: if usable { "tracepoint" } else { "off" },
@@ -190,10 +211,6 @@ pub fn load(tracefs: &Path, items: &ChargeItems, opts: &Options) -> Result<Probe
     let guest = choices
         .iter()
         .any(|c| (c.hook == "guest-fault" || c.hook == GUEST_RAM_HOOK) && c.tier == "tracepoint");
-    let pf_address = Format::read(tracefs, "exceptions", "page_fault_user")
-        .ok()
-        .and_then(|f| f.field("address").map(|f| f.offset))
-        .unwrap_or(8);
 
     let lv_id = lruvec.offset("memcg:mod_memcg_lruvec_state", "id")?;
     let lv_item = lruvec.offset("memcg:mod_memcg_lruvec_state", "item")?;
@@ -227,7 +244,6 @@ pub fn load(tracefs: &Path, items: &ChargeItems, opts: &Options) -> Result<Probe
         (g::OFF_LRUVEC_VAL, lv_val),
         (g::OFF_VICTIM_PID, v_pid),
         (g::OFF_RECLAIM_NR, rec_nr),
-        (g::OFF_PF_ADDRESS, pf_address),
         (g::FILTER_ON, filter),
         (g::GUEST_TRACKING, guest),
         (g::SELF_TGID, std::process::id()),
@@ -282,9 +298,9 @@ impl Probes {
             let result = (|| -> Result<()> {
                 let prog: &mut TracePoint = self
                     .ebpf
-                    .program_mut(hook.program)
+                    .program_mut(choice.program)
                     .with_context(|| {
-                        format!("program {} missing from the eBPF object", hook.program)
+                        format!("program {} missing from the eBPF object", choice.program)
                     })?
                     .try_into()?;
                 prog.load()?;
@@ -295,7 +311,7 @@ impl Probes {
                 if hook.required {
                     return Err(e.context(format!(
                         "attaching {} to {} failed",
-                        hook.program, hook.tracepoint
+                        choice.program, hook.tracepoint
                     )));
                 }
                 choice.tier = "off";
@@ -319,8 +335,8 @@ impl Probes {
         }
         let prog: &mut TracePoint = self
             .ebpf
-            .program_mut(hook.program)
-            .with_context(|| format!("program {} missing from the eBPF object", hook.program))?
+            .program_mut(choice.program)
+            .with_context(|| format!("program {} missing from the eBPF object", choice.program))?
             .try_into()?;
         if prog.fd().is_ok() {
             return Ok(true);

@@ -89,6 +89,8 @@ impl Default for Config {
 /// after the exit tracepoint on some kernels), then forgotten.
 const EXIT_GRACE: Duration = Duration::from_millis(1500);
 const TICK: Duration = Duration::from_millis(500);
+/// How often freed capacity is given back after threads were retired.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// Checks that must pass before anything is loaded; each failure is one clear line.
 pub fn preflight(cfg: &Config) -> Result<(MemoryController, Option<PathBuf>, Option<u32>)> {
@@ -131,6 +133,7 @@ struct Live {
     probes: bpf::Probes,
     capture: Option<capture::Writer>,
     capture_error: Option<anyhow::Error>,
+    last_trim: Instant,
     printer: Printer,
 }
 
@@ -291,7 +294,9 @@ impl Live {
                 // Usage right at the kill tells which limit was hit; totals right at the kill
                 // tell what grew.
                 self.rescan();
-                self.sweep(out)?;
+                // Not the victim's threads: by now their map totals may already hold the kill's
+                // teardown; their last records (at most --flush-bytes old) say what they held.
+                self.sweep_except(out, Some(v.victim_pid))?;
                 // Not the victim: reading a dying process's /proc files takes a reference on its
                 // memory, and the last reference frees it (in our context, and later).
                 self.read_process(v.invoker_tgid, true);
@@ -319,10 +324,17 @@ impl Live {
     /// Reads the cumulative totals of every tracked pair: catches what was below the flush
     /// threshold and anything whose record was dropped.
     fn sweep(&mut self, out: &mut dyn Write) -> Result<()> {
+        self.sweep_except(out, None)
+    }
+
+    fn sweep_except(&mut self, out: &mut dyn Write, skip_tgid: Option<u32>) -> Result<()> {
         let now = output::monotonic_ns();
         let mut readings = Vec::new();
         for item in self.charges.iter() {
             let Ok((key, value)) = item else { continue };
+            if Some(value.tgid) == skip_tgid {
+                continue;
+            }
             readings.push(Charge {
                 ts_ns: now,
                 tid: key.tid,
@@ -348,6 +360,17 @@ impl Live {
         Ok(())
     }
 
+    /// Every TRIM_EVERY: give back capacity and heap left over from bursts of threads.
+    fn trim_if_due(&mut self) {
+        if self.last_trim.elapsed() >= TRIM_EVERY {
+            self.last_trim = Instant::now();
+            self.model.shrink();
+            self.printer.shrink();
+            // SAFETY: malloc_trim only returns free heap memory to the OS.
+            unsafe { libc::malloc_trim(0) };
+        }
+    }
+
     fn retire_exited(&mut self, out: &mut dyn Write, all: bool) -> Result<()> {
         let now = Instant::now();
         let (due, keep): (Vec<_>, Vec<_>) = self
@@ -370,6 +393,7 @@ impl Live {
             self.feed(ModelInput::Forget(tid));
             self.printer.forget(tid);
         }
+
         Ok(())
     }
 }
@@ -427,7 +451,7 @@ pub async fn run(
 ) -> Result<Summary> {
     let (ctl, root, pid_filter) = preflight(&cfg)?;
     let tracefs = tracefs::find(true)?;
-    let items = ChargeItems::from_btf(std::path::Path::new(VMLINUX_BTF))?;
+    let items = ChargeItems::load(std::path::Path::new(VMLINUX_BTF))?;
     let filter = root.is_some();
     let opts = bpf::Options {
         filter,
@@ -456,6 +480,7 @@ pub async fn run(
         printer: Printer::new(cfg.json, cfg.charges, pid_filter, filter, clock),
         capture: None,
         capture_error: None,
+        last_trim: Instant::now(),
     };
     if let Some(rec) = &cfg.record {
         let header = capture_header(&live.clock, &cfg.target, &live.probes.choices);
@@ -508,11 +533,17 @@ pub async fn run(
                 out.flush().ok();
             }
             _ = tick.tick() => {
+                // Charge records do not wake us (that would cost the charging thread); read
+                // them here.
+                if drain(ring.get_mut(), &mut live, out)? && oom_deadline.is_none() {
+                    oom_deadline = cfg.stop_after_oom.map(|d| Instant::now() + d);
+                }
                 live.rescan();
                 live.retry_pending_qemus();
                 live.probes.flush_logs();
                 live.sweep(out)?;
                 live.retire_exited(out, false)?;
+                live.trim_if_due();
                 live.capture_tick();
                 if let Some(by) = cfg.by
                     && Instant::now() >= next_snapshot

@@ -8,7 +8,7 @@ use btf_rs::{Btf, Type};
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// The numbers the charge program compares against; -1 when this kernel has no such item.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChargeItems {
     pub anon: i32,
     pub file: i32,
@@ -20,6 +20,27 @@ pub struct ChargeItems {
 }
 
 impl ChargeItems {
+    /// Parsing the whole kernel BTF takes ~20 MiB for a moment; a short-lived child process
+    /// (`oomtrace charge-items`) does it, so the long-running collector never holds that peak.
+    /// Falls back to parsing here.
+    pub fn load(path: &Path) -> Result<Self> {
+        let child = std::env::current_exe().ok().and_then(|exe| {
+            let out = std::process::Command::new(exe)
+                .arg("charge-items")
+                .arg(path)
+                .output()
+                .ok()?;
+            if !out.status.success() {
+                return None;
+            }
+            serde_json::from_slice::<Self>(&out.stdout).ok()
+        });
+        match child {
+            Some(items) => Ok(items),
+            None => Self::from_btf(path),
+        }
+    }
+
     pub fn from_btf(path: &Path) -> Result<Self> {
         let btf = Btf::from_file(path).with_context(|| {
             format!(

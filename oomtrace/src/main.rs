@@ -204,6 +204,9 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         churn: usize,
     },
+    /// (internal) The kernel's node_stat_item numbers from its BTF, as JSON.
+    #[command(hide = true)]
+    ChargeItems { btf: PathBuf },
     /// (internal) A page-fault storm timing itself.
     #[command(hide = true)]
     Storm {
@@ -459,6 +462,10 @@ fn run(cli: Cli) -> Result<()> {
             storm_mib: storm_mib.max(1),
             churn,
         })?,
+        Command::ChargeItems { btf } => {
+            let items = oomtrace::kernel_enums::ChargeItems::from_btf(&btf)?;
+            writeln!(out, "{}", serde_json::to_string(&items)?)?;
+        }
         Command::Storm {
             cgroup,
             mib,

@@ -82,6 +82,12 @@ impl Printer {
         self.reclaim_shown.remove(&tid);
     }
 
+    pub fn shrink(&mut self) {
+        if self.reclaim_shown.len() * 4 < self.reclaim_shown.capacity() {
+            self.reclaim_shown.shrink_to_fit();
+        }
+    }
+
     pub fn snapshot(&self, out: &mut dyn Write, model: &Model, now_ns: u64, by: By) -> Result<()> {
         let snap = model.snapshot(now_ns);
         if self.json {

@@ -129,12 +129,25 @@ fn kind(r: &OomReport) -> &'static str {
 /// The limit that stopped the charge: the one at its limit with failures; memory+swap wins a tie
 /// (on v1 with swap accounting, both lines can sit at the same value).
 fn limit_hit(r: &OomReport) -> Option<&super::report::Counter> {
-    let mem = r.counter("memory").filter(|c| c.at_limit());
-    let memsw = r.counter("memory+swap").filter(|c| c.at_limit());
+    let slack = charge_slack_kb(r);
+    let mem = r.counter("memory").filter(|c| c.at_limit(slack));
+    let memsw = r.counter("memory+swap").filter(|c| c.at_limit(slack));
     match (mem, memsw) {
         (Some(m), Some(s)) => Some(if s.failcnt > m.failcnt { s } else { m }),
         (m, s) => m.or(s),
     }
+}
+
+/// How far below its limit a memcg can be when a charge fails: the request (2^order pages, or
+/// a 2 MiB huge page) plus the charge batch of 64 pages, in kB.
+fn charge_slack_kb(r: &OomReport) -> u64 {
+    let order = r
+        .invoker
+        .as_ref()
+        .and_then(|i| i.order)
+        .unwrap_or(0)
+        .clamp(0, 20) as u32;
+    (4u64 << order).max(2048) + 256
 }
 
 fn stat(r: &OomReport, keys: &[&str]) -> Option<u64> {
@@ -293,7 +306,7 @@ fn causes(r: &OomReport, tasks: &[TaskView], usage: Option<u64>) -> Vec<String> 
         ));
     }
     if r.counter("memory+swap")
-        .is_some_and(|c| c.at_limit() && c.failcnt > 0)
+        .is_some_and(|c| c.at_limit(charge_slack_kb(r)) && c.failcnt > 0)
     {
         out.push("the memory+swap limit (memsw) was hit, not only the memory limit".into());
     }

@@ -30,8 +30,10 @@ impl Counter {
     pub fn unlimited(&self) -> bool {
         self.limit_kb >= (1 << 50)
     }
-    pub fn at_limit(&self) -> bool {
-        !self.unlimited() && self.usage_kb + 4 >= self.limit_kb
+    /// Usage within `slack_kb` of the limit: the charge that failed was at most that big (a
+    /// batch of 64 pages, a huge page), so usage can sit that far below the limit at the report.
+    pub fn at_limit(&self, slack_kb: u64) -> bool {
+        !self.unlimited() && self.usage_kb + slack_kb >= self.limit_kb
     }
 }
 

@@ -529,6 +529,17 @@ impl Model {
         }
     }
 
+    /// Gives back map capacity left over from a burst of threads (a churn of short-lived threads
+    /// must not leave the collector at its peak size).
+    pub fn shrink(&mut self) {
+        if self.threads.len() * 4 < self.threads.capacity() {
+            self.threads.shrink_to_fit();
+        }
+        if self.processes.len() * 4 < self.processes.capacity() {
+            self.processes.shrink_to_fit();
+        }
+    }
+
     pub fn thread_count(&self) -> usize {
         self.threads.len()
     }
