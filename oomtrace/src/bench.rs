@@ -427,8 +427,8 @@ pub fn run(opts: &Options) -> Result<()> {
         bail!("churn failed");
     }
     let churn_secs = cstart.elapsed().as_secs_f64();
-    // The collector gives back leftover capacity every 10 s.
-    std::thread::sleep(Duration::from_secs(12));
+    // The collector gives back leftover capacity every 10 s and checks /proc every 30 s.
+    std::thread::sleep(Duration::from_secs(32));
     let (_, hwm_end, rss_end) = t.usage();
     let summary = t.stop()?.context("no summary")?;
     let _ = writeln!(

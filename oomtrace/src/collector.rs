@@ -91,6 +91,8 @@ const EXIT_GRACE: Duration = Duration::from_millis(1500);
 const TICK: Duration = Duration::from_millis(500);
 /// How often freed capacity is given back after threads were retired.
 const TRIM_EVERY: Duration = Duration::from_secs(10);
+/// How often the threads oomtrace holds are checked against /proc.
+const GC_EVERY: Duration = Duration::from_secs(30);
 
 /// Checks that must pass before anything is loaded; each failure is one clear line.
 pub fn preflight(cfg: &Config) -> Result<(MemoryController, Option<PathBuf>, Option<u32>)> {
@@ -134,6 +136,9 @@ struct Live {
     capture: Option<capture::Writer>,
     capture_error: Option<anyhow::Error>,
     last_trim: Instant,
+    /// Rare-event drops already answered by a /proc scan for vanished threads.
+    rare_drops_seen: u64,
+    last_gc: Instant,
     printer: Printer,
 }
 
@@ -281,11 +286,14 @@ impl Live {
     fn apply(&mut self, out: &mut dyn Write, event: &Event) -> Result<bool> {
         let tgid = match event {
             Event::Charge(c) => {
-                // A new thread: the process may have exec'd or renamed itself since last read.
-                // A qemu still mapping its guest RAM: look again, before its vCPUs run.
-                if !self.model.knows_thread(c.tid, c.memcg_id)
-                    || self.qemu_pending.contains(&c.tgid)
-                {
+                // A new thread with a name its process did not have: the process may have
+                // exec'd or renamed itself since last read. A qemu still mapping its guest RAM:
+                // look again, before its vCPUs run. (Not for every new thread: a process that
+                // churns threads would cost /proc reads per thread.)
+                let renamed = !self.model.knows_thread(c.tid, c.memcg_id)
+                    && !c.comm.is_empty()
+                    && self.model.process_comm(c.tgid) != Some(c.comm.as_str());
+                if renamed || self.qemu_pending.contains(&c.tgid) {
                     self.read_process(c.tgid, true);
                 }
                 c.tgid
@@ -360,10 +368,30 @@ impl Live {
         Ok(())
     }
 
-    /// Every TRIM_EVERY: give back capacity and heap left over from bursts of threads.
+    /// Every TRIM_EVERY: give back capacity and heap left over from bursts of threads, and when
+    /// exit records were lost, retire the threads that are gone (from /proc).
     fn trim_if_due(&mut self) {
         if self.last_trim.elapsed() >= TRIM_EVERY {
             self.last_trim = Instant::now();
+            // Exit records can be lost (a full ring), or never sent (a thread id reused while
+            // its predecessor's totals were still in the kernel map): look in /proc.
+            if self.model.counters.rare_drops > self.rare_drops_seen
+                || self.last_gc.elapsed() >= GC_EVERY
+            {
+                self.rare_drops_seen = self.model.counters.rare_drops;
+                self.last_gc = Instant::now();
+                let gone: Vec<u32> = self
+                    .model
+                    .live_threads()
+                    .filter(|(tid, tgid)| {
+                        !std::path::Path::new(&format!("/proc/{tgid}/task/{tid}")).exists()
+                    })
+                    .map(|(tid, _)| tid)
+                    .collect();
+                let at = Instant::now();
+                self.pending_exits
+                    .extend(gone.into_iter().map(|tid| (at, tid)));
+            }
             self.model.shrink();
             self.printer.shrink();
             // SAFETY: malloc_trim only returns free heap memory to the OS.
@@ -481,6 +509,8 @@ pub async fn run(
         capture: None,
         capture_error: None,
         last_trim: Instant::now(),
+        rare_drops_seen: 0,
+        last_gc: Instant::now(),
     };
     if let Some(rec) = &cfg.record {
         let header = capture_header(&live.clock, &cfg.target, &live.probes.choices);

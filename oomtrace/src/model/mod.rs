@@ -117,6 +117,8 @@ struct MemcgState {
 #[derive(Debug)]
 pub struct Model {
     threads: HashMap<(u32, u64), ThreadState>,
+    /// tid → the memcgs it charged: exits and retirement find a thread's keys without a scan.
+    memcgs_of_thread: HashMap<u32, Vec<u64>>,
     processes: HashMap<u32, ProcessState>,
     memcgs: HashMap<u64, MemcgState>,
     ooms: Vec<OomRow>,
@@ -130,6 +132,7 @@ impl Default for Model {
     fn default() -> Self {
         Self {
             threads: HashMap::new(),
+            memcgs_of_thread: HashMap::new(),
             processes: HashMap::new(),
             memcgs: HashMap::new(),
             ooms: Vec::new(),
@@ -171,6 +174,21 @@ impl Model {
 
     pub fn memcg_ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.memcgs.keys().copied()
+    }
+
+    pub fn process_comm(&self, tgid: u32) -> Option<&str> {
+        self.processes
+            .get(&tgid)
+            .and_then(|p| p.info.as_ref())
+            .map(|i| i.comm.as_str())
+    }
+
+    /// (tid, tgid) of every thread not yet forgotten.
+    pub fn live_threads(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.threads
+            .iter()
+            .filter(|(_, t)| !t.exited)
+            .map(|((tid, _), t)| (*tid, t.tgid))
     }
 
     pub fn knows_process(&self, tgid: u32) -> bool {
@@ -230,11 +248,10 @@ impl Model {
     }
 
     pub fn keys_of_thread(&self, tid: u32) -> Vec<(u32, u64)> {
-        self.threads
-            .keys()
-            .filter(|(t, _)| *t == tid)
-            .copied()
-            .collect()
+        self.memcgs_of_thread
+            .get(&tid)
+            .map(|ms| ms.iter().map(|m| (tid, *m)).collect())
+            .unwrap_or_default()
     }
 
     fn memcg_path(&self, id: u64) -> String {
@@ -282,6 +299,10 @@ impl Model {
             let mut t = ThreadState::default();
             t.history.record(c.ts_ns, (0, 0));
             self.threads.insert(key, t);
+            self.memcgs_of_thread
+                .entry(c.tid)
+                .or_default()
+                .push(c.memcg_id);
         }
         // The main thread's comm is the process comm; it changes at exec and prctl(PR_SET_NAME).
         if c.tid == c.tgid && !c.comm.is_empty() {
@@ -475,8 +496,8 @@ impl Model {
     }
 
     fn exit(&mut self, e: &ThreadExit) -> ExitRow {
-        for ((tid, _), t) in self.threads.iter_mut() {
-            if *tid == e.tid {
+        for key in self.keys_of_thread(e.tid) {
+            if let Some(t) = self.threads.get_mut(&key) {
                 t.exited = true;
             }
         }
@@ -500,6 +521,7 @@ impl Model {
         let keys = self.keys_of_thread(tid);
         for key in keys {
             if let Some(t) = self.threads.remove(&key) {
+                self.memcgs_of_thread.remove(&tid);
                 let guest = t.guest();
                 let p = self.processes.entry(t.tgid).or_default();
                 add(&mut p.retired, &t.totals);
@@ -534,6 +556,9 @@ impl Model {
     pub fn shrink(&mut self) {
         if self.threads.len() * 4 < self.threads.capacity() {
             self.threads.shrink_to_fit();
+        }
+        if self.memcgs_of_thread.len() * 4 < self.memcgs_of_thread.capacity() {
+            self.memcgs_of_thread.shrink_to_fit();
         }
         if self.processes.len() * 4 < self.processes.capacity() {
             self.processes.shrink_to_fit();
