@@ -48,6 +48,27 @@ fn touch_fresh(bytes: usize) -> Result<f64> {
     Ok(ns)
 }
 
+/// A fresh anonymous page, written and kept: the calling thread is charged for it.
+fn touch_keep() -> Result<()> {
+    // SAFETY: anonymous private mapping of one page, no fd; checked before use.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        bail!("mmap failed: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: the page was just mapped writable.
+    unsafe { std::ptr::write_volatile(p.cast::<u8>(), 1) };
+    Ok(())
+}
+
 /// `storm`: `rounds` times, touch `mib` MiB of fresh pages; prints `ns_per_page X` per round.
 pub fn storm(cgroup: &str, mib: usize, rounds: usize) -> Result<()> {
     join(cgroup)?;
@@ -66,8 +87,7 @@ pub fn idle_threads(cgroup: &str, n: usize, hold: u64) -> Result<()> {
         let h = thread::Builder::new()
             .stack_size(64 * 1024)
             .spawn(move || {
-                let page = vec![1u8; PAGE];
-                std::hint::black_box(&page);
+                let _ = touch_keep();
                 thread::sleep(Duration::from_secs(hold));
             })
             .context("cannot start a thread")?;
