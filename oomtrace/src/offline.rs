@@ -86,27 +86,31 @@ pub fn report(opts: &ReportOptions, out: &mut dyn Write) -> Result<()> {
     let mut next_snapshot = opts.every.map(|e| start + ns(e));
     let mut last_ts = 0u64;
     let mut body: Vec<u8> = Vec::new();
-    let r = replay::replay(&opts.files, |model, input, change| {
-        if let Some(ts) = input.ts_ns() {
-            last_ts = last_ts.max(ts);
-            if stop_at.is_some_and(|t| ts > t) {
-                return Ok(Flow::Stop);
+    let r = replay::replay(
+        &opts.files,
+        window_from.is_some(),
+        |model, input, change| {
+            if let Some(ts) = input.ts_ns() {
+                last_ts = last_ts.max(ts);
+                if stop_at.is_some_and(|t| ts > t) {
+                    return Ok(Flow::Stop);
+                }
             }
-        }
-        if let Some(c) = change {
-            let in_window = window_from.is_some_and(|w| last_ts >= w);
-            if matches!(c, Change::Oom(_)) || in_window {
-                printer.show(&mut body, model, c)?;
+            if let Some(c) = change {
+                let in_window = window_from.is_some_and(|w| last_ts >= w);
+                if matches!(c, Change::Oom(_)) || in_window {
+                    printer.show(&mut body, model, c)?;
+                }
             }
-        }
-        if let (Some(due), ModelInput::Tick(t)) = (next_snapshot, input)
-            && *t >= due
-        {
-            printer.snapshot(&mut body, model, *t, opts.by)?;
-            next_snapshot = opts.every.map(|e| *t + ns(e));
-        }
-        Ok(Flow::Continue)
-    })?;
+            if let (Some(due), ModelInput::Tick(t)) = (next_snapshot, input)
+                && *t >= due
+            {
+                printer.snapshot(&mut body, model, *t, opts.by)?;
+                next_snapshot = opts.every.map(|e| *t + ns(e));
+            }
+            Ok(Flow::Continue)
+        },
+    )?;
     if opts.json {
         let head = serde_json::json!({
             "type": "capture",
@@ -180,7 +184,7 @@ pub fn export(file: &Path, format: ExportFormat, out: &mut dyn Write) -> Result<
     match format {
         ExportFormat::Jsonl => {
             let mut printer = Printer::new(true, true, None, false, clock);
-            let r = replay::replay(&files, |model, _, change| {
+            let r = replay::replay(&files, true, |model, _, change| {
                 if let Some(c) = change {
                     printer.show(out, model, c)?;
                 }
@@ -192,7 +196,7 @@ pub fn export(file: &Path, format: ExportFormat, out: &mut dyn Write) -> Result<
         ExportFormat::Csv => {
             let mut w = csv::Writer::from_writer(out);
             w.write_record(CSV_COLUMNS)?;
-            let r = replay::replay(&files, |_, _, change| {
+            let r = replay::replay(&files, true, |_, _, change| {
                 if let Some(c) = change {
                     let line = output::json_line(&clock, c);
                     let v: serde_json::Value = serde_json::from_str(&line)?;
@@ -213,7 +217,7 @@ pub fn export(file: &Path, format: ExportFormat, out: &mut dyn Write) -> Result<
         }
         ExportFormat::Perfetto => {
             let mut b = perfetto::Builder::new();
-            let r = replay::replay(&files, |model, input, change| {
+            let r = replay::replay(&files, false, |model, input, change| {
                 if let Some(c) = change {
                     b.change(c);
                 }
@@ -252,7 +256,7 @@ pub fn tail_from(
     let mut printer = Printer::new(json, true, None, false, clock);
     let mut prev: Option<u64> = None;
     let mut next_snapshot: Option<u64> = None;
-    let r = replay::replay(&[file.to_path_buf()], |model, input, change| {
+    let r = replay::replay(&[file.to_path_buf()], true, |model, input, change| {
         if let (Some(speed), Some(ts)) = (speed, input.ts_ns()) {
             if let Some(p) = prev
                 && ts > p

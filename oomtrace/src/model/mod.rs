@@ -123,6 +123,8 @@ pub struct Model {
     memcgs: HashMap<u64, MemcgState>,
     ooms: Vec<OomRow>,
     last_tick_ns: u64,
+    /// Apply charges without building their rows (a replay that shows none of them).
+    quiet_charges: bool,
     budget_constants: budget::Constants,
     budget_ratio: f64,
     pub counters: Counters,
@@ -137,6 +139,7 @@ impl Default for Model {
             memcgs: HashMap::new(),
             ooms: Vec::new(),
             last_tick_ns: 0,
+            quiet_charges: false,
             budget_constants: budget::KUBEVIRT_CURRENT,
             budget_ratio: 1.0,
             counters: Counters::default(),
@@ -154,6 +157,11 @@ fn add(a: &mut ChargeTotals, b: &ChargeTotals) {
 impl Model {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Charges still update every total, but return no row (nothing will show them).
+    pub fn set_quiet_charges(&mut self, quiet: bool) {
+        self.quiet_charges = quiet;
     }
 
     /// KubeVirt constants and additionalGuestMemoryOverheadRatio for the budget comparison.
@@ -321,20 +329,30 @@ impl Model {
                 }
             }
         }
-        let info = self.processes.get(&c.tgid).and_then(|p| p.info.clone());
+        let Some(t) = self.threads.get(&key) else {
+            return None;
+        };
+        let comm_changed = !c.comm.is_empty() && c.comm != t.comm;
+        if comm_changed || t.class.is_none() {
+            // Only then: cloning the process facts for every record would dominate a replay.
+            let info = self
+                .processes
+                .get(&c.tgid)
+                .and_then(|p| p.info.clone())
+                .unwrap_or_default();
+            if let Some(t) = self.threads.get_mut(&key) {
+                if comm_changed {
+                    t.comm = c.comm.clone();
+                }
+                t.set_class(&info);
+            }
+        }
         let t = self.threads.entry(key).or_default();
         let delta = c.totals.total() - t.totals.total();
-        let comm_changed = !c.comm.is_empty() && c.comm != t.comm;
         if delta == 0 && t.totals == c.totals && !t.comm.is_empty() && !comm_changed {
             return None;
         }
         t.tgid = c.tgid;
-        if !c.comm.is_empty() {
-            t.comm = c.comm.clone();
-        }
-        if comm_changed || t.class.is_none() {
-            t.set_class(&info.unwrap_or_default());
-        }
         t.totals = c.totals;
         t.peak = t.peak.max(c.totals.total());
         let (comm, totals, class) = (t.comm.clone(), t.totals, t.class());
@@ -342,6 +360,9 @@ impl Model {
             p.last_ts = p.last_ts.max(c.ts_ns);
             p.total += delta;
             p.peak = p.peak.max(p.total);
+        }
+        if self.quiet_charges {
+            return None;
         }
         let usage = self.memcgs.get(&c.memcg_id).and_then(|m| m.usage);
         Some(ChargeRow {
