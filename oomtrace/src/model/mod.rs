@@ -329,9 +329,7 @@ impl Model {
                 }
             }
         }
-        let Some(t) = self.threads.get(&key) else {
-            return None;
-        };
+        let t = self.threads.get(&key)?;
         let comm_changed = !c.comm.is_empty() && c.comm != t.comm;
         if comm_changed || t.class.is_none() {
             // Only then: cloning the process facts for every record would dominate a replay.
