@@ -95,7 +95,14 @@ fn try_charge(
         return Ok(());
     };
     let memcg_id = memcg_id();
-    if get(&g::FILTER_ON) != 0 && WATCHED.get_ptr(&memcg_id).is_none() {
+    // WATCHED: 1 = watched, 0 = ignored. A memcg userspace has not seen yet (made in the last
+    // rescan interval) is counted provisionally, so a process that starts in a new pod is seen
+    // from its first page; userspace ignores it at the next sweep if it is not ours.
+    if get(&g::FILTER_ON) != 0
+        && let Some(v) = WATCHED.get_ptr(&memcg_id)
+        // SAFETY: a map value pointer is valid for this program's run.
+        && unsafe { *v } == 0
+    {
         return Ok(());
     }
     let (tid, tgid) = current_ids();

@@ -13,9 +13,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 #[map]
 pub static CHARGES: HashMap<ChargeKey, ChargeValue> = HashMap::with_max_entries(65536, 0);
 
-/// Memcg ids (cgroup inode numbers) to trace when FILTER_ON is set. Kept up to date by userspace.
+/// Memcg ids (cgroup inode numbers) → 1 traced / 0 ignored, when FILTER_ON is set; ids not in
+/// it yet are counted until userspace decides. Kept up to date by userspace.
 #[map]
-pub static WATCHED: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
+pub static WATCHED: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
 
 /// Threads that charged a watched memcg → the last such memcg. Filters reclaim and exit events.
 #[map]

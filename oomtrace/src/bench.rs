@@ -399,7 +399,8 @@ pub fn run(opts: &Options) -> Result<()> {
         BufReader::new(c.stdout.take().context("stdout")?).read_line(&mut line)?;
         kids.push(c);
     }
-    std::thread::sleep(Duration::from_secs(3));
+    // Records of charges reach the collector at its ticks: give it a few.
+    std::thread::sleep(Duration::from_secs(6));
     let (_, hwm_threads, rss_threads) = t.usage();
     for k in &mut kids {
         let _ = k.kill();

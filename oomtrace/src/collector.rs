@@ -89,6 +89,8 @@ impl Default for Config {
 /// after the exit tracepoint on some kernels), then forgotten.
 const EXIT_GRACE: Duration = Duration::from_millis(1500);
 const TICK: Duration = Duration::from_millis(500);
+/// Verdicts "not ours" kept for the kernel filter (its map holds 64 Ki memcgs in all).
+const MAX_IGNORED_MEMCGS: usize = 32768;
 /// How often freed capacity is given back after threads were retired.
 const TRIM_EVERY: Duration = Duration::from_secs(10);
 /// How often the threads oomtrace holds are checked against /proc.
@@ -128,6 +130,8 @@ struct Live {
     /// qemu processes whose guest RAM mapping was not found yet (qemu maps it while starting).
     qemu_pending: HashSet<u32>,
     known_memcgs: HashSet<u64>,
+    /// Memcgs outside the target, told to the kernel as ignored.
+    ignored_memcgs: HashSet<u64>,
     pending_exits: Vec<(Instant, u32)>,
     model: Model,
     clock: Clock,
@@ -212,6 +216,30 @@ impl Live {
         }
     }
 
+    /// Whether a memcg belongs to what we watch. An id never seen may be a memcg made since the
+    /// last rescan: look again once; if it is still not ours, the kernel is told to ignore it.
+    fn ours(&mut self, memcg_id: u64) -> bool {
+        if !self.filter || self.known_memcgs.contains(&memcg_id) {
+            return true;
+        }
+        if self.ignored_memcgs.contains(&memcg_id) {
+            return false;
+        }
+        self.rescan();
+        if self.known_memcgs.contains(&memcg_id) {
+            return true;
+        }
+        if self.ignored_memcgs.len() >= MAX_IGNORED_MEMCGS {
+            // Memcgs come and go on a node: forget the old verdicts rather than grow.
+            for id in self.ignored_memcgs.drain() {
+                let _ = self.watched.remove(&id);
+            }
+        }
+        self.ignored_memcgs.insert(memcg_id);
+        let _ = self.watched.insert(&memcg_id, &0u8, 0);
+        false
+    }
+
     fn learn_process(&mut self, tgid: u32) {
         self.read_process(tgid, false);
     }
@@ -284,6 +312,27 @@ impl Live {
     }
 
     fn apply(&mut self, out: &mut dyn Write, event: &Event) -> Result<bool> {
+        let memcg = match event {
+            Event::Charge(c) => Some(c.memcg_id),
+            Event::Reclaim(r) => Some(r.memcg_id),
+            // The kernel reports exits of every thread it counted, provisional ones included.
+            Event::ThreadExit(e) if self.filter && self.model.keys_of_thread(e.tid).is_empty() => {
+                return Ok(false);
+            }
+            _ => None,
+        };
+        if let Some(m) = memcg
+            && !self.ours(m)
+        {
+            if let Event::Charge(c) = event {
+                let _ = self.charges.remove(&ChargeKey {
+                    tid: c.tid,
+                    _pad: 0,
+                    memcg_id: c.memcg_id,
+                });
+            }
+            return Ok(false);
+        }
         let tgid = match event {
             Event::Charge(c) => {
                 // A new thread with a name its process did not have: the process may have
@@ -338,9 +387,15 @@ impl Live {
     fn sweep_except(&mut self, out: &mut dyn Write, skip_tgid: Option<u32>) -> Result<()> {
         let now = output::monotonic_ns();
         let mut readings = Vec::new();
+        // Pairs of memcgs not (yet) known: ours after a rescan, or dropped.
+        let mut foreign: Vec<ChargeKey> = Vec::new();
         for item in self.charges.iter() {
             let Ok((key, value)) = item else { continue };
             if Some(value.tgid) == skip_tgid {
+                continue;
+            }
+            if self.filter && !self.known_memcgs.contains(&key.memcg_id) {
+                foreign.push(key);
                 continue;
             }
             readings.push(Charge {
@@ -351,6 +406,12 @@ impl Live {
                 comm: String::new(),
                 totals: value.totals,
             });
+        }
+        for key in foreign {
+            if self.ours(key.memcg_id) {
+                continue; // read at the next sweep, now that the memcg is known
+            }
+            let _ = self.charges.remove(&key);
         }
         for c in readings {
             self.learn_process(c.tgid);
@@ -500,6 +561,7 @@ pub async fn run(
         guest_seen: probes.take_guest_seen()?,
         qemu_pending: HashSet::new(),
         known_memcgs: HashSet::new(),
+        ignored_memcgs: HashSet::new(),
         pending_exits: Vec::new(),
         model: Model::new(),
         clock,

@@ -165,3 +165,37 @@ fn oom_kill_names_the_invoker_and_victim_the_kernel_names() -> Result<()> {
     );
     Ok(())
 }
+
+/// A pod made while tracing (a VM starting): its memcg is new to oomtrace, and its first pages
+/// are charged before any rescan could know it. They are counted all the same.
+#[test]
+fn a_memcg_made_after_start_is_counted_from_its_first_page() -> Result<()> {
+    if !require_root("a_memcg_made_after_start_is_counted_from_its_first_page") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let ctl = MemoryController::detect()?;
+    let cg = ScratchCgroup::create(
+        &ctl,
+        &format!("oomtrace-test-new-{}", std::process::id()),
+        1 << 30,
+    )?;
+    let mut tail = Tail::start(&["--cgroup", &cg.path.display().to_string()])?;
+    let child = cg.path.join("pod-new");
+    std::fs::create_dir(&child)?;
+    let mut w = workload(
+        &child.display().to_string(),
+        "qemu-system-x86",
+        &["CPU 0/KVM=24@400"],
+        30,
+    )?;
+    let touched = touched(&mut w, 1)?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let summary = tail.stop()?;
+    let _ = (w.kill(), w.wait());
+    let (tid, _, bytes) = touched[0].clone();
+    let t = thread(&summary, tid).context("the thread in the new memcg was not seen")?;
+    let anon = t["anon"].as_i64().unwrap_or(0);
+    assert!(within(anon, bytes, 5.0), "anon {anon} vs touched {bytes}");
+    Ok(())
+}
