@@ -11,6 +11,7 @@ pub mod decode;
 pub mod demo;
 pub mod doctor;
 pub mod explain;
+pub mod guest_kit;
 pub mod kernel_enums;
 pub mod kubevirt;
 pub mod load;

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub mod guest;
+pub use oomtrace::guest_kit as guest;
 
 use anyhow::{Context as _, Result, bail};
 use oomtrace::explain::{parse::Assembler, report::OomReport};

@@ -1,6 +1,7 @@
-//! A real guest for the tests: a stock Debian cloud kernel (apt-get download + dpkg-deb -x) and a
-//! busybox initramfs whose /init the test writes, booted by a real qemu-system-x86_64 (TCG).
-//! The tests install what they need themselves: qemu-system-x86, busybox-static, cpio.
+//! A real guest for the tests and the benchmarks: a stock Debian cloud kernel (apt-get download +
+//! dpkg-deb -x) and a busybox initramfs whose /init the caller writes, booted by a real
+//! qemu-system-x86_64 (TCG). What is missing is installed with apt: qemu-system-x86,
+//! busybox-static, cpio.
 use std::{
     fs,
     path::{Path, PathBuf},
