@@ -180,7 +180,7 @@ fn a_memcg_made_after_start_is_counted_from_its_first_page() -> Result<()> {
         &format!("oomtrace-test-new-{}", std::process::id()),
         1 << 30,
     )?;
-    let mut tail = Tail::start(&["--cgroup", &cg.path.display().to_string()])?;
+    let tail = Tail::start(&["--cgroup", &cg.path.display().to_string()])?;
     let child = cg.path.join("pod-new");
     std::fs::create_dir(&child)?;
     let mut w = workload(

@@ -197,3 +197,52 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn rotation_keeps_n_files_each_readable_on_its_own() {
+    let dir = std::env::temp_dir().join(format!("oomtrace-rot-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("r.otr");
+    let mut w = Writer::create(&path, header(), Some(2048), 2).unwrap();
+    for i in 0..3000 {
+        w.push(&input(i)).unwrap();
+        if i % 100 == 99 {
+            let facts = || {
+                vec![ModelInput::MemcgPath {
+                    id: 42,
+                    path: "/pod".into(),
+                }]
+            };
+            w.tick(facts).unwrap();
+        }
+    }
+    let stats = w.finish().unwrap();
+    assert!(stats.files > 3, "rotated {} times", stats.files);
+    let name = |n: usize| {
+        let mut s = path.as_os_str().to_owned();
+        s.push(format!(".{n}"));
+        std::path::PathBuf::from(s)
+    };
+    assert!(
+        name(1).exists() && name(2).exists() && !name(3).exists(),
+        "keeps 2 older files"
+    );
+    for p in [name(2), name(1), path.clone()] {
+        let mut r = Reader::open(&p).unwrap();
+        let h = r.header.clone().unwrap();
+        assert!(h.sequence > 0 || p == name(2) && h.sequence == 0 || h.sequence > 0);
+        let first = r.next_input().unwrap();
+        if h.sequence > 0 {
+            assert_eq!(
+                first,
+                Some(ModelInput::MemcgPath {
+                    id: 42,
+                    path: "/pod".into()
+                }),
+                "a rotated file starts with the facts"
+            );
+        }
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
