@@ -9,7 +9,8 @@ mod rows;
 mod tests;
 pub mod views;
 
-use std::collections::HashMap;
+// Small integer keys, our own data: a fast non-keyed hash (a replay is mostly map lookups).
+use rustc_hash::FxHashMap as HashMap;
 
 pub use rows::*;
 use views::ClassVec;
@@ -133,10 +134,10 @@ pub struct Model {
 impl Default for Model {
     fn default() -> Self {
         Self {
-            threads: HashMap::new(),
-            memcgs_of_thread: HashMap::new(),
-            processes: HashMap::new(),
-            memcgs: HashMap::new(),
+            threads: HashMap::default(),
+            memcgs_of_thread: HashMap::default(),
+            processes: HashMap::default(),
+            memcgs: HashMap::default(),
             ooms: Vec::new(),
             last_tick_ns: 0,
             quiet_charges: false,
@@ -592,7 +593,7 @@ impl Model {
     /// sweep; replay calls it with the recorded stamps.
     pub fn tick(&mut self, now_ns: u64) {
         self.last_tick_ns = self.last_tick_ns.max(now_ns);
-        let mut own: HashMap<u64, ClassVec> = HashMap::new();
+        let mut own: HashMap<u64, ClassVec> = HashMap::default();
         let dead: std::collections::HashSet<u32> = self
             .processes
             .iter()
@@ -616,7 +617,7 @@ impl Model {
         }
         // Roll each memcg's own bytes up into every known ancestor.
         let parents = self.parents();
-        let mut subtree: HashMap<u64, ClassVec> = HashMap::new();
+        let mut subtree: HashMap<u64, ClassVec> = HashMap::default();
         for (id, v) in &own {
             let mut at = Some(*id);
             while let Some(m) = at {
@@ -644,7 +645,7 @@ impl Model {
             .filter(|(_, m)| !m.path.is_empty())
             .map(|(id, m)| (m.path.as_str(), *id))
             .collect();
-        let mut out = HashMap::new();
+        let mut out = HashMap::default();
         for (id, m) in &self.memcgs {
             let mut p = m.path.as_str();
             while let Some((up, _)) = p.rsplit_once('/') {
