@@ -1,7 +1,7 @@
 //! Table tests of the attribution model: deltas, retirement, the OOM memcg, windows, classes
 //! and the post-mortem.
 use super::*;
-use crate::kubevirt::cmdline::VmFacts;
+use crate::{decode::OomVictim, kubevirt::cmdline::VmFacts};
 
 fn charge(tid: u32, tgid: u32, memcg: u64, comm: &str, anon: i64) -> Event {
     Event::Charge(Charge {

@@ -12,6 +12,9 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use oomtrace_common::{ChargeKey, ChargeValue, GuestRanges};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
+mod housekeeping;
+mod processes;
+
 use crate::{
     bpf::{self, HookChoice},
     capture,
@@ -20,10 +23,9 @@ use crate::{
     kernel_enums::{ChargeItems, VMLINUX_BTF},
     kubevirt::budget,
     model::input::ModelInput,
-    model::{Change, Model, ProcessInfo, Summary},
+    model::{Change, Model, Summary},
     output::{self, Clock},
     printer::Printer,
-    procfs,
     render::By,
     tracefs,
 };
@@ -216,91 +218,6 @@ impl Live {
         }
     }
 
-    /// Whether a memcg belongs to what we watch. An id never seen may be a memcg made since the
-    /// last rescan: look again once; if it is still not ours, the kernel is told to ignore it.
-    fn ours(&mut self, memcg_id: u64) -> bool {
-        if !self.filter || self.known_memcgs.contains(&memcg_id) {
-            return true;
-        }
-        if self.ignored_memcgs.contains(&memcg_id) {
-            return false;
-        }
-        self.rescan();
-        if self.known_memcgs.contains(&memcg_id) {
-            return true;
-        }
-        if self.ignored_memcgs.len() >= MAX_IGNORED_MEMCGS {
-            // Memcgs come and go on a node: forget the old verdicts rather than grow.
-            for id in self.ignored_memcgs.drain() {
-                let _ = self.watched.remove(&id);
-            }
-        }
-        self.ignored_memcgs.insert(memcg_id);
-        let _ = self.watched.insert(&memcg_id, &0u8, 0);
-        false
-    }
-
-    fn learn_process(&mut self, tgid: u32) {
-        self.read_process(tgid, false);
-    }
-
-    /// Process names, executable and command line from /proc; `refresh` re-reads them even
-    /// when known (they change at exec).
-    fn read_process(&mut self, tgid: u32, refresh: bool) {
-        if (refresh || !self.model.knows_process(tgid))
-            && let Some(mut info) =
-                procfs::process_info(tgid, self.clock.start_boot_ns, self.ctl.version)
-        {
-            if info.vm.guest_memory.is_some() {
-                info.guest_ram_watched = self.watch_guest_ram(tgid, &info);
-            }
-            self.feed(ModelInput::Process { tgid, info });
-        }
-    }
-
-    /// Tells the kernel programs where a qemu's guest RAM is. False (and retried at every tick)
-    /// while qemu has not mapped it yet.
-    fn watch_guest_ram(&mut self, tgid: u32, info: &ProcessInfo) -> bool {
-        let Some(guest_memory) = info.vm.guest_memory else {
-            return false;
-        };
-        let maps = std::fs::read_to_string(format!("/proc/{tgid}/maps")).unwrap_or_default();
-        let found = procfs::guest_ram_ranges(&maps, guest_memory);
-        if found.is_empty() {
-            self.qemu_pending.insert(tgid);
-            return false;
-        }
-        let mut r = GuestRanges::default();
-        for (i, (a, b)) in found.iter().enumerate() {
-            r.start[i] = *a;
-            r.end[i] = *b;
-        }
-        if let Err(e) = self.guest_ram.insert(&tgid, &r, 0) {
-            log::warn!("cannot register qemu {tgid}'s guest RAM: {e}");
-            return false;
-        }
-        let _ = self.guest_seen.set(0, &1, 0);
-        self.qemu_pending.remove(&tgid);
-        match self.probes.attach_lazy(bpf::GUEST_RAM_HOOK) {
-            Ok(attached) => attached,
-            Err(e) => {
-                log::warn!("cannot attach the guest RAM fault hook: {e:#}");
-                false
-            }
-        }
-    }
-
-    fn retry_pending_qemus(&mut self) {
-        let pending: Vec<u32> = self.qemu_pending.iter().copied().collect();
-        for tgid in pending {
-            if !std::path::Path::new(&format!("/proc/{tgid}")).exists() {
-                self.qemu_pending.remove(&tgid);
-                continue;
-            }
-            self.read_process(tgid, true);
-        }
-    }
-
     fn show(&mut self, out: &mut dyn Write, change: &Change) -> Result<()> {
         self.printer.show(out, &self.model, change)
     }
@@ -426,63 +343,6 @@ impl Live {
             map_full,
         });
         self.feed(ModelInput::Tick(now));
-        Ok(())
-    }
-
-    /// Every TRIM_EVERY: give back capacity and heap left over from bursts of threads, and when
-    /// exit records were lost, retire the threads that are gone (from /proc).
-    fn trim_if_due(&mut self) {
-        if self.last_trim.elapsed() >= TRIM_EVERY {
-            self.last_trim = Instant::now();
-            // Exit records can be lost (a full ring), or never sent (a thread id reused while
-            // its predecessor's totals were still in the kernel map): look in /proc.
-            if self.model.counters.rare_drops > self.rare_drops_seen
-                || self.last_gc.elapsed() >= GC_EVERY
-            {
-                self.rare_drops_seen = self.model.counters.rare_drops;
-                self.last_gc = Instant::now();
-                let gone: Vec<u32> = self
-                    .model
-                    .live_threads()
-                    .filter(|(tid, tgid)| {
-                        !std::path::Path::new(&format!("/proc/{tgid}/task/{tid}")).exists()
-                    })
-                    .map(|(tid, _)| tid)
-                    .collect();
-                let at = Instant::now();
-                self.pending_exits
-                    .extend(gone.into_iter().map(|tid| (at, tid)));
-            }
-            self.model.shrink();
-            self.printer.shrink();
-            // SAFETY: malloc_trim only returns free heap memory to the OS.
-            unsafe { libc::malloc_trim(0) };
-        }
-    }
-
-    fn retire_exited(&mut self, out: &mut dyn Write, all: bool) -> Result<()> {
-        let now = Instant::now();
-        let (due, keep): (Vec<_>, Vec<_>) = self
-            .pending_exits
-            .drain(..)
-            .partition(|(t, _)| all || *t <= now);
-        self.pending_exits = keep;
-        if due.is_empty() {
-            return Ok(());
-        }
-        self.sweep(out)?;
-        for (_, tid) in due {
-            for (t, memcg_id) in self.model.keys_of_thread(tid) {
-                let _ = self.charges.remove(&ChargeKey {
-                    tid: t,
-                    _pad: 0,
-                    memcg_id,
-                });
-            }
-            self.feed(ModelInput::Forget(tid));
-            self.printer.forget(tid);
-        }
-
         Ok(())
     }
 }
