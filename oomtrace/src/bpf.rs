@@ -146,9 +146,13 @@ pub fn plan(tracefs: &Path) -> Vec<HookChoice> {
                 (false, "kvm") => "kvm tracepoints absent (kvm module not loaded): guest RAM is told apart by thread class only".to_string(),
                 (false, _) => format!("tracepoint {} is not available on this kernel", h.tracepoint),
             };
-            if usable && h.hook == "charge" && !offsets_are(tracefs, h.category, h.name, &LRUVEC_FIXED) {
-                program = "memcg_lruvec_state_any";
-                reason = "tracepoint present; unusual record layout: fields read with a helper (slower)".into();
+            if usable && h.hook == "charge" {
+                if offsets_are(tracefs, h.category, h.name, &LRUVEC_FIXED) {
+                    reason = "tracepoint present; usual record layout: fields loaded directly".into();
+                } else {
+                    program = "memcg_lruvec_state_any";
+                    reason = "tracepoint present; unusual record layout: fields read with a helper (slower)".into();
+                }
             }
             if usable && h.hook == GUEST_RAM_HOOK && !offsets_are(tracefs, h.category, h.name, &[("address", 8)]) {
                 usable = false;

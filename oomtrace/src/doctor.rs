@@ -87,8 +87,8 @@ pub fn print(out: &mut dyn Write, r: &Report, json: bool) -> Result<()> {
     for h in &r.hooks {
         writeln!(
             out,
-            "  {:<14} {:<11} {:<40} {}",
-            h.hook, h.tier, h.tracepoint, h.reason
+            "  {:<15} {:<10} {:<38} {:<24} {}",
+            h.hook, h.tier, h.tracepoint, h.program, h.reason
         )?;
     }
     Ok(())
