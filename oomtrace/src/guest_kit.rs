@@ -130,6 +130,12 @@ fn fetch_kernel() -> Result<PathBuf> {
 
 /// A newc initramfs with busybox (and its applet links) and `init` as /init.
 pub fn initramfs(name: &str, init: &str) -> Result<PathBuf> {
+    initramfs_with(name, init, &[])
+}
+
+/// The host programs `bins` go into the initramfs at the same paths, with the shared libraries
+/// `ldd` names for them, so they run in the guest as on the host.
+pub fn initramfs_with(name: &str, init: &str, bins: &[&Path]) -> Result<PathBuf> {
     ensure_tools()?;
     let dir = kit_dir().join(format!("initramfs-{name}"));
     let _ = fs::remove_dir_all(&dir);
@@ -140,6 +146,24 @@ pub fn initramfs(name: &str, init: &str) -> Result<PathBuf> {
     let applets = run(Command::new("/bin/busybox").arg("--list"))?;
     for a in applets.lines().filter(|a| !a.is_empty() && *a != "busybox") {
         let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(a));
+    }
+    for bin in bins {
+        let mut files = vec![bin.to_path_buf()];
+        let libs = run(Command::new("ldd").arg(bin)).unwrap_or_default();
+        files.extend(
+            libs.split_whitespace()
+                .filter(|w| w.starts_with('/'))
+                .map(PathBuf::from),
+        );
+        for f in files {
+            let rel = f.strip_prefix("/").unwrap_or(&f);
+            let to = dir.join(rel);
+            if let Some(parent) = to.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::copy(&f, &to)
+                .with_context(|| format!("cannot copy {} into the initramfs", f.display()))?;
+        }
     }
     fs::write(dir.join("init"), init)?;
     use std::os::unix::fs::PermissionsExt;
