@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod capability;
 mod charge;
 mod globals;
 mod guest_ram;

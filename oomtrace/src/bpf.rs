@@ -199,6 +199,53 @@ fn raise_memlock() {
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
 }
 
+/// Whether this kernel loads and attaches an fentry and a kprobe program on the charge path
+/// (`try_charge_memcg`), asked of the kernel itself with empty programs; the error otherwise.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct KernelFunctionProbes {
+    pub fentry: Result<(), String>,
+    pub kprobe: Result<(), String>,
+}
+
+pub fn probe_kernel_functions() -> KernelFunctionProbes {
+    const TARGET: &str = "try_charge_memcg";
+    raise_memlock();
+    let mut ebpf = match EbpfLoader::new().load(EBPF_OBJECT) {
+        Ok(e) => e,
+        Err(e) => {
+            let msg = format!("cannot load the eBPF object: {e}");
+            return KernelFunctionProbes {
+                fentry: Err(msg.clone()),
+                kprobe: Err(msg),
+            };
+        }
+    };
+    let fentry = (|| -> Result<()> {
+        let btf = aya::Btf::from_sys_fs().context("no kernel BTF")?;
+        let p: &mut aya::programs::FEntry = ebpf
+            .program_mut("can_fentry")
+            .context("can_fentry missing")?
+            .try_into()?;
+        p.load(TARGET, &btf)?;
+        p.attach()?;
+        Ok(())
+    })()
+    .map_err(|e| format!("{e:#}"));
+    let kprobe = (|| -> Result<()> {
+        let p: &mut aya::programs::KProbe = ebpf
+            .program_mut("can_kprobe")
+            .context("can_kprobe missing")?
+            .try_into()?;
+        p.load()?;
+        p.attach(TARGET, 0)?;
+        Ok(())
+    })()
+    .map_err(|e| format!("{e:#}"));
+    // Dropping the object detaches and unloads both.
+    drop(ebpf);
+    KernelFunctionProbes { fentry, kprobe }
+}
+
 pub fn load(tracefs: &Path, items: &ChargeItems, opts: &Options) -> Result<Probes> {
     let choices = plan(tracefs);
     if let Some(missing) = choices.iter().find(|c| c.required && c.tier == "off") {

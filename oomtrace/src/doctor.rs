@@ -15,6 +15,8 @@ pub struct Report {
     pub kprobes: bool,
     pub memory_controller: Result<(String, String), String>,
     pub hooks: Vec<bpf::HookChoice>,
+    /// Asked of the kernel by loading empty programs (root only).
+    pub kernel_functions: Option<bpf::KernelFunctionProbes>,
 }
 
 pub fn gather() -> Report {
@@ -42,6 +44,7 @@ pub fn gather() -> Report {
             .map(|c| (format!("{:?}", c.version), c.mount.display().to_string()))
             .map_err(|e| e.to_string()),
         hooks,
+        kernel_functions: root.then(bpf::probe_kernel_functions),
     }
 }
 
@@ -75,9 +78,20 @@ pub fn print(out: &mut dyn Write, r: &Report, json: bool) -> Result<()> {
         yes(r.btf && (major, minor) >= (5, 5))
     )?;
     writeln!(out, "kprobes           {}", yes(r.kprobes))?;
+    let probed = |r: &Result<(), String>| match r {
+        Ok(()) => "yes (an empty program loaded and attached on try_charge_memcg)".to_string(),
+        Err(e) => format!("no: {e}"),
+    };
+    match &r.kernel_functions {
+        Some(k) => {
+            writeln!(out, "fentry probe      {}", probed(&k.fentry))?;
+            writeln!(out, "kprobe probe      {}", probed(&k.kprobe))?;
+        }
+        None => writeln!(out, "fentry/kprobe     not probed (needs root)")?,
+    }
     writeln!(
         out,
-        "fentry            not probed yet: the kernel-function tiers are not built; tracepoints are used"
+        "kernel-function tiers: not built yet; the tracepoints below are used"
     )?;
     match &r.memory_controller {
         Ok((v, m)) => writeln!(out, "memory controller cgroup {v} at {m}")?,

@@ -197,3 +197,26 @@ fn explain_of_a_1_gib_file_keeps_memory_bounded() -> Result<()> {
     );
     Ok(())
 }
+
+/// On this host (no kprobes; fentry refused), doctor asks the kernel and reports both refusals.
+#[test]
+fn doctor_asks_the_kernel_about_fentry_and_kprobes() -> Result<()> {
+    if !require_root("doctor_asks_the_kernel_about_fentry_and_kprobes") {
+        return Ok(());
+    }
+    let out = oomtrace(&["doctor", "--json"])?.output()?;
+    assert_eq!(out.status.code(), Some(0));
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let kf = &d["kernel_functions"];
+    // Whatever the kernel says, it is one of the two answers, and it agrees with tracefs on kprobes.
+    assert!(
+        kf["fentry"].get("Ok").is_some() || kf["fentry"].get("Err").is_some(),
+        "{kf}"
+    );
+    assert_eq!(
+        kf["kprobe"].get("Ok").is_some(),
+        d["kprobes"] == true,
+        "{d}"
+    );
+    Ok(())
+}

@@ -9,9 +9,10 @@ use serde_json::Value;
 use tests::{guest, oomtrace_bin, require_root};
 
 #[test]
-fn doctor_in_a_debian_6_1_guest_sees_kprobes_btf_and_the_missing_memcg_tracepoint() -> Result<()> {
+fn doctor_in_a_debian_6_1_guest_sees_fentry_kprobes_and_the_missing_memcg_tracepoint() -> Result<()>
+{
     if !require_root(
-        "doctor_in_a_debian_6_1_guest_sees_kprobes_btf_and_the_missing_memcg_tracepoint",
+        "doctor_in_a_debian_6_1_guest_sees_fentry_kprobes_and_the_missing_memcg_tracepoint",
     ) {
         return Ok(());
     }
@@ -50,6 +51,17 @@ fn doctor_in_a_debian_6_1_guest_sees_kprobes_btf_and_the_missing_memcg_tracepoin
     assert_eq!(d["btf"], true, "{d}");
     assert_eq!(d["memory_controller"]["Ok"][0], "V2", "{d}");
     assert_eq!(d["kprobes"], true, "{d}");
+    // Asked of the kernel itself: both load and attach on try_charge_memcg there.
+    assert!(
+        d["kernel_functions"]["fentry"].get("Ok").is_some(),
+        "fentry: {}",
+        d["kernel_functions"]
+    );
+    assert!(
+        d["kernel_functions"]["kprobe"].get("Ok").is_some(),
+        "kprobe: {}",
+        d["kernel_functions"]
+    );
     let charge = d["hooks"]
         .as_array()
         .and_then(|h| h.iter().find(|h| h["hook"] == "charge"))
