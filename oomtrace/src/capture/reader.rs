@@ -214,7 +214,14 @@ impl Reader {
                 Err(e) => self.warn(format!("{}: unreadable header frame: {e}", self.name)),
             },
             KIND_BLOCK => {
-                let raw = match zstd::bulk::decompress(payload, MAX_BLOCK) {
+                // The frame says its decompressed size: allocate that, not the bound.
+                let size = zstd::zstd_safe::get_frame_content_size(payload)
+                    .ok()
+                    .flatten()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|n| *n <= MAX_BLOCK)
+                    .unwrap_or(MAX_BLOCK);
+                let raw = match zstd::bulk::decompress(payload, size) {
                     Ok(r) => r,
                     Err(e) => {
                         self.warn(format!(
