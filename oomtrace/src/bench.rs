@@ -76,15 +76,11 @@ struct Tracer {
 }
 
 impl Tracer {
-    fn oomtrace(args: &[&str]) -> Result<Self> {
+    /// Starts `cmd` and waits until a line containing `ready` arrives; None if it never does.
+    fn spawn(cmd: &mut Command, ready: &str, timeout: Duration) -> Result<Option<Self>> {
         let started = Instant::now();
-        let mut child = Command::new(exe()?)
-            .args(["tail", "--json"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let stdout = child.stdout.take().context("tail stdout")?;
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+        let stdout = child.stdout.take().context("tracer stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for l in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -99,49 +95,31 @@ impl Tracer {
             started,
             ready_after: Duration::ZERO,
         };
-        t.wait_for(Duration::from_secs(30), |l| {
-            l.contains("\"type\":\"start\"")
-        })?;
-        t.ready_after = started.elapsed();
-        Ok(t)
-    }
-
-    fn bpftrace() -> Result<Option<Self>> {
-        if which::which("bpftrace").is_err() {
-            return Ok(None);
-        }
-        let started = Instant::now();
-        let mut child = Command::new("bpftrace")
-            .args([
-                "-e",
-                "BEGIN { printf(\"ready\\n\"); } tracepoint:memcg:mod_memcg_lruvec_state { @[tid] = sum(args->val); }",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let stdout = child.stdout.take().context("bpftrace stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send((Instant::now(), l)).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut t = Self {
-            child,
-            lines: rx,
-            started,
-            ready_after: Duration::ZERO,
-        };
-        if t.wait_for(Duration::from_secs(60), |l| l.contains("ready"))
-            .is_err()
-        {
-            let _ = t.child.kill();
+        if t.wait_for(timeout, |l| l.contains(ready)).is_err() {
             return Ok(None);
         }
         t.ready_after = started.elapsed();
         Ok(Some(t))
+    }
+
+    fn oomtrace(args: &[&str]) -> Result<Self> {
+        let mut cmd = Command::new(exe()?);
+        cmd.args(["tail", "--json"]).args(args);
+        Self::spawn(&mut cmd, "\"type\":\"start\"", Duration::from_secs(30))?
+            .context("oomtrace tail did not start")
+    }
+
+    /// The peer a user would run instead; None when bpftrace is missing or fails.
+    fn bpftrace() -> Result<Option<Self>> {
+        if which::which("bpftrace").is_err() {
+            return Ok(None);
+        }
+        let mut cmd = Command::new("bpftrace");
+        cmd.args([
+            "-e",
+            "BEGIN { printf(\"ready\\n\"); } tracepoint:memcg:mod_memcg_lruvec_state { @[tid] = sum(args->val); }",
+        ]);
+        Self::spawn(&mut cmd, "ready", Duration::from_secs(60))
     }
 
     fn wait_for(

@@ -5,7 +5,7 @@
 //! Traced live, with class summaries every 3 s and the post-mortem at the kill.
 use std::{
     io::Write,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::Duration,
 };
 
@@ -18,6 +18,7 @@ use crate::{
     output,
     render::By,
     scratch_cgroup::ScratchCgroup,
+    workload,
 };
 
 pub const DEMO_LIMIT: u64 = 256 << 20;
@@ -43,28 +44,17 @@ pub fn spawn_workload(
     start_after_secs: f64,
 ) -> Result<Child> {
     let exe = std::env::current_exe().context("cannot find the oomtrace executable")?;
-    let mut cmd = Command::new(exe);
     let qemu = process.starts_with("qemu-system-");
-    if qemu {
-        std::os::unix::process::CommandExt::arg0(&mut cmd, "/usr/bin/qemu-system-x86_64");
-    }
-    cmd.args([
-        "workload",
-        "--process",
+    let mut cmd = workload::Spec {
         process,
-        "--cgroup",
         cgroup,
-        "--hold",
-        &hold_secs.to_string(),
-        "--start-after",
-        &start_after_secs.to_string(),
-    ]);
-    for t in threads {
-        cmd.args(["--thread", t]);
+        threads,
+        hold_secs,
+        start_after_secs,
+        arg0: qemu.then_some("/usr/bin/qemu-system-x86_64"),
+        extra: if qemu { DEMO_QEMU_ARGS } else { &[] },
     }
-    if qemu {
-        cmd.arg("--").args(DEMO_QEMU_ARGS);
-    }
+    .command(&exe);
     cmd.stdout(Stdio::null()).stdin(Stdio::null());
     cmd.spawn().context("cannot start the workload process")
 }

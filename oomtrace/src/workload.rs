@@ -133,6 +133,47 @@ pub fn run(
     Ok(())
 }
 
+/// How to start a workload process: the demo, the tests and the benchmarks all spawn
+/// `oomtrace workload` this way.
+#[derive(Clone, Debug, Default)]
+pub struct Spec<'a> {
+    pub process: &'a str,
+    pub cgroup: &'a str,
+    /// `NAME=MIB@RATE` per thread.
+    pub threads: &'a [&'a str],
+    pub hold_secs: u64,
+    pub start_after_secs: f64,
+    /// Dress the command line as another program's: argv[0], and options after `--`.
+    pub arg0: Option<&'a str>,
+    pub extra: &'a [&'a str],
+}
+
+impl Spec<'_> {
+    /// The command for `exe` (an oomtrace binary); stdio is left to the caller.
+    pub fn command(&self, exe: &std::path::Path) -> std::process::Command {
+        let mut cmd = std::process::Command::new(exe);
+        if let Some(a) = self.arg0 {
+            std::os::unix::process::CommandExt::arg0(&mut cmd, a);
+        }
+        cmd.args([
+            "workload",
+            "--process",
+            self.process,
+            "--cgroup",
+            self.cgroup,
+        ])
+        .args(["--hold", &self.hold_secs.to_string()])
+        .args(["--start-after", &self.start_after_secs.to_string()]);
+        for t in self.threads {
+            cmd.args(["--thread", t]);
+        }
+        if !self.extra.is_empty() {
+            cmd.arg("--").args(self.extra);
+        }
+        cmd
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

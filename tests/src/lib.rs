@@ -150,25 +150,16 @@ pub fn workload_as(
     arg0: Option<&str>,
     extra: &[&str],
 ) -> Result<Child> {
-    let mut cmd = Command::new(oomtrace_bin()?);
-    if let Some(a) = arg0 {
-        std::os::unix::process::CommandExt::arg0(&mut cmd, a);
-    }
-    cmd.args([
-        "workload",
-        "--process",
+    let mut cmd = oomtrace::workload::Spec {
         process,
-        "--cgroup",
         cgroup,
-        "--hold",
-        &hold_secs.to_string(),
-    ]);
-    for t in threads {
-        cmd.args(["--thread", t]);
+        threads,
+        hold_secs,
+        arg0,
+        extra,
+        ..Default::default()
     }
-    if !extra.is_empty() {
-        cmd.arg("--").args(extra);
-    }
+    .command(&oomtrace_bin()?);
     cmd.stdout(Stdio::piped()).stdin(Stdio::null());
     cmd.spawn().context("cannot start workload")
 }

@@ -89,46 +89,27 @@ pub fn compute(vm: &VmShape, k: &Constants, ratio: f64) -> Budget {
         + 8 * MI * u64::from(vm.vcpus)
         + 8 * MI
         + if vm.graphics { 16 * MI } else { 0 };
-    let items = vec![
-        BudgetItem {
-            name: "virt-launcher-monitor",
-            classes: vec![ThreadClass::VirtLauncherMonitor],
-            reserved: scaled(k.virt_launcher_monitor, ratio),
-        },
-        BudgetItem {
-            name: "virt-launcher",
-            classes: vec![ThreadClass::VirtLauncher],
-            reserved: scaled(k.virt_launcher, ratio),
-        },
-        BudgetItem {
-            name: "virtqemud",
-            classes: vec![ThreadClass::Virtqemud],
-            reserved: scaled(k.virtqemud, ratio),
-        },
-        BudgetItem {
-            name: "virtlogd",
-            classes: vec![ThreadClass::Virtlogd],
-            reserved: scaled(k.virtlogd, ratio),
-        },
-        BudgetItem {
-            name: "qemu overhead",
-            classes: vec![
-                ThreadClass::Vcpu,
-                ThreadClass::Iothread,
-                ThreadClass::QemuOther,
-            ],
-            reserved: scaled(qemu, ratio),
-        },
-        BudgetItem {
-            name: "not reserved",
-            classes: vec![
-                ThreadClass::PodInfra,
-                ThreadClass::Foreign,
-                ThreadClass::Kernel,
-            ],
-            reserved: 0,
-        },
+    use ThreadClass as C;
+    let table: [(&'static str, &[ThreadClass], u64); 6] = [
+        (
+            "virt-launcher-monitor",
+            &[C::VirtLauncherMonitor],
+            k.virt_launcher_monitor,
+        ),
+        ("virt-launcher", &[C::VirtLauncher], k.virt_launcher),
+        ("virtqemud", &[C::Virtqemud], k.virtqemud),
+        ("virtlogd", &[C::Virtlogd], k.virtlogd),
+        ("qemu overhead", &[C::Vcpu, C::Iothread, C::QemuOther], qemu),
+        ("not reserved", &[C::PodInfra, C::Foreign, C::Kernel], 0),
     ];
+    let items: Vec<BudgetItem> = table
+        .iter()
+        .map(|(name, classes, bytes)| BudgetItem {
+            name,
+            classes: classes.to_vec(),
+            reserved: scaled(*bytes, ratio),
+        })
+        .collect();
     let total = items.iter().map(|i| i.reserved).sum();
     Budget {
         constants: k.name,
