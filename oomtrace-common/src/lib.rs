@@ -13,6 +13,9 @@ pub const KIND_OOM_VICTIM: u32 = 2;
 pub const KIND_RECLAIM: u32 = 4;
 /// A thread that charged a watched memcg exited (sched:sched_process_exit).
 pub const KIND_THREAD_EXIT: u32 = 5;
+/// A memcg OOM ran to its end (mem_cgroup_out_of_memory entry and return): when, how long,
+/// and whether the OOM killer found something to kill.
+pub const KIND_OOM_ATTEMPT: u32 = 6;
 
 pub const COMM_LEN: usize = 16;
 
@@ -113,6 +116,35 @@ pub struct OomVictimEvent {
     pub victim_comm: [u8; COMM_LEN],
 }
 
+/// One call of mem_cgroup_out_of_memory, sent at its return by the thread that made it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OomAttemptEvent {
+    pub kind: u32,
+    pub tid: u32,
+    pub tgid: u32,
+    /// The allocation order that failed.
+    pub order: i32,
+    pub start_ns: u64,
+    pub duration_ns: u64,
+    pub memcg_id: u64,
+    /// 1 when the OOM killer chose a victim or one was already dying (the function returned
+    /// true), 0 when it found nothing to kill.
+    pub killed: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// What mem_cgroup_out_of_memory's entry left for its return (per thread).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OomStart {
+    pub start_ns: u64,
+    pub memcg_id: u64,
+    pub order: i32,
+    pub _pad: u32,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ReclaimEvent {
@@ -182,6 +214,11 @@ pub mod globals {
     pub const OFF_RECLAIM_NR: &str = "OFF_RECLAIM_NR";
     pub const OFF_EXIT_GROUP_DEAD: &str = "OFF_EXIT_GROUP_DEAD";
     pub const SELF_TGID: &str = "SELF_TGID";
+    /// Offsets of `struct mem_cgroup`'s css.cgroup, `struct cgroup`'s kn and `struct
+    /// kernfs_node`'s id: the kernel-function programs turn a memcg pointer into its id.
+    pub const OFF_MEMCG_CGROUP: &str = "OFF_MEMCG_CGROUP";
+    pub const OFF_CGROUP_KN: &str = "OFF_CGROUP_KN";
+    pub const OFF_KN_ID: &str = "OFF_KN_ID";
 }
 
 /// Map names, shared so that neither side can misspell them.
@@ -195,6 +232,8 @@ pub mod maps {
     pub const RECLAIM_START: &str = "RECLAIM_START";
     pub const GUEST_RAM: &str = "GUEST_RAM";
     pub const GUEST_SEEN: &str = "GUEST_SEEN";
+    pub const CHARGE_KIND: &str = "CHARGE_KIND";
+    pub const OOM_START: &str = "OOM_START";
 }
 
 #[cfg(feature = "user")]

@@ -1,8 +1,10 @@
 //! memcg:mod_memcg_lruvec_state → per (thread, memcg) charge totals, coalesced into ring records.
+//! `account` is shared with the kernel-function tier (`charge_fn`): one aggregation, any hook.
 //!
 //! This runs for every memcg stat update on the machine, so the fast path is: read the item, drop
 //! it unless it is one of the seven charge items, then one hash lookup for the memcg filter.
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::tracepoint,
     programs::TracePointContext,
@@ -22,7 +24,7 @@ use crate::{
 const EVENTS_WAKE_BYTES: u64 = 1 << 20;
 
 #[derive(Clone, Copy)]
-enum Kind {
+pub enum Kind {
     Anon,
     File,
     Kernel,
@@ -65,7 +67,9 @@ pub fn memcg_lruvec_state(ctx: TracePointContext) -> u32 {
             ctx_field::<u64>(&ctx, FIXED_ID),
         )
     };
-    let _ = try_charge(&ctx, f.0, f.1, || f.2);
+    if let Some((kind, bytes)) = classify(f.0, f.1 as i64) {
+        let _ = account(&ctx, kind, bytes, f.2);
+    }
     0
 }
 
@@ -76,25 +80,18 @@ pub fn memcg_lruvec_state_any(ctx: TracePointContext) -> u32 {
     let item: i32 = unsafe { ctx.read_at(get(&g::OFF_LRUVEC_ITEM) as usize) }.unwrap_or(-1);
     // SAFETY: as above.
     let val: i32 = unsafe { ctx.read_at(get(&g::OFF_LRUVEC_VAL) as usize) }.unwrap_or(0);
-    let id = || {
+    if let Some((kind, bytes)) = classify(item, val as i64) {
         // SAFETY: as above.
-        unsafe { ctx.read_at::<u64>(get(&g::OFF_LRUVEC_ID) as usize) }.unwrap_or(0)
-    };
-    let _ = try_charge(&ctx, item, val, id);
+        let id = unsafe { ctx.read_at::<u64>(get(&g::OFF_LRUVEC_ID) as usize) }.unwrap_or(0);
+        let _ = account(&ctx, kind, bytes, id);
+    }
     0
 }
 
+/// Adds `bytes` of `kind` to the current thread's totals for `memcg_id` and sends a record when
+/// enough changed (or enough time passed). The one aggregation behind every charge hook.
 #[inline(always)]
-fn try_charge(
-    ctx: &TracePointContext,
-    item: i32,
-    val: i32,
-    memcg_id: impl FnOnce() -> u64,
-) -> Result<(), i32> {
-    let Some((kind, bytes)) = classify(item, val as i64) else {
-        return Ok(());
-    };
-    let memcg_id = memcg_id();
+pub fn account<C: EbpfContext>(ctx: &C, kind: Kind, bytes: i64, memcg_id: u64) -> Result<(), i32> {
     // WATCHED: 1 = watched, 0 = ignored. A memcg userspace has not seen yet (made in the last
     // rescan interval) is counted provisionally, so a process that starts in a new pod is seen
     // from its first page; userspace ignores it at the next sweep if it is not ours.
@@ -142,7 +139,8 @@ fn try_charge(
         }
     };
     // SAFETY: `value` points into the map entry for this thread's own key; only this thread
-    // updates it, and tracepoint programs do not nest on one CPU.
+    // updates it, and one charge program is attached (tracepoint and kprobe programs never
+    // nest on a CPU; an fentry run nested in an interrupt could lose one add, never corrupt).
     let v = unsafe { &mut *value };
     match kind {
         Kind::Anon => v.totals.anon += bytes,

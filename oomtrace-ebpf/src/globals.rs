@@ -35,6 +35,10 @@ global!(OFF_VICTIM_ADJ: i32 = -1);
 global!(OFF_RECLAIM_NR: u32 = 8);
 global!(OFF_EXIT_GROUP_DEAD: i32 = -1);
 global!(SELF_TGID: u32 = 0);
+// struct mem_cgroup → css.cgroup → kn → id, from BTF: the memcg id the tracepoints report.
+global!(OFF_MEMCG_CGROUP: u64 = 0);
+global!(OFF_CGROUP_KN: u64 = 0);
+global!(OFF_KN_ID: u64 = 0);
 
 #[inline(always)]
 pub fn get<T: Copy>(v: &'static T) -> T {

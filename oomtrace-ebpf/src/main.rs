@@ -1,15 +1,18 @@
-//! oomtrace eBPF programs, tracepoint tier. One small program per hook; the shared maps and the
+//! oomtrace eBPF programs: tracepoint tier and kernel-function (fentry/kprobe) tier. One small program per hook; the shared maps and the
 //! globals injected by userspace live in `maps` and `globals`.
 #![no_std]
 #![no_main]
 
 mod capability;
 mod charge;
+mod charge_fn;
 mod globals;
 mod guest_ram;
 mod kvm;
+mod kvm_fn;
 mod maps;
 mod oom;
+mod oom_fn;
 mod reclaim;
 mod thread_exit;
 

@@ -1,9 +1,9 @@
 //! Maps shared by the programs. All bounded; a failed insert or reservation is counted in STATS.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use oomtrace_common::{ChargeKey, ChargeValue, GuestRanges, stat};
+use oomtrace_common::{ChargeKey, ChargeValue, GuestRanges, OomStart, stat};
 
 /// Records to userspace: coalesced charges and rare events. 4 MiB holds ~50k records.
 #[map]
@@ -39,6 +39,16 @@ pub static RECLAIM_START: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0)
 /// skips the IN_GUEST_FAULT lookup (an array read is cheaper than a hash lookup per charge).
 #[map]
 pub static GUEST_SEEN: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Kernel-function tier: a thread inside __mem_cgroup_charge → the kind of folio it charges
+/// (anon when it has an mm, page cache when not), taken by its next try_charge_memcg. LRU: an
+/// entry left by a charge that never reached try_charge_memcg (root memcg) ages out.
+#[map]
+pub static CHARGE_KIND: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
+
+/// Kernel-function tier: threads inside mem_cgroup_out_of_memory → when and for which memcg.
+#[map]
+pub static OOM_START: HashMap<u32, OomStart> = HashMap::with_max_entries(1024, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);

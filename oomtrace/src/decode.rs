@@ -52,12 +52,29 @@ pub struct ThreadExit {
     pub group_dead: bool,
 }
 
+/// One memcg OOM from start to end (kernel-function tier only: mem_cgroup_out_of_memory).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OomAttempt {
+    /// When the OOM began.
+    pub ts_ns: u64,
+    pub tid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub memcg_id: u64,
+    pub order: i32,
+    pub duration_ns: u64,
+    /// A victim was chosen (or one was already dying); false: nothing could be killed.
+    pub killed: bool,
+}
+
+/// New kinds go at the end: captures store events by variant index.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     Charge(Charge),
     OomVictim(OomVictim),
     Reclaim(Reclaim),
     ThreadExit(ThreadExit),
+    OomAttempt(OomAttempt),
 }
 
 impl Event {
@@ -68,6 +85,7 @@ impl Event {
             Event::OomVictim(v) => v.ts_ns,
             Event::Reclaim(r) => r.ts_ns,
             Event::ThreadExit(e) => e.ts_ns,
+            Event::OomAttempt(o) => o.ts_ns,
         }
     }
 }
@@ -161,6 +179,19 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                 group_dead: e.group_dead != 0,
             })
         }
+        c::KIND_OOM_ATTEMPT => {
+            let e: c::OomAttemptEvent = read(kind, data)?;
+            Event::OomAttempt(OomAttempt {
+                ts_ns: e.start_ns,
+                tid: e.tid,
+                tgid: e.tgid,
+                comm: comm(&e.comm),
+                memcg_id: e.memcg_id,
+                order: e.order,
+                duration_ns: e.duration_ns,
+                killed: e.killed != 0,
+            })
+        }
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -218,6 +249,28 @@ mod tests {
             decode(&77u32.to_ne_bytes()),
             Err(DecodeError::UnknownKind(77))
         );
+    }
+
+    #[test]
+    fn decode_oom_attempt_keeps_start_duration_and_outcome() {
+        let e = c::OomAttemptEvent {
+            kind: c::KIND_OOM_ATTEMPT,
+            tid: 9,
+            tgid: 8,
+            order: 0,
+            start_ns: 1_000,
+            duration_ns: 2_500,
+            memcg_id: 77,
+            killed: 0,
+            _pad: 0,
+            comm: comm16("IO iothread1"),
+        };
+        let Ok(Event::OomAttempt(d)) = decode(&bytes_of(&e)) else {
+            panic!("not an OOM attempt")
+        };
+        assert_eq!((d.ts_ns, d.duration_ns, d.memcg_id), (1_000, 2_500, 77));
+        assert!(!d.killed);
+        assert_eq!(d.comm, "IO iothread1");
     }
 
     #[test]

@@ -4,7 +4,12 @@ use std::{fs, io::Write, path::Path};
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::{bpf, cgroupfs::MemoryController, kernel_enums::VMLINUX_BTF, tracefs};
+use crate::{
+    bpf,
+    cgroupfs::MemoryController,
+    kernel_btf::{KernelBtf, VMLINUX_BTF},
+    tracefs,
+};
 
 #[derive(Serialize)]
 pub struct Report {
@@ -30,10 +35,14 @@ pub fn gather() -> Report {
         .as_ref()
         .map(|t| Path::new(t).join("kprobe_events").exists())
         .unwrap_or(false);
-    let hooks = tracefs
-        .as_ref()
-        .map(|t| bpf::plan(Path::new(t)))
-        .unwrap_or_default();
+    let kbtf = KernelBtf::load(Path::new(VMLINUX_BTF)).ok();
+    let (hooks, kernel_functions) = match &tracefs {
+        Ok(t) => {
+            let (facts, probes) = bpf::facts::gather(Path::new(t), kbtf.as_ref(), root);
+            (bpf::plan::plan(&facts, None).unwrap_or_default(), probes)
+        }
+        Err(_) => (Vec::new(), None),
+    };
     Report {
         kernel,
         root,
@@ -44,7 +53,7 @@ pub fn gather() -> Report {
             .map(|c| (format!("{:?}", c.version), c.mount.display().to_string()))
             .map_err(|e| e.to_string()),
         hooks,
-        kernel_functions: root.then(bpf::probe_kernel_functions),
+        kernel_functions,
     }
 }
 
@@ -79,7 +88,7 @@ pub fn print(out: &mut dyn Write, r: &Report, json: bool) -> Result<()> {
     )?;
     writeln!(out, "kprobes           {}", yes(r.kprobes))?;
     let probed = |r: &Result<(), String>| match r {
-        Ok(()) => "yes (an empty program loaded and attached on try_charge_memcg)".to_string(),
+        Ok(()) => "yes (an empty program loaded and attached on the charge function)".to_string(),
         Err(e) => format!("no: {e}"),
     };
     match &r.kernel_functions {
@@ -89,20 +98,16 @@ pub fn print(out: &mut dyn Write, r: &Report, json: bool) -> Result<()> {
         }
         None => writeln!(out, "fentry/kprobe     not probed (needs root)")?,
     }
-    writeln!(
-        out,
-        "kernel-function tiers: not built yet; the tracepoints below are used"
-    )?;
     match &r.memory_controller {
         Ok((v, m)) => writeln!(out, "memory controller cgroup {v} at {m}")?,
         Err(e) => writeln!(out, "memory controller missing: {e}")?,
     }
-    writeln!(out, "hooks:")?;
+    writeln!(out, "hooks (tiers tried: fentry, kprobe, tracepoint):")?;
     for h in &r.hooks {
         writeln!(
             out,
-            "  {:<15} {:<10} {:<38} {:<24} {}",
-            h.hook, h.tier, h.tracepoint, h.program, h.reason
+            "  {:<15} {:<10} {:<38} {}",
+            h.hook, h.tier, h.target, h.reason
         )?;
     }
     Ok(())

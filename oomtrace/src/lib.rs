@@ -12,7 +12,7 @@ pub mod demo;
 pub mod doctor;
 pub mod explain;
 pub mod guest_kit;
-pub mod kernel_enums;
+pub mod kernel_btf;
 pub mod kubevirt;
 pub mod load;
 pub mod model;

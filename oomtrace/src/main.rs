@@ -110,6 +110,9 @@ enum Command {
         /// additionalGuestMemoryOverheadRatio in force (Harvester >= 1.4 defaults to 1.5).
         #[arg(long, default_value_t = 1.0)]
         overhead_ratio: f64,
+        /// Use only this tier where a hook has it (default: fentry, else kprobe, else tracepoint).
+        #[arg(long, value_enum)]
+        tier: Option<oomtrace::bpf::Tier>,
     },
     /// Trace like `tail` and write everything to a capture file, for `report` and `export` later.
     Record {
@@ -133,6 +136,9 @@ enum Command {
         json: bool,
         #[arg(long, default_value_t = 256 * 1024)]
         flush_bytes: i64,
+        /// Use only this tier where a hook has it (default: fentry, else kprobe, else tracepoint).
+        #[arg(long, value_enum)]
+        tier: Option<oomtrace::bpf::Tier>,
     },
     /// Replay captures (rotated files oldest first) and show OOM post-mortems, the state at the
     /// end or at --at, and the summary. No root or BPF needed.
@@ -204,9 +210,9 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         churn: usize,
     },
-    /// (internal) The kernel's node_stat_item numbers from its BTF, as JSON.
+    /// (internal) What the programs need from the kernel's BTF, as JSON.
     #[command(hide = true)]
-    ChargeItems { btf: PathBuf },
+    KernelBtf { btf: PathBuf },
     /// (internal) A page-fault storm timing itself.
     #[command(hide = true)]
     Storm {
@@ -291,6 +297,7 @@ fn run(cli: Cli) -> Result<()> {
             keep,
             json,
             flush_bytes,
+            tier,
         } => {
             let max_size = match max_size {
                 Some(m) => Some(parse_size_arg(&m).filter(|v| *v > 0).ok_or_else(|| {
@@ -310,6 +317,7 @@ fn run(cli: Cli) -> Result<()> {
                     keep,
                 }),
                 status_line: true,
+                tier,
                 ..Config::default()
             };
             let rt = runtime()?;
@@ -374,6 +382,7 @@ fn run(cli: Cli) -> Result<()> {
             every,
             kubevirt,
             overhead_ratio,
+            tier,
             from: None,
             speed: _,
         } => {
@@ -391,6 +400,7 @@ fn run(cli: Cli) -> Result<()> {
                 by,
                 every: Duration::from_secs_f64(every),
                 budget: (budget_profile(&kubevirt, overhead_ratio)?, overhead_ratio),
+                tier,
                 ..Config::default()
             };
             let rt = runtime()?;
@@ -400,11 +410,11 @@ fn run(cli: Cli) -> Result<()> {
                     let start = serde_json::json!({ "type": "start", "hooks": started.choices });
                     println!("{start}");
                 } else {
-                    let used: Vec<&str> = started
+                    let used: Vec<String> = started
                         .choices
                         .iter()
                         .filter(|c| c.tier != "off")
-                        .map(|c| c.tracepoint)
+                        .map(|c| format!("{} {}", c.tier, c.target))
                         .collect();
                     eprintln!("oomtrace: tracing via {}; Ctrl-C to stop", used.join(", "));
                 }
@@ -462,8 +472,8 @@ fn run(cli: Cli) -> Result<()> {
             storm_mib: storm_mib.max(1),
             churn,
         })?,
-        Command::ChargeItems { btf } => {
-            let items = oomtrace::kernel_enums::ChargeItems::from_btf(&btf)?;
+        Command::KernelBtf { btf } => {
+            let items = oomtrace::kernel_btf::KernelBtf::from_btf(&btf)?;
             writeln!(out, "{}", serde_json::to_string(&items)?)?;
         }
         Command::Storm {

@@ -147,6 +147,18 @@ pub fn text_line(clock: &Clock, change: &Change) -> String {
             r.nr_reclaimed,
             r.duration_ns as f64 / 1e6,
         ),
+        Change::OomAttempt(o) => format!(
+            "{} memcg OOM ({} limit {}): {} after {:.1} ms",
+            thread_columns(clock, o.ts_ns, &o.memcg, o.pid, o.tid, &o.comm, &o.process),
+            o.usage.map_or("?".into(), |u| bytes(u as i64)),
+            o.limit.map_or("?".into(), |l| bytes(l as i64)),
+            if o.killed {
+                "a victim was chosen"
+            } else {
+                "nothing could be killed"
+            },
+            o.duration_ns as f64 / 1e6,
+        ),
         Change::Exit(e) => format!(
             "{} exited{}",
             thread_columns(clock, e.ts_ns, "", e.pid, e.tid, &e.comm, &e.process),
@@ -165,6 +177,7 @@ pub fn json_line(clock: &Clock, change: &Change) -> String {
         Change::Oom(o) => o.ts_ns,
         Change::Reclaim(r) => r.ts_ns,
         Change::Exit(e) => e.ts_ns,
+        Change::OomAttempt(o) => o.ts_ns,
     };
     serde_json::to_string(&JsonLine {
         time: clock.unix_seconds(ts),

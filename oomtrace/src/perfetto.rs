@@ -182,6 +182,21 @@ impl Builder {
                 );
                 self.event(r.ts_ns, t, TYPE_SLICE_END, None, None);
             }
+            Change::OomAttempt(o) => {
+                let t = self.track(&format!("memcg OOM {}", o.memcg), None, false);
+                let name = format!(
+                    "memcg OOM by {} ({}): {}",
+                    o.comm,
+                    o.class,
+                    if o.killed {
+                        "victim chosen"
+                    } else {
+                        "nothing killed"
+                    }
+                );
+                self.event(o.ts_ns, t, TYPE_SLICE_BEGIN, Some(name), None);
+                self.event(o.ts_ns + o.duration_ns, t, TYPE_SLICE_END, None, None);
+            }
             Change::Charge(_) | Change::Exit(_) => {}
         }
     }

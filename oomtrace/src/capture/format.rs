@@ -48,7 +48,7 @@ impl From<&HookChoice> for SavedHook {
     fn from(h: &HookChoice) -> Self {
         Self {
             hook: h.hook.to_string(),
-            tracepoint: h.tracepoint.to_string(),
+            tracepoint: h.target.clone(),
             tier: h.tier.to_string(),
             reason: h.reason.clone(),
         }

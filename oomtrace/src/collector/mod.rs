@@ -20,7 +20,7 @@ use crate::{
     capture,
     cgroupfs::{self, MemoryController},
     decode::{self, Charge, Event},
-    kernel_enums::{ChargeItems, VMLINUX_BTF},
+    kernel_btf::{KernelBtf, VMLINUX_BTF},
     kubevirt::budget,
     model::input::ModelInput,
     model::{Change, Model, Summary},
@@ -60,6 +60,8 @@ pub struct Config {
     pub record: Option<RecordTo>,
     /// Show a one-line status on stderr, updated in place (record).
     pub status_line: bool,
+    /// Use only this tier where a hook has it (tests, and kernels where one misbehaves).
+    pub tier: Option<bpf::Tier>,
 }
 
 #[derive(Clone, Debug)]
@@ -83,6 +85,7 @@ impl Default for Config {
             budget: (budget::KUBEVIRT_CURRENT, 1.0),
             record: None,
             status_line: false,
+            tier: None,
         }
     }
 }
@@ -277,6 +280,7 @@ impl Live {
                 v.invoker_tgid
             }
             Event::Reclaim(r) => r.tgid,
+            Event::OomAttempt(o) => o.tgid,
             Event::ThreadExit(e) => {
                 self.pending_exits
                     .push((Instant::now() + EXIT_GRACE, e.tid));
@@ -400,14 +404,14 @@ pub async fn run(
 ) -> Result<Summary> {
     let (ctl, root, pid_filter) = preflight(&cfg)?;
     let tracefs = tracefs::find(true)?;
-    let items = ChargeItems::load(std::path::Path::new(VMLINUX_BTF))?;
+    let kbtf = KernelBtf::load(std::path::Path::new(VMLINUX_BTF))?;
     let filter = root.is_some();
     let opts = bpf::Options {
         filter,
         flush_bytes: cfg.flush_bytes,
         flush_ns: 1_000_000_000,
     };
-    let mut probes = bpf::load(&tracefs, &items, &opts)?;
+    let mut probes = bpf::load(&tracefs, &kbtf, cfg.tier, &opts)?;
     let ring = probes.take_ring()?;
     let clock = Clock::now();
     let mut live = Live {

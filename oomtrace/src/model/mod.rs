@@ -19,7 +19,7 @@ use views::ClassVec;
 use self::history::Series;
 use crate::{
     cgroupfs::UsageLimit,
-    decode::{Charge, ChargeTotals, Event, Reclaim, ThreadExit},
+    decode::{Charge, ChargeTotals, Event, OomAttempt, Reclaim, ThreadExit},
     kubevirt::{
         ThreadClass, ThreadNames, budget,
         class::is_tcg_vcpu,
@@ -201,6 +201,10 @@ impl Model {
             .map(|((tid, _), t)| (*tid, t.tgid))
     }
 
+    pub fn knows_memcg(&self, id: u64) -> bool {
+        self.memcgs.contains_key(&id)
+    }
+
     pub fn knows_process(&self, tgid: u32) -> bool {
         self.processes.get(&tgid).is_some_and(|p| p.info.is_some())
     }
@@ -295,6 +299,7 @@ impl Model {
             Event::OomVictim(v) => Some(Change::Oom(self.oom(v))),
             Event::Reclaim(r) => Some(Change::Reclaim(self.reclaim(r))),
             Event::ThreadExit(e) => Some(Change::Exit(self.exit(e))),
+            Event::OomAttempt(o) => Some(Change::OomAttempt(self.oom_attempt(o))),
         }
     }
 
@@ -383,6 +388,25 @@ impl Model {
             usage: usage.map(|u| u.usage),
             limit: usage.and_then(|u| u.limit),
         })
+    }
+
+    fn oom_attempt(&mut self, o: &OomAttempt) -> OomAttemptRow {
+        let usage = self.memcgs.get(&o.memcg_id).and_then(|m| m.usage);
+        OomAttemptRow {
+            ts_ns: o.ts_ns,
+            memcg: self.memcg_path(o.memcg_id),
+            memcg_id: o.memcg_id,
+            usage: usage.map(|u| u.usage),
+            limit: usage.and_then(|u| u.limit),
+            pid: o.tgid,
+            tid: o.tid,
+            process: self.process_name(o.tgid, &o.comm),
+            class: self.thread_name_class(o.tid, o.tgid, &o.comm).1,
+            comm: o.comm.clone(),
+            order: o.order,
+            duration_ns: o.duration_ns,
+            killed: o.killed,
+        }
     }
 
     fn reclaim(&mut self, r: &Reclaim) -> ReclaimRow {

@@ -40,27 +40,35 @@ impl Model {
             .or(Some(own))
     }
 
+    /// A thread's name and class as the model knows them, else from the event's comm.
+    pub(super) fn thread_name_class(
+        &self,
+        tid: u32,
+        tgid: u32,
+        comm: &str,
+    ) -> (String, crate::kubevirt::ThreadClass) {
+        let known = self
+            .threads
+            .iter()
+            .find(|((t, _), _)| *t == tid)
+            .map(|(_, s)| (s.comm.clone(), s.class()));
+        known.unwrap_or_else(|| {
+            let info = self
+                .processes
+                .get(&tgid)
+                .and_then(|p| p.info.clone())
+                .unwrap_or_default();
+            (comm.to_string(), classify_thread(comm, &info))
+        })
+    }
+
     pub(super) fn oom(&mut self, v: &OomVictim) -> OomRow {
         // Bring the windows up to the kill.
         self.tick(v.ts_ns.max(self.last_tick_ns));
         let memcg_id = self.oom_memcg(v.invoker_tid).unwrap_or(0);
         let usage = self.memcgs.get(&memcg_id).and_then(|m| m.usage);
-        let invoker = self
-            .threads
-            .iter()
-            .find(|((t, _), _)| *t == v.invoker_tid)
-            .map(|(_, s)| (s.comm.clone(), s.class()));
-        let (invoker_comm, invoker_class) = invoker.unwrap_or_else(|| {
-            let info = self
-                .processes
-                .get(&v.invoker_tgid)
-                .and_then(|p| p.info.clone())
-                .unwrap_or_default();
-            (
-                v.invoker_comm.clone(),
-                classify_thread(&v.invoker_comm, &info),
-            )
-        });
+        let (invoker_comm, invoker_class) =
+            self.thread_name_class(v.invoker_tid, v.invoker_tgid, &v.invoker_comm);
         let victim_threads = || self.threads.values().filter(|t| t.tgid == v.victim_pid);
         let victim_charged = victim_threads().map(|t| t.totals.total()).sum::<i64>()
             + self

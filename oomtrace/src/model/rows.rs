@@ -12,6 +12,7 @@ pub enum Change {
     Oom(OomRow),
     Reclaim(ReclaimRow),
     Exit(ExitRow),
+    OomAttempt(OomAttemptRow),
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -65,6 +66,25 @@ pub struct OomRow {
     pub victim_charged_anon: i64,
     /// What grew before the kill, by class, process and thread (boxed: rows stay small).
     pub post_mortem: Option<Box<PostMortem>>,
+}
+
+/// One memcg OOM from start to end (kernel-function tier): including the ones that killed
+/// nothing, which leave no mark_victim and often no kernel report either.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct OomAttemptRow {
+    pub ts_ns: u64,
+    pub memcg: String,
+    pub memcg_id: u64,
+    pub usage: Option<u64>,
+    pub limit: Option<u64>,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub process: String,
+    pub class: ThreadClass,
+    pub order: i32,
+    pub duration_ns: u64,
+    pub killed: bool,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

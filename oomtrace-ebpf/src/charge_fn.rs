@@ -1,0 +1,93 @@
+//! Kernel-function tier of the charge hook: try_charge_memcg(memcg, gfp_mask, nr_pages), entered
+//! for every charge request (most are served from the per-CPU stock inside it), by fentry or
+//! kprobe. The request is exact; its kind comes from __mem_cgroup_charge (folio charges: anon
+//! when charged for an mm, page cache otherwise); anything else (slab, page tables, kernel
+//! stacks) is kernel memory. Frees do not pass here: this tier counts what threads charged.
+use aya_ebpf::{
+    EbpfContext,
+    helpers::bpf_probe_read_kernel,
+    macros::{fentry, kprobe},
+    programs::{FEntryContext, ProbeContext},
+};
+
+use crate::{
+    charge::{Kind, account},
+    globals::{self as g, get},
+    maps::{CHARGE_KIND, current_ids},
+};
+
+const KIND_ANON: u32 = 1;
+const KIND_FILE: u32 = 2;
+
+/// memcg → css.cgroup → kn → id: the id the memcg tracepoints and cgroupfs (inode) use.
+#[inline(always)]
+pub fn memcg_id(memcg: u64) -> Option<u64> {
+    let read = |addr: u64| {
+        // SAFETY: bpf_probe_read_kernel checks the address; a bad one gives an error, not a fault.
+        unsafe { bpf_probe_read_kernel(addr as *const u64) }.ok()
+    };
+    if memcg == 0 {
+        return None;
+    }
+    let cgroup = read(memcg + get(&g::OFF_MEMCG_CGROUP))?;
+    let kn = read(cgroup + get(&g::OFF_CGROUP_KN))?;
+    read(kn + get(&g::OFF_KN_ID))
+}
+
+#[inline(always)]
+fn charge_request<C: EbpfContext>(ctx: &C, memcg: u64, nr_pages: u64) {
+    let (tid, _) = current_ids();
+    let kind = match CHARGE_KIND.get_ptr(&tid) {
+        Some(k) => {
+            // SAFETY: pointer from a successful lookup, read at once.
+            let k = unsafe { *k };
+            let _ = CHARGE_KIND.remove(&tid);
+            match k {
+                KIND_ANON => Kind::Anon,
+                KIND_FILE => Kind::File,
+                _ => Kind::Kernel,
+            }
+        }
+        None => Kind::Kernel,
+    };
+    let Some(id) = memcg_id(memcg) else {
+        return;
+    };
+    let _ = account(ctx, kind, (nr_pages as i64) * get(&g::PAGE_SIZE), id);
+}
+
+#[inline(always)]
+fn folio_charge(mm: u64) {
+    let (tid, _) = current_ids();
+    let kind = if mm != 0 { KIND_ANON } else { KIND_FILE };
+    let _ = CHARGE_KIND.insert(&tid, &kind, 0);
+}
+
+#[fentry(function = "try_charge_memcg")]
+pub fn charge_fentry(ctx: FEntryContext) -> u32 {
+    let memcg: u64 = ctx.arg(0);
+    let nr_pages: u64 = ctx.arg(2);
+    charge_request(&ctx, memcg, nr_pages & 0xffff_ffff);
+    0
+}
+
+#[kprobe]
+pub fn charge_kprobe(ctx: ProbeContext) -> u32 {
+    let memcg: u64 = ctx.arg(0).unwrap_or(0);
+    let nr_pages: u64 = ctx.arg(2).unwrap_or(0);
+    charge_request(&ctx, memcg, nr_pages & 0xffff_ffff);
+    0
+}
+
+/// __mem_cgroup_charge(folio, mm, gfp): says what the next try_charge_memcg is for.
+#[fentry(function = "__mem_cgroup_charge")]
+pub fn folio_charge_fentry(ctx: FEntryContext) -> u32 {
+    folio_charge(ctx.arg(1));
+    0
+}
+
+#[kprobe]
+pub fn folio_charge_kprobe(ctx: ProbeContext) -> u32 {
+    folio_charge(ctx.arg(1).unwrap_or(0));
+    0
+}

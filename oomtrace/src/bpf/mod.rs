@@ -1,0 +1,306 @@
+//! Loading and attaching the eBPF programs. Which program serves each hook (fentry, kprobe or
+//! tracepoint tier) is planned before loading from what this kernel has (`facts`, `plan`); the
+//! plan is recorded for `doctor`, the start line and captures.
+pub mod facts;
+pub mod plan;
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{FEntry, FExit, KProbe, TracePoint},
+};
+use oomtrace_common::{ChargeKey, ChargeValue, GuestRanges, globals as g, maps as m, stat};
+
+pub use facts::KernelFunctionProbes;
+pub use plan::{Attach, GUEST_RAM_HOOK, HookChoice, Tier};
+
+use crate::{kernel_btf::KernelBtf, tracefs::Format};
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oomtrace"));
+
+pub struct Options {
+    pub filter: bool,
+    pub flush_bytes: i64,
+    pub flush_ns: u64,
+}
+
+/// Loaded, attached programs and the userspace handles of their maps.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub choices: Vec<HookChoice>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+fn page_size() -> i64 {
+    // SAFETY: sysconf has no preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if v > 0 { v } else { 4096 }
+}
+
+pub(crate) fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct. Failure is harmless on kernels ≥ 5.11, which
+    // account BPF memory to the memcg instead of RLIMIT_MEMLOCK.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}
+
+/// Plans every hook for this kernel (asking it about fentry and kprobes), then loads the
+/// programs with the globals they need. Nothing is attached yet (`Probes::attach`).
+pub fn load(
+    tracefs: &Path,
+    kbtf: &KernelBtf,
+    forced: Option<Tier>,
+    opts: &Options,
+) -> Result<Probes> {
+    let (facts, _) = facts::gather(tracefs, Some(kbtf), true);
+    let choices = plan::plan(&facts, forced).map_err(anyhow::Error::msg)?;
+    if let Some(missing) = choices.iter().find(|c| c.required && c.tier == "off") {
+        bail!(
+            "oomtrace needs the {} hook and this kernel offers no way to it: {}",
+            missing.hook,
+            missing.reason
+        );
+    }
+    let items = &kbtf.items;
+    let charge_tp = choices
+        .iter()
+        .any(|c| c.hook == plan::CHARGE_HOOK && c.tier == "tracepoint");
+    if charge_tp && (items.anon < 0 || items.file < 0) {
+        bail!("this kernel's BTF has no NR_ANON_MAPPED/NR_FILE_PAGES in enum node_stat_item");
+    }
+    let lruvec = Format::read(tracefs, "memcg", "mod_memcg_lruvec_state").unwrap_or_default();
+    let victim = Format::read(tracefs, "oom", "mark_victim")?;
+    let exit = Format::read(tracefs, "sched", "sched_process_exit")?;
+    let reclaim_end =
+        Format::read(tracefs, "vmscan", "mm_vmscan_memcg_reclaim_end").unwrap_or_default();
+    let guest = choices
+        .iter()
+        .any(|c| (c.hook == "guest-fault" || c.hook == GUEST_RAM_HOOK) && c.tier != "off");
+    let field = |name: &str| lruvec.field(name).map_or(0, |f| f.offset);
+    let (lv_id, lv_item, lv_val) = (field("id"), field("item"), field("val"));
+    let path = kbtf.memcg_id_path;
+    let v_pid = victim.offset("oom:mark_victim", "pid")?;
+    let rec_nr = reclaim_end.field("nr_reclaimed").map_or(8, |f| f.offset);
+    let filter = opts.filter as u32;
+    let guest = guest as u32;
+    let page = page_size();
+    let ints = [
+        (g::ITEM_ANON, items.anon),
+        (g::ITEM_FILE, items.file),
+        (g::ITEM_PAGETABLE, items.pagetable),
+        (g::ITEM_SEC_PAGETABLE, items.sec_pagetable),
+        (g::ITEM_KSTACK_KB, items.kernel_stack_kb),
+        (g::ITEM_SLAB_RECL_B, items.slab_reclaimable_b),
+        (g::ITEM_SLAB_UNRECL_B, items.slab_unreclaimable_b),
+        (g::OFF_VICTIM_COMM, victim.offset_or_missing("comm")),
+        (g::OFF_VICTIM_TOTAL_VM, victim.offset_or_missing("total_vm")),
+        (g::OFF_VICTIM_ANON, victim.offset_or_missing("anon_rss")),
+        (g::OFF_VICTIM_FILE, victim.offset_or_missing("file_rss")),
+        (g::OFF_VICTIM_SHMEM, victim.offset_or_missing("shmem_rss")),
+        (g::OFF_VICTIM_UID, victim.offset_or_missing("uid")),
+        (g::OFF_VICTIM_PGTABLES, victim.offset_or_missing("pgtables")),
+        (g::OFF_VICTIM_ADJ, victim.offset_or_missing("oom_score_adj")),
+        (g::OFF_EXIT_GROUP_DEAD, exit.offset_or_missing("group_dead")),
+    ];
+    let uints = [
+        (g::OFF_LRUVEC_ID, lv_id),
+        (g::OFF_LRUVEC_ITEM, lv_item),
+        (g::OFF_LRUVEC_VAL, lv_val),
+        (g::OFF_VICTIM_PID, v_pid),
+        (g::OFF_RECLAIM_NR, rec_nr),
+        (g::FILTER_ON, filter),
+        (g::GUEST_TRACKING, guest),
+        (g::SELF_TGID, std::process::id()),
+    ];
+
+    raise_memlock();
+    let mut loader = EbpfLoader::new();
+    for (name, v) in &ints {
+        loader.override_global(name, v, true);
+    }
+    for (name, v) in &uints {
+        loader.override_global(name, v, true);
+    }
+    loader.override_global(g::FLUSH_BYTES, &opts.flush_bytes, true);
+    loader.override_global(g::FLUSH_NS, &opts.flush_ns, true);
+    loader.override_global(g::PAGE_SIZE, &page, true);
+    if let Some(p) = &path {
+        loader.override_global(g::OFF_MEMCG_CGROUP, &p.memcg_cgroup, true);
+        loader.override_global(g::OFF_CGROUP_KN, &p.cgroup_kn, true);
+        loader.override_global(g::OFF_KN_ID, &p.kn_id, true);
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
+        anyhow::anyhow!(
+            "loading the eBPF programs failed: {e}; oomtrace needs root (CAP_BPF and CAP_PERFMON)"
+        )
+    })?;
+    // Kept alive for as long as the programs: dropping it closes the log map's fd.
+    let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::debug!("eBPF logging unavailable: {e}");
+            None
+        }
+    };
+    Ok(Probes {
+        ebpf,
+        choices,
+        logger,
+    })
+}
+
+impl Probes {
+    /// Forwards the programs' rare log records (e.g. "charge map full") to the `log` crate.
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
+    }
+
+    /// Attaches every planned program. Call after the WATCHED map is filled, so no charge of an
+    /// unwatched memcg is ever counted.
+    pub fn attach(&mut self) -> Result<()> {
+        let mut btf = None;
+        for choice in self.choices.iter_mut() {
+            if choice.tier == "off" || choice.lazy {
+                continue;
+            }
+            if let Err(e) = attach_all(&mut self.ebpf, &choice.attach, &mut btf) {
+                if choice.required {
+                    return Err(e.context(format!(
+                        "attaching the {} tier of the {} hook ({}) failed",
+                        choice.tier, choice.hook, choice.target
+                    )));
+                }
+                choice.tier = "off";
+                choice.reason = format!("attach failed: {e:#}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches a lazy hook now; Ok(false) when this kernel cannot have it. Idempotent.
+    pub fn attach_lazy(&mut self, name: &str) -> Result<bool> {
+        let Some(choice) = self.choices.iter_mut().find(|c| c.hook == name && c.lazy) else {
+            return Ok(false);
+        };
+        if choice.tier == "off" {
+            return Ok(false);
+        }
+        let loaded = choice.attach.first().is_some_and(|a| {
+            self.ebpf
+                .program(a.program())
+                .is_some_and(|p| p.fd().is_ok())
+        });
+        if loaded {
+            return Ok(true);
+        }
+        if let Err(e) = attach_all(&mut self.ebpf, &choice.attach, &mut None) {
+            choice.tier = "off";
+            choice.reason = format!("attach failed: {e:#}");
+            return Ok(false);
+        }
+        choice.reason = "attached: a qemu guest RAM mapping was found".into();
+        Ok(true)
+    }
+
+    pub fn take_guest_ram(&mut self) -> Result<BpfHashMap<MapData, u32, GuestRanges>> {
+        let map = self
+            .ebpf
+            .take_map(m::GUEST_RAM)
+            .context("GUEST_RAM map missing")?;
+        Ok(BpfHashMap::try_from(map)?)
+    }
+
+    pub fn take_guest_seen(&mut self) -> Result<Array<MapData, u32>> {
+        let map = self
+            .ebpf
+            .take_map(m::GUEST_SEEN)
+            .context("GUEST_SEEN map missing")?;
+        Ok(Array::try_from(map)?)
+    }
+
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(m::EVENTS)
+            .context("EVENTS map missing")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    pub fn take_charges(&mut self) -> Result<BpfHashMap<MapData, ChargeKey, ChargeValue>> {
+        let map = self
+            .ebpf
+            .take_map(m::CHARGES)
+            .context("CHARGES map missing")?;
+        Ok(BpfHashMap::try_from(map)?)
+    }
+
+    pub fn take_watched(&mut self) -> Result<BpfHashMap<MapData, u64, u8>> {
+        let map = self
+            .ebpf
+            .take_map(m::WATCHED)
+            .context("WATCHED map missing")?;
+        Ok(BpfHashMap::try_from(map)?)
+    }
+
+    pub fn take_stats(&mut self) -> Result<PerCpuArray<MapData, u64>> {
+        let map = self.ebpf.take_map(m::STATS).context("STATS map missing")?;
+        Ok(PerCpuArray::try_from(map)?)
+    }
+}
+
+/// Loads and attaches one hook's programs, in plan order (companions and exits before the entry
+/// program, so no entry is ever seen without its end). `btf` is parsed at the first fentry.
+fn attach_all(ebpf: &mut Ebpf, attach: &[Attach], btf: &mut Option<aya::Btf>) -> Result<()> {
+    for a in attach {
+        let name = a.program();
+        let prog = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the eBPF object"))?;
+        match a {
+            Attach::Tracepoint { category, name, .. } => {
+                let p: &mut TracePoint = prog.try_into()?;
+                p.load()?;
+                p.attach(category, name)?;
+            }
+            Attach::FEntry { function, .. } | Attach::FExit { function, .. } => {
+                if btf.is_none() {
+                    *btf = Some(aya::Btf::from_sys_fs().context("cannot read the kernel BTF")?);
+                }
+                let b = btf.as_ref().context("kernel BTF")?;
+                if matches!(a, Attach::FEntry { .. }) {
+                    let p: &mut FEntry = prog.try_into()?;
+                    p.load(function, b)?;
+                    p.attach()?;
+                } else {
+                    let p: &mut FExit = prog.try_into()?;
+                    p.load(function, b)?;
+                    p.attach()?;
+                }
+            }
+            Attach::KProbe { function, .. } | Attach::KRetProbe { function, .. } => {
+                let p: &mut KProbe = prog.try_into()?;
+                p.load()?;
+                p.attach(function.as_str(), 0)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sums the per-CPU loss counters: (ring drops, rare-event drops, map full).
+pub fn read_stats(stats: &PerCpuArray<MapData, u64>) -> (u64, u64, u64) {
+    let sum = |i: u32| stats.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+    (
+        sum(stat::RING_DROPS),
+        sum(stat::RARE_DROPS),
+        sum(stat::MAP_FULL),
+    )
+}

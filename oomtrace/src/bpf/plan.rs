@@ -1,0 +1,657 @@
+//! Which program serves each hook, decided once before anything is loaded, from what this kernel
+//! has (`KernelFacts`) and an optional forced tier. Pure: table-tested.
+//!
+//! Tiers, best first: fentry (+fexit) on the named kernel function, kprobe (+kretprobe) on it,
+//! then the tracepoint. A hook has the tiers its kernel has means for; every tier feeds the
+//! same maps and records, so the collector does not care which one runs.
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Fentry, Tier::Kprobe, Tier::Tracepoint];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Fentry => "fentry",
+            Tier::Kprobe => "kprobe",
+            Tier::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// What the planner needs to know about the running kernel.
+#[derive(Clone, Debug)]
+pub struct KernelFacts {
+    /// "category:name" of the tracepoints present.
+    pub tracepoints: BTreeSet<String>,
+    /// memcg:mod_memcg_lruvec_state has the usual layout (fields at 8/16/20).
+    pub lruvec_fixed_layout: bool,
+    /// exceptions:page_fault_user has `address` at offset 8.
+    pub page_fault_user_layout: bool,
+    /// Hooked functions present in vmlinux BTF (fentry targets).
+    pub btf_functions: BTreeSet<String>,
+    /// Hooked function → its kallsyms symbol (kprobe targets; a compiler clone such as
+    /// `name.constprop.0` stands for `name`).
+    pub symbols: BTreeMap<String, String>,
+    /// BTF gave the offsets from a memcg pointer to its id.
+    pub memcg_id_path: bool,
+    /// Whether the kernel loaded and attached an empty fentry / kprobe program.
+    pub fentry: Result<(), String>,
+    pub kprobe: Result<(), String>,
+}
+
+/// One program to attach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attach {
+    Tracepoint {
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+    },
+    FEntry {
+        program: &'static str,
+        function: String,
+    },
+    FExit {
+        program: &'static str,
+        function: String,
+    },
+    KProbe {
+        program: &'static str,
+        function: String,
+    },
+    KRetProbe {
+        program: &'static str,
+        function: String,
+    },
+}
+
+impl Attach {
+    pub fn program(&self) -> &'static str {
+        match self {
+            Attach::Tracepoint { program, .. }
+            | Attach::FEntry { program, .. }
+            | Attach::FExit { program, .. }
+            | Attach::KProbe { program, .. }
+            | Attach::KRetProbe { program, .. } => program,
+        }
+    }
+}
+
+/// One hook: the tier and programs chosen, or why it is off.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct HookChoice {
+    pub hook: &'static str,
+    /// "fentry", "kprobe", "tracepoint" or "off".
+    pub tier: &'static str,
+    /// The kernel function or tracepoint hooked (the first one tried when off).
+    pub target: String,
+    pub programs: Vec<&'static str>,
+    pub required: bool,
+    pub reason: String,
+    #[serde(skip)]
+    pub attach: Vec<Attach>,
+    /// Attached on demand (`Probes::attach_lazy`), not at start.
+    #[serde(skip)]
+    pub lazy: bool,
+}
+
+struct FunctionHook {
+    /// Names across kernel versions, tried in order.
+    names: &'static [&'static str],
+    /// (fentry program, kprobe program) on entry.
+    entry: (&'static str, &'static str),
+    /// (fexit program, kretprobe program) on return.
+    exit: Option<(&'static str, &'static str)>,
+    /// A second function hooked in the same tier: (function, fentry program, kprobe program).
+    companion: Option<(&'static str, &'static str, &'static str)>,
+    /// Reads memcg ids through BTF offsets.
+    needs_memcg_path: bool,
+}
+
+struct TracepointHook {
+    category: &'static str,
+    name: &'static str,
+    program: &'static str,
+    /// A second tracepoint the hook needs (kvm_entry ends what kvm_page_fault starts).
+    also: Option<(&'static str, &'static str, &'static str)>,
+}
+
+struct Hook {
+    hook: &'static str,
+    required: bool,
+    lazy: bool,
+    function: Option<FunctionHook>,
+    tracepoint: Option<TracepointHook>,
+    /// Said when no tier is possible and the hook is optional.
+    without: &'static str,
+}
+
+pub const CHARGE_HOOK: &str = "charge";
+/// The hook that tells guest RAM faults of TCG vCPUs and other qemu threads apart.
+pub const GUEST_RAM_HOOK: &str = "guest-ram-fault";
+
+const HOOKS: &[Hook] = &[
+    Hook {
+        hook: CHARGE_HOOK,
+        required: true,
+        lazy: false,
+        function: Some(FunctionHook {
+            names: &["try_charge_memcg", "try_charge"],
+            entry: ("charge_fentry", "charge_kprobe"),
+            exit: None,
+            companion: Some((
+                "__mem_cgroup_charge",
+                "folio_charge_fentry",
+                "folio_charge_kprobe",
+            )),
+            needs_memcg_path: true,
+        }),
+        tracepoint: Some(TracepointHook {
+            category: "memcg",
+            name: "mod_memcg_lruvec_state",
+            program: "memcg_lruvec_state",
+            also: None,
+        }),
+        without: "",
+    },
+    Hook {
+        hook: "oom",
+        required: false,
+        lazy: false,
+        function: Some(FunctionHook {
+            names: &["mem_cgroup_out_of_memory"],
+            entry: ("oom_start_fentry", "oom_start_kprobe"),
+            exit: Some(("oom_end_fexit", "oom_end_kretprobe")),
+            companion: None,
+            needs_memcg_path: true,
+        }),
+        tracepoint: None,
+        without: "memcg OOMs are seen only when they kill (oom:mark_victim)",
+    },
+    Hook {
+        hook: "oom-victim",
+        required: true,
+        lazy: false,
+        function: None,
+        tracepoint: Some(TracepointHook {
+            category: "oom",
+            name: "mark_victim",
+            program: "oom_mark_victim",
+            also: None,
+        }),
+        without: "",
+    },
+    Hook {
+        hook: "thread-exit",
+        required: true,
+        lazy: false,
+        function: None,
+        tracepoint: Some(TracepointHook {
+            category: "sched",
+            name: "sched_process_exit",
+            program: "sched_exit",
+            also: None,
+        }),
+        without: "",
+    },
+    Hook {
+        hook: "reclaim-begin",
+        required: false,
+        lazy: false,
+        function: None,
+        tracepoint: Some(TracepointHook {
+            category: "vmscan",
+            name: "mm_vmscan_memcg_reclaim_begin",
+            program: "memcg_reclaim_begin",
+            also: None,
+        }),
+        without: "reclaim at the limit is not shown",
+    },
+    Hook {
+        hook: "reclaim-end",
+        required: false,
+        lazy: false,
+        function: None,
+        tracepoint: Some(TracepointHook {
+            category: "vmscan",
+            name: "mm_vmscan_memcg_reclaim_end",
+            program: "memcg_reclaim_end",
+            also: None,
+        }),
+        without: "reclaim at the limit is not shown",
+    },
+    Hook {
+        hook: "guest-fault",
+        required: false,
+        lazy: false,
+        function: Some(FunctionHook {
+            names: &["kvm_mmu_page_fault"],
+            entry: ("guest_fault_fentry", "guest_fault_kprobe"),
+            exit: Some(("guest_fault_fexit", "guest_fault_kretprobe")),
+            companion: None,
+            needs_memcg_path: false,
+        }),
+        tracepoint: Some(TracepointHook {
+            category: "kvm",
+            name: "kvm_page_fault",
+            program: "kvm_page_fault",
+            also: Some(("kvm", "kvm_entry", "kvm_entry")),
+        }),
+        without: "kvm not loaded: KVM guest RAM is told apart by thread class only",
+    },
+    Hook {
+        hook: GUEST_RAM_HOOK,
+        required: false,
+        lazy: true,
+        function: None,
+        tracepoint: Some(TracepointHook {
+            category: "exceptions",
+            name: "page_fault_user",
+            program: "guest_ram_fault",
+            also: None,
+        }),
+        without: "TCG guest RAM is told apart by thread class only",
+    },
+];
+
+/// A tier that cannot serve a hook, and why.
+type Verdict = Result<(String, Vec<Attach>, String), String>;
+
+fn function_tier(h: &FunctionHook, tier: Tier, k: &KernelFacts) -> Verdict {
+    if h.needs_memcg_path && !k.memcg_id_path {
+        return Err("kernel BTF lacks mem_cgroup.css.cgroup → cgroup.kn → kernfs_node.id".into());
+    }
+    match tier {
+        Tier::Fentry => {
+            k.fentry.as_ref().map_err(|e| format!("refused ({e})"))?;
+            let f = h
+                .names
+                .iter()
+                .find(|n| k.btf_functions.contains(**n))
+                .ok_or_else(|| {
+                    format!(
+                        "{} is not in vmlinux BTF (in a module, or inlined)",
+                        h.names.join("/")
+                    )
+                })?;
+            let f = f.to_string();
+            let mut attach = Vec::new();
+            let mut note = format!("fentry on {f}");
+            if let Some((c, prog, _)) = h.companion {
+                if k.btf_functions.contains(c) {
+                    attach.push(Attach::FEntry {
+                        program: prog,
+                        function: c.to_string(),
+                    });
+                    note.push_str(&format!(" (+ {c} for the kind)"));
+                } else {
+                    note.push_str(&format!(
+                        "; {c} missing: all charges count as kernel memory"
+                    ));
+                }
+            }
+            if let Some((prog, _)) = h.exit {
+                attach.push(Attach::FExit {
+                    program: prog,
+                    function: f.clone(),
+                });
+                note.push_str(" and fexit");
+            }
+            attach.push(Attach::FEntry {
+                program: h.entry.0,
+                function: f.clone(),
+            });
+            Ok((f, attach, note))
+        }
+        Tier::Kprobe => {
+            k.kprobe.as_ref().map_err(|e| format!("refused ({e})"))?;
+            let (name, sym) = h
+                .names
+                .iter()
+                .find_map(|n| k.symbols.get(*n).map(|s| (*n, s.clone())))
+                .ok_or_else(|| format!("{} is not in /proc/kallsyms", h.names.join("/")))?;
+            let mut attach = Vec::new();
+            let mut note = format!("kprobe on {sym}");
+            if let Some((c, _, prog)) = h.companion {
+                if let Some(s) = k.symbols.get(c) {
+                    attach.push(Attach::KProbe {
+                        program: prog,
+                        function: s.clone(),
+                    });
+                    note.push_str(&format!(" (+ {c} for the kind)"));
+                } else {
+                    note.push_str(&format!(
+                        "; {c} missing: all charges count as kernel memory"
+                    ));
+                }
+            }
+            if let Some((_, prog)) = h.exit {
+                attach.push(Attach::KRetProbe {
+                    program: prog,
+                    function: sym.clone(),
+                });
+                note.push_str(" and kretprobe");
+            }
+            attach.push(Attach::KProbe {
+                program: h.entry.1,
+                function: sym,
+            });
+            Ok((name.to_string(), attach, note))
+        }
+        Tier::Tracepoint => Err("no tracepoint".into()),
+    }
+}
+
+fn tracepoint_tier(hook: &Hook, t: &TracepointHook, k: &KernelFacts) -> Verdict {
+    let has = |c: &str, n: &str| k.tracepoints.contains(&format!("{c}:{n}"));
+    let target = format!("{}:{}", t.category, t.name);
+    if !has(t.category, t.name) {
+        return Err(format!(
+            "tracepoint {target} is not available on this kernel"
+        ));
+    }
+    let mut program = t.program;
+    let mut note = "tracepoint present".to_string();
+    if hook.hook == CHARGE_HOOK {
+        if k.lruvec_fixed_layout {
+            note = "tracepoint; usual record layout: fields loaded directly".into();
+        } else {
+            program = "memcg_lruvec_state_any";
+            note = "tracepoint; unusual record layout: fields read with a helper (slower)".into();
+        }
+    }
+    if hook.hook == GUEST_RAM_HOOK {
+        if !k.page_fault_user_layout {
+            return Err(format!("{target} has an unexpected layout"));
+        }
+        note = "tracepoint; attached once a qemu guest RAM mapping is found".into();
+    }
+    let mut attach = Vec::new();
+    if let Some((c, n, p)) = t.also {
+        if !has(c, n) {
+            return Err(format!(
+                "tracepoint {c}:{n} is not available on this kernel"
+            ));
+        }
+        attach.push(Attach::Tracepoint {
+            program: p,
+            category: c,
+            name: n,
+        });
+    }
+    attach.push(Attach::Tracepoint {
+        program,
+        category: t.category,
+        name: t.name,
+    });
+    Ok((target, attach, note))
+}
+
+/// The plan for every hook; Err names the hook a forced tier cannot serve and why.
+pub fn plan(k: &KernelFacts, forced: Option<Tier>) -> Result<Vec<HookChoice>, String> {
+    HOOKS.iter().map(|h| choose(h, k, forced)).collect()
+}
+
+fn choose(h: &Hook, k: &KernelFacts, forced: Option<Tier>) -> Result<HookChoice, String> {
+    let has_tier = |t: Tier| match t {
+        Tier::Fentry | Tier::Kprobe => h.function.is_some(),
+        Tier::Tracepoint => h.tracepoint.is_some(),
+    };
+    // A forced tier applies to the hooks that have it. Tracepoint-only hooks (the baseline)
+    // keep their tracepoint under a forced fentry/kprobe; function-only hooks are off under a
+    // forced tracepoint tier.
+    let tiers: Vec<Tier> = match forced {
+        Some(t) if has_tier(t) => vec![t],
+        Some(Tier::Tracepoint) => Vec::new(),
+        Some(_) => vec![Tier::Tracepoint],
+        None => Tier::ALL.into_iter().filter(|t| has_tier(*t)).collect(),
+    };
+    let first_target = h
+        .function
+        .as_ref()
+        .map(|f| f.names[0].to_string())
+        .or_else(|| {
+            h.tracepoint
+                .as_ref()
+                .map(|t| format!("{}:{}", t.category, t.name))
+        })
+        .unwrap_or_default();
+    let mut why_not = Vec::new();
+    for tier in &tiers {
+        let verdict = match (tier, &h.function, &h.tracepoint) {
+            (Tier::Tracepoint, _, Some(t)) => tracepoint_tier(h, t, k),
+            (_, Some(f), _) => function_tier(f, *tier, k),
+            _ => continue,
+        };
+        match verdict {
+            Ok((target, attach, note)) => {
+                let mut reason = note;
+                if !why_not.is_empty() {
+                    reason.push_str(&format!(" ({})", why_not.join("; ")));
+                }
+                if forced == Some(*tier) {
+                    reason.push_str(" [forced]");
+                }
+                return Ok(HookChoice {
+                    hook: h.hook,
+                    tier: tier.name(),
+                    target,
+                    programs: attach.iter().map(Attach::program).collect(),
+                    required: h.required,
+                    reason,
+                    attach,
+                    lazy: h.lazy,
+                });
+            }
+            Err(e) => why_not.push(format!("{}: {e}", tier.name())),
+        }
+    }
+    if let Some(t) = forced.filter(|t| has_tier(*t))
+        && h.required
+    {
+        return Err(format!(
+            "hook {}: the forced {} tier cannot be used here: {}",
+            h.hook,
+            t.name(),
+            why_not.join("; ")
+        ));
+    }
+    if tiers.is_empty() {
+        why_not.push("tracepoint tier forced, and this hook has no tracepoint".into());
+    }
+    let mut reason = why_not.join("; ");
+    if !h.without.is_empty() {
+        reason.push_str(&format!(": {}", h.without));
+    }
+    Ok(HookChoice {
+        hook: h.hook,
+        tier: "off",
+        target: first_target,
+        programs: Vec::new(),
+        required: h.required,
+        reason,
+        attach: Vec::new(),
+        lazy: h.lazy,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    const ALL_TRACEPOINTS: &[&str] = &[
+        "memcg:mod_memcg_lruvec_state",
+        "oom:mark_victim",
+        "sched:sched_process_exit",
+        "vmscan:mm_vmscan_memcg_reclaim_begin",
+        "vmscan:mm_vmscan_memcg_reclaim_end",
+        "kvm:kvm_page_fault",
+        "kvm:kvm_entry",
+        "exceptions:page_fault_user",
+    ];
+
+    /// This build machine: every tracepoint, fentry refused, no kprobes.
+    fn tracepoints_only() -> KernelFacts {
+        KernelFacts {
+            tracepoints: set(ALL_TRACEPOINTS),
+            lruvec_fixed_layout: true,
+            page_fault_user_layout: true,
+            btf_functions: set(&[
+                "try_charge_memcg",
+                "__mem_cgroup_charge",
+                "mem_cgroup_out_of_memory",
+            ]),
+            symbols: BTreeMap::new(),
+            memcg_id_path: true,
+            fentry: Err("EPERM".into()),
+            kprobe: Err("no kprobe PMU".into()),
+        }
+    }
+
+    /// A Debian 6.1 kernel: no memcg tracepoint, fentry and kprobes allowed, kvm a module.
+    fn debian_6_1() -> KernelFacts {
+        let mut symbols = BTreeMap::new();
+        for f in [
+            "try_charge_memcg",
+            "__mem_cgroup_charge",
+            "mem_cgroup_out_of_memory",
+        ] {
+            symbols.insert(f.to_string(), f.to_string());
+        }
+        symbols.insert("kvm_mmu_page_fault".into(), "kvm_mmu_page_fault".into());
+        KernelFacts {
+            tracepoints: ALL_TRACEPOINTS
+                .iter()
+                .filter(|t| !t.starts_with("memcg:"))
+                .map(|t| t.to_string())
+                .collect(),
+            fentry: Ok(()),
+            kprobe: Ok(()),
+            symbols,
+            ..tracepoints_only()
+        }
+    }
+
+    fn hook<'a>(plan: &'a [HookChoice], name: &str) -> &'a HookChoice {
+        plan.iter().find(|c| c.hook == name).expect("hook in plan")
+    }
+
+    #[test]
+    fn tiers_fall_back_to_tracepoints_and_say_why_when_fentry_and_kprobes_are_refused() {
+        let p = plan(&tracepoints_only(), None).expect("plan");
+        let charge = hook(&p, "charge");
+        assert_eq!(charge.tier, "tracepoint");
+        assert!(
+            charge.reason.contains("fentry: refused (EPERM)"),
+            "{}",
+            charge.reason
+        );
+        assert!(
+            charge.reason.contains("kprobe: refused"),
+            "{}",
+            charge.reason
+        );
+        let oom = hook(&p, "oom");
+        assert_eq!(oom.tier, "off");
+        assert!(oom.reason.contains("mark_victim"), "{}", oom.reason);
+        assert_eq!(hook(&p, "guest-fault").tier, "tracepoint");
+        assert_eq!(
+            hook(&p, "guest-fault").attach.len(),
+            2,
+            "kvm_entry and kvm_page_fault"
+        );
+    }
+
+    #[test]
+    fn tiers_prefer_fentry_and_use_kprobes_for_module_functions() {
+        let p = plan(&debian_6_1(), None).expect("plan");
+        let charge = hook(&p, "charge");
+        assert_eq!(
+            (charge.tier, charge.target.as_str()),
+            ("fentry", "try_charge_memcg")
+        );
+        assert_eq!(charge.programs, ["folio_charge_fentry", "charge_fentry"]);
+        let oom = hook(&p, "oom");
+        assert_eq!(oom.tier, "fentry");
+        assert_eq!(
+            oom.programs,
+            ["oom_end_fexit", "oom_start_fentry"],
+            "exit attached first"
+        );
+        let guest = hook(&p, "guest-fault");
+        assert_eq!(
+            guest.tier, "kprobe",
+            "kvm_mmu_page_fault is not in vmlinux BTF"
+        );
+        assert!(
+            guest
+                .reason
+                .contains("fentry: kvm_mmu_page_fault is not in vmlinux BTF")
+        );
+        assert_eq!(
+            guest.programs,
+            ["guest_fault_kretprobe", "guest_fault_kprobe"]
+        );
+    }
+
+    #[test]
+    fn tiers_forced_kprobe_applies_to_function_hooks_and_keeps_tracepoint_only_hooks() {
+        let p = plan(&debian_6_1(), Some(Tier::Kprobe)).expect("plan");
+        assert_eq!(hook(&p, "charge").tier, "kprobe");
+        assert_eq!(
+            hook(&p, "oom").programs,
+            ["oom_end_kretprobe", "oom_start_kprobe"]
+        );
+        assert_eq!(hook(&p, "oom-victim").tier, "tracepoint");
+        assert!(hook(&p, "charge").reason.ends_with("[forced]"));
+    }
+
+    #[test]
+    fn tiers_forced_but_unavailable_name_the_hook_and_the_reason() {
+        let e = plan(&debian_6_1(), Some(Tier::Tracepoint)).expect_err("no memcg tracepoint");
+        assert!(
+            e.contains("hook charge") && e.contains("memcg:mod_memcg_lruvec_state"),
+            "{e}"
+        );
+        let e = plan(&tracepoints_only(), Some(Tier::Fentry)).expect_err("fentry refused");
+        assert!(e.contains("hook charge") && e.contains("EPERM"), "{e}");
+        // Function-only hooks are off under a forced tracepoint tier, and say so.
+        let p = plan(&tracepoints_only(), Some(Tier::Tracepoint)).expect("plan");
+        assert!(hook(&p, "oom").reason.contains("tracepoint tier forced"));
+    }
+
+    #[test]
+    fn tiers_kprobe_targets_a_compiler_clone_and_fentry_needs_the_memcg_id_path() {
+        let mut k = debian_6_1();
+        k.symbols.insert(
+            "try_charge_memcg".into(),
+            "try_charge_memcg.constprop.0".into(),
+        );
+        let p = plan(&k, Some(Tier::Kprobe)).expect("plan");
+        assert!(matches!(
+            hook(&p, "charge").attach.last(),
+            Some(Attach::KProbe { function, .. }) if function == "try_charge_memcg.constprop.0"
+        ));
+        k.memcg_id_path = false;
+        let p = plan(&k, None).expect("plan");
+        assert_eq!(hook(&p, "charge").tier, "off");
+        assert!(
+            plan(&k, None).is_ok(),
+            "auto never errs; load refuses a required hook off"
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! What the programs need from the running kernel's BTF: the values of enum node_stat_item
+//! (their numbering changes between versions, and the memcg tracepoints report raw numbers),
+//! the struct offsets from a memcg pointer to its id, and which hooked functions exist (Rust
+//! eBPF has no CO-RE: these are injected as globals before loading).
+use std::{collections::HashMap, path::Path};
+
+use anyhow::{Context as _, Result};
+use btf_rs::{Btf, Type};
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// The numbers the charge program compares against; -1 when this kernel has no such item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChargeItems {
+    pub anon: i32,
+    pub file: i32,
+    pub pagetable: i32,
+    pub sec_pagetable: i32,
+    pub kernel_stack_kb: i32,
+    pub slab_reclaimable_b: i32,
+    pub slab_unreclaimable_b: i32,
+}
+
+/// Byte offsets of `mem_cgroup.css.cgroup`, `cgroup.kn` and `kernfs_node.id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemcgIdPath {
+    pub memcg_cgroup: u64,
+    pub cgroup_kn: u64,
+    pub kn_id: u64,
+}
+
+/// The kernel functions the kernel-function tier may hook, by any of their names.
+pub const HOOKED_FUNCTIONS: &[&str] = &[
+    "try_charge_memcg",
+    "try_charge",
+    "__mem_cgroup_charge",
+    "mem_cgroup_out_of_memory",
+    "kvm_mmu_page_fault",
+];
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KernelBtf {
+    pub items: ChargeItems,
+    /// None when a struct or member is missing (the kernel-function tier is then off).
+    pub memcg_id_path: Option<MemcgIdPath>,
+    /// The HOOKED_FUNCTIONS present in vmlinux BTF (what fentry can attach to; module
+    /// functions such as kvm's are in the module's split BTF, not here).
+    pub functions: Vec<String>,
+}
+
+impl KernelBtf {
+    /// Parsing the whole kernel BTF takes ~20 MiB for a moment; a short-lived child process
+    /// (`oomtrace kernel-btf`) does it, so the long-running collector never holds that peak.
+    /// Falls back to parsing here.
+    pub fn load(path: &Path) -> Result<Self> {
+        let child = std::env::current_exe().ok().and_then(|exe| {
+            let out = std::process::Command::new(exe)
+                .arg("kernel-btf")
+                .arg(path)
+                .output()
+                .ok()?;
+            if !out.status.success() {
+                return None;
+            }
+            serde_json::from_slice::<Self>(&out.stdout).ok()
+        });
+        match child {
+            Some(items) => Ok(items),
+            None => Self::from_btf(path),
+        }
+    }
+
+    pub fn from_btf(path: &Path) -> Result<Self> {
+        let btf = Btf::from_file(path).with_context(|| {
+            format!(
+                "cannot read kernel BTF at {}; oomtrace needs CONFIG_DEBUG_INFO_BTF",
+                path.display()
+            )
+        })?;
+        let node = enum_values(&btf, "node_stat_item")?;
+        let offset = |s: &str, m: &str| member_offset(&btf, s, m);
+        let memcg_id_path = (|| {
+            Some(MemcgIdPath {
+                memcg_cgroup: offset("mem_cgroup", "css")?
+                    + offset("cgroup_subsys_state", "cgroup")?,
+                cgroup_kn: offset("cgroup", "kn")?,
+                kn_id: offset("kernfs_node", "id")?,
+            })
+        })();
+        let functions = HOOKED_FUNCTIONS
+            .iter()
+            .filter(|f| {
+                btf.resolve_types_by_name(f)
+                    .is_ok_and(|ts| ts.iter().any(|t| matches!(t, Type::Func(_))))
+            })
+            .map(|f| f.to_string())
+            .collect();
+        Ok(Self {
+            items: ChargeItems::from_map(&node),
+            memcg_id_path,
+            functions,
+        })
+    }
+}
+
+/// Byte offset of member `member` of struct `name`, looking into anonymous struct/union
+/// members. None when this kernel has no such struct or member.
+fn member_offset(btf: &Btf, name: &str, member: &str) -> Option<u64> {
+    let types = btf.resolve_types_by_name(name).ok()?;
+    let st = types.into_iter().find_map(|t| match t {
+        Type::Struct(s) if !s.members.is_empty() => Some(s),
+        _ => None,
+    })?;
+    find_member(btf, &st, member, 0)
+}
+
+fn find_member(btf: &Btf, st: &btf_rs::Struct, member: &str, base_bits: u64) -> Option<u64> {
+    for m in &st.members {
+        let bits = base_bits + u64::from(m.bit_offset());
+        let name = btf.resolve_name(m).unwrap_or_default();
+        if name == member {
+            return Some(bits / 8);
+        }
+        if name.is_empty()
+            && let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(m)
+            && let Some(found) = find_member(btf, &inner, member, bits)
+        {
+            return Some(found);
+        }
+    }
+    None
+}
+
+impl ChargeItems {
+    /// Pure mapping from enum member names; kept separate so it can be table-tested.
+    pub fn from_map(node: &HashMap<String, i64>) -> Self {
+        let get = |m: &HashMap<String, i64>, n: &str| m.get(n).map_or(-1, |v| *v as i32);
+        Self {
+            anon: get(node, "NR_ANON_MAPPED"),
+            file: get(node, "NR_FILE_PAGES"),
+            pagetable: get(node, "NR_PAGETABLE"),
+            sec_pagetable: get(node, "NR_SECONDARY_PAGETABLE"),
+            kernel_stack_kb: get(node, "NR_KERNEL_STACK_KB"),
+            slab_reclaimable_b: get(node, "NR_SLAB_RECLAIMABLE_B"),
+            slab_unreclaimable_b: get(node, "NR_SLAB_UNRECLAIMABLE_B"),
+        }
+    }
+}
+
+fn enum_values(btf: &Btf, name: &str) -> Result<HashMap<String, i64>> {
+    let types = btf
+        .resolve_types_by_name(name)
+        .with_context(|| format!("kernel BTF has no enum {name}"))?;
+    let mut out = HashMap::new();
+    for t in types {
+        if let Type::Enum(e) = t {
+            for m in &e.members {
+                if let Ok(n) = btf.resolve_name(m) {
+                    out.insert(n, m.val() as i32 as i64);
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        anyhow::bail!("kernel BTF enum {name} has no members");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charge_items_missing_members_become_minus_one() {
+        let node: HashMap<String, i64> = [
+            ("NR_ANON_MAPPED".to_string(), 17),
+            ("NR_FILE_PAGES".to_string(), 18),
+        ]
+        .into();
+        let items = ChargeItems::from_map(&node);
+        assert_eq!(items.anon, 17);
+        assert_eq!(items.file, 18);
+        assert_eq!(items.sec_pagetable, -1);
+    }
+}
