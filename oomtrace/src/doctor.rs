@@ -78,8 +78,8 @@ pub fn print(out: &mut dyn Write, r: &Report, json: bool) -> Result<()> {
     )?;
     writeln!(
         out,
-        "memcg tracepoints {} (memcg:mod_memcg_lruvec_state needs 6.10)",
-        yes((major, minor) >= (6, 10))
+        "memcg tracepoints {} (memcg:mod_memcg_lruvec_state needs 6.14)",
+        yes((major, minor) >= (6, 14))
     )?;
     writeln!(
         out,

@@ -41,6 +41,8 @@ pub fn ensure_tools() -> Result<()> {
             ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
             ("/bin/busybox", "busybox-static"),
             ("/usr/bin/cpio", "cpio"),
+            ("/usr/sbin/modinfo", "kmod"),
+            ("/usr/bin/xz", "xz-utils"),
         ]
         .iter()
         .filter(|(bin, _)| !Path::new(bin).exists())
@@ -60,45 +62,154 @@ pub fn ensure_tools() -> Result<()> {
     .map_err(anyhow::Error::msg)
 }
 
-/// The newest Debian 6.1 cloud kernel image the archive has, downloaded and unpacked once.
-pub fn debian_cloud_kernel() -> Result<PathBuf> {
-    static KERNEL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    KERNEL
-        .get_or_init(|| fetch_kernel().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(anyhow::Error::msg)
+/// The stock kernels the tests boot: Debian bookworm's 6.1, bookworm-backports' 6.12 and the
+/// newest Debian kernel (trixie-backports, 6.19 when written; the first with the memcg
+/// tracepoints, so every tier runs there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Series {
+    Debian6_1,
+    Debian6_12,
+    TrixieBackports,
 }
 
-fn fetch_kernel() -> Result<PathBuf> {
+impl Series {
+    pub const ALL: [Series; 3] = [
+        Series::Debian6_1,
+        Series::Debian6_12,
+        Series::TrixieBackports,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Series::Debian6_1 => "debian-6.1",
+            Series::Debian6_12 => "debian-6.12",
+            Series::TrixieBackports => "debian-trixie-backports",
+        }
+    }
+
+    /// (apt suite, package name pattern, version prefix to sort by).
+    fn apt(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Series::Debian6_1 => (
+                "bookworm",
+                r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$",
+                "linux-image-6.1.0-",
+            ),
+            Series::Debian6_12 => (
+                "bookworm-backports",
+                r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64$",
+                "linux-image-6.12.",
+            ),
+            Series::TrixieBackports => (
+                "trixie-backports",
+                r"^linux-image-[0-9]+\.[0-9]+\.[0-9]+\+deb13-cloud-amd64$",
+                "linux-image-",
+            ),
+        }
+    }
+}
+
+/// An unpacked kernel package: its bzImage, release string and modules tree.
+#[derive(Clone, Debug)]
+pub struct GuestKernel {
+    pub series: Series,
+    pub release: String,
+    pub vmlinuz: PathBuf,
+    pub root: PathBuf,
+}
+
+/// The newest Debian 6.1 cloud kernel image the archive has, downloaded and unpacked once.
+pub fn debian_cloud_kernel() -> Result<PathBuf> {
+    Ok(kernel(Series::Debian6_1)?.vmlinuz)
+}
+
+/// The newest cloud kernel of `series`, downloaded and unpacked once per run.
+pub fn kernel(series: Series) -> Result<GuestKernel> {
+    static KERNELS: Mutex<Vec<(Series, Result<GuestKernel, String>)>> = Mutex::new(Vec::new());
+    let mut done = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, k)) = done.iter().find(|(s, _)| *s == series) {
+        return k.clone().map_err(anyhow::Error::msg);
+    }
+    let k = fetch_kernel(series).map_err(|e| format!("{e:#}"));
+    done.push((series, k.clone()));
+    k.map_err(anyhow::Error::msg)
+}
+
+/// apt options for a private package list of `suite` under the kit dir: the host's apt
+/// configuration is left alone (bookworm-backports is not in it).
+fn apt_options(suite: &str) -> Result<Vec<String>> {
+    if suite == "bookworm" {
+        return Ok(Vec::new());
+    }
+    let dir = kit_dir().join(format!("apt-{suite}"));
+    fs::create_dir_all(dir.join("lists/partial"))?;
+    fs::create_dir_all(dir.join("cache/archives/partial"))?;
+    let sources = dir.join("sources.list");
+    fs::write(
+        &sources,
+        format!("deb http://deb.debian.org/debian {suite} main\n"),
+    )?;
+    let opts = vec![
+        format!("-oDir::Etc::SourceList={}", sources.display()),
+        "-oDir::Etc::SourceParts=/dev/null".to_string(),
+        format!("-oDir::State::Lists={}", dir.join("lists").display()),
+        format!("-oDir::Cache={}", dir.join("cache").display()),
+    ];
+    if !dir.join("updated").exists() {
+        run(Command::new("apt-get").args(&opts).arg("update"))
+            .with_context(|| format!("cannot read the package list of {suite}"))?;
+        fs::write(dir.join("updated"), "")?;
+    }
+    Ok(opts)
+}
+
+/// "6.12.38" / "27" → numbers to sort package versions by.
+fn version_key(rest: &str) -> Vec<u32> {
+    rest.split(|c: char| !c.is_ascii_digit())
+        .take_while(|p| !p.is_empty())
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn fetch_kernel(series: Series) -> Result<GuestKernel> {
     let dir = kit_dir().join("kernel");
     fs::create_dir_all(&dir)?;
-    let list = run(Command::new("apt-cache").args([
-        "search",
-        "--names-only",
-        r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$",
-    ]))?;
-    let mut pkgs: Vec<(u32, String)> = list
+    let (suite, pattern, prefix) = series.apt();
+    let opts = apt_options(suite)?;
+    let list =
+        run(Command::new("apt-cache")
+            .args(&opts)
+            .args(["search", "--names-only", pattern]))?;
+    let mut pkgs: Vec<(Vec<u32>, String)> = list
         .lines()
         .filter_map(|l| {
             let name = l.split_whitespace().next()?;
-            let abi: u32 = name
-                .strip_prefix("linux-image-6.1.0-")?
-                .split('-')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((abi, name.to_string()))
+            Some((version_key(name.strip_prefix(prefix)?), name.to_string()))
         })
         .collect();
     pkgs.sort();
     let (_, pkg) = pkgs
         .pop()
-        .context("apt has no linux-image-6.1.0-*-cloud-amd64 package")?;
+        .with_context(|| format!("apt ({suite}) has no package matching {pattern}"))?;
     let root = dir.join(&pkg);
-    let vmlinuz = |root: &Path| -> Option<PathBuf> {
-        fs::read_dir(root.join("boot"))
+    let found = |root: &Path| -> Option<GuestKernel> {
+        // Newer packages: usr/lib/modules/<release>/vmlinuz.
+        let modules = fs::read_dir(root.join("usr/lib/modules"))
+            .ok()
+            .and_then(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .find(|p| p.join("vmlinuz").exists())
+            });
+        if let Some(m) = modules {
+            return Some(GuestKernel {
+                series,
+                release: m.file_name()?.to_str()?.to_string(),
+                vmlinuz: m.join("vmlinuz"),
+                root: root.to_path_buf(),
+            });
+        }
+        let vmlinuz = fs::read_dir(root.join("boot"))
             .ok()?
             .filter_map(|e| e.ok())
             .map(|e| e.path())
@@ -106,36 +217,134 @@ fn fetch_kernel() -> Result<PathBuf> {
                 p.file_name()
                     .and_then(|n| n.to_str())
                     .is_some_and(|n| n.starts_with("vmlinuz-"))
-            })
+            })?;
+        let release = vmlinuz
+            .file_name()?
+            .to_str()?
+            .strip_prefix("vmlinuz-")?
+            .to_string();
+        Some(GuestKernel {
+            series,
+            release,
+            vmlinuz,
+            root: root.to_path_buf(),
+        })
     };
-    if let Some(k) = vmlinuz(&root) {
+    if let Some(k) = found(&root) {
         return Ok(k);
     }
-    run(Command::new("apt-get")
-        .args(["download", &pkg])
-        .current_dir(&dir))?;
-    let deb = fs::read_dir(&dir)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
-        })
-        .context("apt-get download left no .deb")?;
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-    let _ = fs::remove_file(&deb);
-    vmlinuz(&root).context("the kernel package has no boot/vmlinuz-*")
+    let unpack = |pkg: &str| -> Result<()> {
+        run(Command::new("apt-get")
+            .args(&opts)
+            .args(["download", pkg])
+            .current_dir(&dir))?;
+        let deb = fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
+            })
+            .context("apt-get download left no .deb")?;
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+        let _ = fs::remove_file(&deb);
+        Ok(())
+    };
+    unpack(&pkg)?;
+    if found(&root).is_none() {
+        // Newer packaging: linux-image-X only depends on linux-binary-X (the kernel) and
+        // linux-modules-X.
+        let abi = pkg.trim_start_matches("linux-image-");
+        unpack(&format!("linux-binary-{abi}"))?;
+        unpack(&format!("linux-modules-{abi}"))?;
+    }
+    found(&root).context("the kernel package has no boot/vmlinuz-*")
+}
+
+/// kvm and kvm_amd of `k` with their dependencies, in insmod order, decompressed (busybox
+/// insmod does not read .ko.xz) into the kit dir. Module dependencies come from `modinfo`.
+pub fn kvm_modules(k: &GuestKernel) -> Result<Vec<PathBuf>> {
+    let moddir = ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .map(|d| k.root.join(d).join(&k.release))
+        .find(|d| d.join("kernel").is_dir())
+        .with_context(|| format!("no modules of {} in {}", k.release, k.root.display()))?;
+    let mut index = std::collections::HashMap::new();
+    let mut stack = vec![moddir.join("kernel")];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).with_context(|| format!("no modules at {}", d.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
+                let base = n.trim_end_matches(".xz").trim_end_matches(".zst");
+                if let Some(m) = base.strip_suffix(".ko") {
+                    index.insert(m.replace('-', "_"), p.clone());
+                }
+            }
+        }
+    }
+    let out_dir = kit_dir().join(format!("modules-{}", k.release));
+    fs::create_dir_all(&out_dir)?;
+    let mut order: Vec<PathBuf> = Vec::new();
+    fn visit(
+        name: &str,
+        index: &std::collections::HashMap<String, PathBuf>,
+        out_dir: &Path,
+        order: &mut Vec<PathBuf>,
+        depth: usize,
+    ) -> Result<()> {
+        let src = index
+            .get(name)
+            .with_context(|| format!("module {name} is not in the kernel package"))?;
+        let ko = out_dir.join(format!("{name}.ko"));
+        if order.contains(&ko) || depth > 16 {
+            return Ok(());
+        }
+        if !ko.exists() {
+            if src.extension().is_some_and(|e| e == "xz") {
+                let data = run_bytes(Command::new("xz").arg("-dc").arg(src))?;
+                fs::write(&ko, data)?;
+            } else {
+                fs::copy(src, &ko)?;
+            }
+        }
+        let deps = run(Command::new("modinfo").args(["-F", "depends"]).arg(&ko))?;
+        for d in deps.trim().split(',').filter(|d| !d.is_empty()) {
+            visit(&d.replace('-', "_"), index, out_dir, order, depth + 1)?;
+        }
+        order.push(ko);
+        Ok(())
+    }
+    visit("kvm_amd", &index, &out_dir, &mut order, 0)?;
+    Ok(order)
+}
+
+fn run_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({})", out.status);
+    }
+    Ok(out.stdout)
 }
 
 /// A newc initramfs with busybox (and its applet links) and `init` as /init.
 pub fn initramfs(name: &str, init: &str) -> Result<PathBuf> {
-    initramfs_with(name, init, &[])
+    initramfs_with(name, init, &[], &[])
 }
 
 /// The host programs `bins` go into the initramfs at the same paths, with the shared libraries
-/// `ldd` names for them, so they run in the guest as on the host.
-pub fn initramfs_with(name: &str, init: &str, bins: &[&Path]) -> Result<PathBuf> {
+/// `ldd` names for them, so they run in the guest as on the host; `files` are copied as
+/// (host path, path in the guest).
+pub fn initramfs_with(
+    name: &str,
+    init: &str,
+    bins: &[&Path],
+    files: &[(&Path, &str)],
+) -> Result<PathBuf> {
     ensure_tools()?;
     let dir = kit_dir().join(format!("initramfs-{name}"));
     let _ = fs::remove_dir_all(&dir);
@@ -164,6 +373,20 @@ pub fn initramfs_with(name: &str, init: &str, bins: &[&Path]) -> Result<PathBuf>
             fs::copy(&f, &to)
                 .with_context(|| format!("cannot copy {} into the initramfs", f.display()))?;
         }
+        // Debug info is most of a debug build; the guest unpacks every byte of the initramfs.
+        let inside = dir.join(bin.strip_prefix("/").unwrap_or(bin));
+        let _ = Command::new("strip")
+            .arg("--strip-debug")
+            .arg(&inside)
+            .status();
+    }
+    for (from, to) in files {
+        let to = dir.join(to.trim_start_matches('/'));
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::copy(from, &to)
+            .with_context(|| format!("cannot copy {} into the initramfs", from.display()))?;
     }
     fs::write(dir.join("init"), init)?;
     use std::os::unix::fs::PermissionsExt;

@@ -1,7 +1,7 @@
 //! Bad input gets one clear line on stderr and a non-zero exit: never a panic.
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use tests::{oomtrace_bin, require_root};
 
 fn oomtrace(args: &[&str]) -> Result<Command> {
@@ -218,5 +218,40 @@ fn doctor_asks_the_kernel_about_fentry_and_kprobes() -> Result<()> {
         d["kprobes"] == true,
         "{d}"
     );
+    Ok(())
+}
+
+/// The tier plan follows what the kernel said: the doctor's per-hook tiers agree with its
+/// fentry/kprobe answers, and forcing a tier the kernel refused fails in one line that names
+/// the hook and the reason. (On this build machine: fentry EPERM, no kprobes, so both fail and
+/// the charge hook runs on its tracepoint.)
+#[test]
+fn forced_tier_the_kernel_refuses_names_the_hook_and_reason() -> Result<()> {
+    if !require_root("forced_tier_the_kernel_refuses_names_the_hook_and_reason") {
+        return Ok(());
+    }
+    let out = oomtrace(&["doctor", "--json"])?.output()?;
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let charge = d["hooks"]
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h["hook"] == "charge"))
+        .context("charge hook")?
+        .clone();
+    for (tier, answer) in [
+        ("fentry", &d["kernel_functions"]["fentry"]),
+        ("kprobe", &d["kernel_functions"]["kprobe"]),
+    ] {
+        let Some(err) = answer.get("Err").and_then(|e| e.as_str()) else {
+            continue;
+        };
+        assert_ne!(charge["tier"], tier, "{charge}");
+        assert!(
+            charge["reason"].as_str().is_some_and(|r| r.contains(err)),
+            "the plan says why {tier} is not used: {charge}"
+        );
+        let mut cmd = oomtrace(&["tail", "--duration", "1", "--tier", tier])?;
+        cmd.stdin(std::process::Stdio::null());
+        assert_one_line_error(cmd, &format!("hook charge: the forced {tier} tier"))?;
+    }
     Ok(())
 }

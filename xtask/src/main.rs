@@ -19,8 +19,12 @@ enum Task {
         #[arg(long)]
         json: bool,
     },
-    /// Set up, build, and run every test: unit, property and end-to-end on the real kernel.
+    /// Set up, build, and run every test: unit, property and end-to-end on the real kernel,
+    /// then the kernel matrix (vm-test).
     Test,
+    /// The kernel matrix: Debian 6.1, 6.12 and the newest backports kernel booted under qemu,
+    /// every tier forced in turn, memcg OOMs and nested KVM inside each (needs root).
+    VmTest,
     /// Set up, build (release), and measure oomtrace's costs into BENCHMARKS.md (needs root).
     /// Not part of the tests: it takes minutes and its numbers are for reading, not asserting.
     Bench {
@@ -203,6 +207,32 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// The kernel matrix, one kernel at a time (each boots a qemu guest), timed.
+fn vm_test(ws: &std::path::Path, channel: &str) -> Result<Counts> {
+    let start = Instant::now();
+    let counts = run_tests(
+        Command::new("cargo")
+            .arg(format!("+{channel}"))
+            .args([
+                "test",
+                "-p",
+                "tests",
+                "--test",
+                "vm_matrix",
+                "--",
+                "--show-output",
+                "--test-threads",
+                "1",
+            ])
+            .current_dir(ws),
+    )?;
+    println!(
+        "xtask: kernel matrix (vm-test) took {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(counts)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let ws = workspace();
@@ -253,6 +283,17 @@ fn main() -> Result<()> {
                 .args(["--pairs", &pairs.to_string(), "--churn", &churn.to_string()])
                 .current_dir(&ws))?;
         }
+        Task::VmTest => {
+            let channel = setup()?;
+            let counts = vm_test(&ws, &channel)?;
+            println!(
+                "tests: {} passed, {} failed, {} skipped",
+                counts.passed, counts.failed, counts.skipped
+            );
+            if counts.failed > 0 || !counts.ok {
+                bail!("tests failed");
+            }
+        }
         Task::Test => {
             let channel = setup()?;
             let start = Instant::now();
@@ -263,12 +304,17 @@ fn main() -> Result<()> {
                 .arg(format!("+{channel}"))
                 .args(["build", "-p", "oomtrace"])
                 .current_dir(&ws))?;
-            let counts = run_tests(
+            let mut counts = run_tests(
                 Command::new("cargo")
                     .arg(format!("+{channel}"))
-                    .args(["test", "--", "--show-output"])
+                    .args(["test", "--", "--show-output", "--skip", "vm_matrix_"])
                     .current_dir(&ws),
             )?;
+            let matrix = vm_test(&ws, &channel)?;
+            counts.passed += matrix.passed;
+            counts.failed += matrix.failed;
+            counts.skipped += matrix.skipped;
+            counts.ok &= matrix.ok;
             println!("xtask: tests took {:.0} s", start.elapsed().as_secs_f64());
             // One plain closing line for the whole run (cargo's last line is a crate's own count).
             println!(

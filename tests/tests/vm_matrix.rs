@@ -1,0 +1,352 @@
+//! The kernel matrix: stock Debian 6.1 and 6.12 cloud kernels booted under qemu (TCG) with the
+//! oomtrace binary, its libraries and `tiny_kvm` in a busybox initramfs. Inside each kernel:
+//!
+//! * for each tier forced in turn (fentry, kprobe, tracepoint): a cgroup v2 pod with a
+//!   memory.max, a qemu-named process whose "CPU 0/KVM" and "IO iothread1" threads touch known
+//!   amounts, a virt-launcher sidecar, and a memhold that grows until the memcg OOM killer
+//!   strikes. Each thread's charges are checked against what it touched (5%), the OOM against
+//!   the kernel's own report, the OOM start/outcome (function tiers), and the tiers against
+//!   each other (5%). A tier the kernel cannot serve must fail in one line naming the hook.
+//! * nested KVM (`-cpu max`: kvm_amd loads): tiny_kvm writes N guest pages from its vCPU
+//!   thread in a memcg; kvm:kvm_page_fault fires once per page and oomtrace tags the vCPU
+//!   thread's charges as guest RAM.
+//!
+//! `./x vm-test` runs it (and `./x test` runs that); each kernel prints its time.
+use std::{collections::BTreeMap, process::Stdio, time::Instant};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+use tests::{guest, oomtrace_bin, require_root, within};
+
+const MIB: i64 = 1 << 20;
+/// (thread or process name, MiB it touches).
+const TOUCHERS: [(&str, i64); 3] = [
+    ("CPU 0/KVM", 48),
+    ("IO iothread1", 16),
+    ("virt-launcher", 8),
+];
+const POD_LIMIT_MIB: i64 = 112;
+const KVM_PAGES: i64 = 200;
+const TIERS: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+
+fn init_script(bin: &str, tiny_kvm: &str, modules: &[String]) -> String {
+    let touch = |name: &str, mib: i64| format!("{name}={mib}@400");
+    let insmods: String = modules
+        .iter()
+        .map(|m| format!("insmod {m} 2>&1 | sed 's/^/INSMOD: /'\n"))
+        .collect();
+    format!(
+        r#"#!/bin/sh
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mount -t tracefs none /sys/kernel/tracing 2>/dev/null
+mount -t cgroup2 none /sys/fs/cgroup
+echo +memory > /sys/fs/cgroup/cgroup.subtree_control
+B={bin}
+echo "KERNEL: $(uname -r)"
+mount -t debugfs none /sys/kernel/debug 2>/dev/null
+echo "PREEMPT: $(cat /sys/kernel/debug/sched/preempt 2>/dev/null || echo unknown)"
+wait_for() {{ i=0; while [ $i -lt $2 ]; do grep -q "$1" $3 && return 0; sleep 0.2; i=$((i+1)); done; return 1; }}
+for T in {tiers}; do
+  P=/sys/fs/cgroup/pod-$T
+  mkdir $P; echo {limit}M > $P/memory.max
+  $B tail --cgroup /pod-$T --json --tier $T --flush-bytes 1048576 > /tmp/$T.out 2> /tmp/$T.err &
+  TP=$!
+  i=0; while [ $i -lt 300 ] && ! grep -q '"start"' /tmp/$T.out && kill -0 $TP 2>/dev/null; do sleep 0.2; i=$((i+1)); done
+  if grep -q '"start"' /tmp/$T.out; then
+    $B workload --process qemu-system-x86 --cgroup $P --thread "{kvm}" --thread "{io}" --hold 3600 &
+    $B workload --process virt-launcher --cgroup $P --thread "{side}" --hold 3600 &
+    sleep 3
+    $B workload --process memhold --cgroup $P --thread "memhold=0@100" --hold 3600 &
+    wait_for '"type":"oom"' 150 /tmp/$T.out
+    sleep 2
+    kill -INT $TP; wait $TP
+    killall -9 oomtrace 2>/dev/null; sleep 0.5
+  fi
+  echo "=== BEGIN $T"
+  grep -E '"type":"(start|oom_attempt)"' /tmp/$T.out
+  grep -E '"type":"oom"' /tmp/$T.out
+  grep -E '"type":"charge".*"comm":"(CPU 0/KVM|IO iothread1|virt-launcher)"' /tmp/$T.out
+  sed 's/^/STDERR: /' /tmp/$T.err | head -5
+  echo "=== END $T"
+done
+{insmods}ls /dev/kvm 2>&1 | sed 's/^/DEVKVM: /'
+if [ -e /dev/kvm ]; then
+  P=/sys/fs/cgroup/pod-kvm; mkdir $P
+  $B tail --cgroup /pod-kvm --json --flush-bytes 1048576 > /tmp/kvm.out 2> /tmp/kvm.err &
+  TP=$!
+  i=0; while [ $i -lt 300 ] && ! grep -q '"start"' /tmp/kvm.out && kill -0 $TP 2>/dev/null; do sleep 0.2; i=$((i+1)); done
+  echo 1 > /sys/kernel/tracing/events/kvm/kvm_page_fault/enable
+  sh -c "echo \$\$ > $P/cgroup.procs; exec {tiny_kvm} {pages} 2" 2>&1 | sed 's/^/TINYKVM: /'
+  echo 0 > /sys/kernel/tracing/events/kvm/kvm_page_fault/enable
+  echo "KVM_PAGE_FAULTS: $(grep -c kvm_page_fault /sys/kernel/tracing/trace)"
+  sleep 1.5
+  kill -INT $TP; wait $TP
+  echo "=== BEGIN kvm"
+  grep -E '"type":"start"' /tmp/kvm.out
+  grep -E '"type":"charge".*"comm":"CPU 0/KVM"' /tmp/kvm.out
+  sed 's/^/STDERR: /' /tmp/kvm.err | head -5
+  echo "=== END kvm"
+fi
+poweroff -f
+"#,
+        tiers = TIERS.join(" "),
+        limit = POD_LIMIT_MIB,
+        kvm = touch(TOUCHERS[0].0, TOUCHERS[0].1),
+        io = touch(TOUCHERS[1].0, TOUCHERS[1].1),
+        side = touch(TOUCHERS[2].0, TOUCHERS[2].1),
+        pages = KVM_PAGES,
+    )
+}
+
+/// The lines of one scenario's block on the console.
+fn block<'a>(console: &'a str, name: &str) -> Vec<&'a str> {
+    let begin = format!("=== BEGIN {name}");
+    let end = format!("=== END {name}");
+    console
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .skip_while(|l| *l != begin)
+        .skip(1)
+        .take_while(|l| *l != end)
+        .collect()
+}
+
+fn rows<'a>(lines: &[&str], kind: &str) -> Vec<Value> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == kind)
+        .collect()
+}
+
+/// The highest `field` of the charge rows of threads named `name`: what the thread had
+/// charged at most (the last rows come from the final sweep of the kernel's totals).
+fn peak_of(charges: &[Value], name: &str, field: &str) -> Option<i64> {
+    charges
+        .iter()
+        .filter(|t| t["comm"] == name)
+        .filter_map(|t| t[field].as_i64())
+        .max()
+}
+
+fn boot(series: guest::Series) -> Result<String> {
+    guest::ensure_tools()?;
+    let kernel = guest::kernel(series)?;
+    let bin = oomtrace_bin()?;
+    let tiny = std::path::PathBuf::from(env!("CARGO_BIN_EXE_tiny_kvm"));
+    let modules = guest::kvm_modules(&kernel)?;
+    let in_guest: Vec<String> = modules
+        .iter()
+        .filter_map(|m| m.file_name()?.to_str())
+        .map(|n| format!("/modules/{n}"))
+        .collect();
+    let files: Vec<(&std::path::Path, &str)> = modules
+        .iter()
+        .zip(&in_guest)
+        .map(|(m, g)| (m.as_path(), g.as_str()))
+        .collect();
+    let init = init_script(
+        &bin.display().to_string(),
+        &tiny.display().to_string(),
+        &in_guest,
+    );
+    let initrd = guest::initramfs_with(
+        &format!("matrix-{}", series.name()),
+        &init,
+        &[bin.as_path(), tiny.as_path()],
+        &files,
+    )?;
+    let out = std::process::Command::new("timeout")
+        .arg("600")
+        .arg(guest::qemu_command(&kernel.vmlinuz, &initrd, "quiet loglevel=3").get_program())
+        .args(guest::qemu_command(&kernel.vmlinuz, &initrd, "quiet loglevel=3").get_args())
+        .args(["-m", "1024"])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run qemu")?;
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("qemu failed ({}): {console}", out.status);
+    }
+    Ok(console)
+}
+
+fn matrix(series: guest::Series) -> Result<()> {
+    let start = Instant::now();
+    let console = boot(series)?;
+    println!("{console}");
+    let mut per_tier: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    let mut misses = Vec::new();
+    // With full or lazy preemption a charger can be preempted inside the fentry program, and
+    // the kernel skips the program for the next charger on that CPU: fentry undercounts there
+    // (why the charge hook prefers kprobes). Checked as "never more than touched" and shown.
+    let preempt = console
+        .lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix("PREEMPT: "))
+        .unwrap_or("unknown")
+        .to_string();
+    let fentry_lossy = preempt.contains("(full)") || preempt.contains("(lazy)");
+    for tier in TIERS {
+        let lines = block(&console, tier);
+        let starts = rows(&lines, "start");
+        let Some(start_row) = starts.first() else {
+            // The kernel cannot serve this tier: one line naming the hook and why.
+            let err: Vec<&str> = lines
+                .iter()
+                .filter_map(|l| l.strip_prefix("STDERR: "))
+                .collect();
+            assert_eq!(err.len(), 1, "{tier}: {lines:?}");
+            assert!(
+                err[0].contains("hook charge") && err[0].contains(&format!("forced {tier} tier")),
+                "{tier}: {}",
+                err[0]
+            );
+            println!("{}: {tier}: refused as expected: {}", series.name(), err[0]);
+            continue;
+        };
+        let charge = start_row["hooks"]
+            .as_array()
+            .and_then(|h| h.iter().find(|h| h["hook"] == "charge"))
+            .context("charge hook in the start line")?;
+        assert_eq!(charge["tier"], tier, "{charge}");
+        let charges = rows(&lines, "charge");
+        let mut peaks = Vec::new();
+        for (name, mib) in TOUCHERS {
+            let peak = peak_of(&charges, name, "total")
+                .with_context(|| format!("{tier}: no charges of thread {name}: {lines:?}"))?;
+            if tier == "fentry" && fentry_lossy && peak <= mib * MIB * 105 / 100 {
+                println!(
+                    "{}: fentry on a preemptible kernel ({preempt}): {name} {:.1}% of its charges seen",
+                    series.name(),
+                    100.0 * peak as f64 / (mib * MIB) as f64
+                );
+            } else if !within(peak, mib * MIB, 5.0) {
+                misses.push(format!(
+                    "{}/{tier}: {name} charged {peak} bytes, touched {mib} MiB",
+                    series.name()
+                ));
+            }
+            peaks.push(peak);
+        }
+        if !(tier == "fentry" && fentry_lossy) {
+            per_tier.insert(tier, peaks);
+        }
+        let ooms = rows(&lines, "oom");
+        assert!(!ooms.is_empty(), "{tier}: no OOM kill seen: {lines:?}");
+        assert_eq!(ooms[0]["memcg"], format!("/pod-{tier}"), "{}", ooms[0]);
+        let attempts = rows(&lines, "oom_attempt");
+        let oom_hook = start_row["hooks"]
+            .as_array()
+            .and_then(|h| h.iter().find(|h| h["hook"] == "oom"))
+            .context("oom hook")?;
+        if tier == "tracepoint" {
+            assert_eq!(oom_hook["tier"], "off", "{oom_hook}");
+        } else {
+            assert_eq!(oom_hook["tier"], tier, "{oom_hook}");
+            let a = attempts
+                .iter()
+                .find(|a| a["killed"] == true)
+                .with_context(|| format!("{tier}: no OOM start/outcome: {attempts:?}"))?;
+            assert_eq!(a["memcg"], format!("/pod-{tier}"), "{a}");
+            assert!(a["duration_ns"].as_u64().is_some_and(|d| d > 0), "{a}");
+        }
+        println!(
+            "{}: {tier}: {} OOM kill(s), {} OOM start/outcome row(s)",
+            series.name(),
+            ooms.len(),
+            attempts.len()
+        );
+    }
+    assert!(misses.is_empty(), "{misses:#?}");
+    println!(
+        "{}: charged MiB by tier: {:?}",
+        series.name(),
+        per_tier
+            .iter()
+            .map(|(t, p)| (*t, p.iter().map(|b| b / MIB).collect::<Vec<_>>()))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        per_tier.len() >= 2,
+        "at least two exact tiers must agree: {per_tier:?}"
+    );
+    if series == guest::Series::TrixieBackports {
+        assert!(
+            per_tier.contains_key("tracepoint") && per_tier.contains_key("kprobe"),
+            "6.14+ has the memcg tracepoint and kprobes: {per_tier:?}"
+        );
+    }
+    let tiers: Vec<_> = per_tier.values().collect();
+    for pair in tiers.windows(2) {
+        for (a, b) in pair[0].iter().zip(pair[1]) {
+            assert!(within(*a, *b, 5.0), "tiers disagree: {per_tier:?}");
+        }
+    }
+    // Nested KVM: kvm_mmu_page_fault / kvm:kvm_page_fault once per page, charged as guest RAM.
+    assert!(
+        console.lines().any(|l| l.starts_with("DEVKVM: /dev/kvm")),
+        "kvm_amd did not give /dev/kvm: {console}"
+    );
+    let faults: i64 = console
+        .lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix("KVM_PAGE_FAULTS: "))
+        .context("no kvm_page_fault count")?
+        .trim()
+        .parse()?;
+    assert!(
+        (KVM_PAGES..=KVM_PAGES + 4).contains(&faults),
+        "{faults} kvm_page_fault for {KVM_PAGES} pages"
+    );
+    let lines = block(&console, "kvm");
+    let start_row = rows(&lines, "start").pop().context("kvm: no start")?;
+    let guest_hook = start_row["hooks"]
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h["hook"] == "guest-fault"))
+        .context("guest-fault hook")?;
+    assert_ne!(guest_hook["tier"], "off", "{guest_hook}");
+    let guest = peak_of(&rows(&lines, "charge"), "CPU 0/KVM", "guest")
+        .with_context(|| format!("no charges of the vCPU thread: {lines:?}"))?;
+    assert!(
+        within(guest, KVM_PAGES * 4096, 5.0),
+        "vCPU guest RAM {guest} bytes for {KVM_PAGES} pages: {lines:?}"
+    );
+    println!(
+        "{}: nested KVM: {faults} guest page faults, vCPU guest RAM {} KiB via {} ({})",
+        series.name(),
+        guest / 1024,
+        guest_hook["tier"],
+        guest_hook["target"]
+    );
+    println!(
+        "{}: kernel matrix done in {:.0} s",
+        series.name(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[test]
+fn vm_matrix_debian_6_1() -> Result<()> {
+    if !require_root("vm_matrix_debian_6_1") {
+        return Ok(());
+    }
+    matrix(guest::Series::Debian6_1)
+}
+
+#[test]
+fn vm_matrix_debian_6_12() -> Result<()> {
+    if !require_root("vm_matrix_debian_6_12") {
+        return Ok(());
+    }
+    matrix(guest::Series::Debian6_12)
+}
+
+/// The newest Debian kernel (trixie-backports): it has memcg:mod_memcg_lruvec_state (6.14+),
+/// so all three tiers run on one kernel and are compared.
+#[test]
+fn vm_matrix_debian_trixie_backports() -> Result<()> {
+    if !require_root("vm_matrix_debian_trixie_backports") {
+        return Ok(());
+    }
+    matrix(guest::Series::TrixieBackports)
+}
