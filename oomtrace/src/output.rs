@@ -198,6 +198,13 @@ pub fn write_summary(out: &mut dyn Write, json: bool, s: &Summary) -> std::io::R
         "summary: {} events, {} ring-buffer drops, {} rare-event drops, {} untracked (map full), {} decode errors",
         c.events, c.ring_drops, c.rare_drops, c.map_full, c.decode_errors
     )?;
+    if c.skipped_runs > 0 {
+        writeln!(
+            out,
+            "  {} fentry runs skipped by the kernel (program already active on the CPU): charges or OOM events lost; the kprobe tier does not lose them",
+            c.skipped_runs
+        )?;
+    }
     let mut by_peak: Vec<_> = s
         .processes
         .iter()

@@ -185,6 +185,20 @@ impl Probes {
         Ok(())
     }
 
+    /// Runs of the fentry/fexit programs the kernel skipped (a program already active on the
+    /// CPU: a thread preempted inside it): events lost, shown with the drops.
+    pub fn skipped_runs(&self) -> u64 {
+        self.choices
+            .iter()
+            .filter(|c| c.tier == "fentry")
+            .flat_map(|c| c.programs.iter())
+            .filter_map(|name| {
+                let fd = self.ebpf.program(name)?.fd().ok()?;
+                recursion_misses(std::os::fd::AsFd::as_fd(fd))
+            })
+            .sum()
+    }
+
     /// Attaches a lazy hook now; Ok(false) when this kernel cannot have it. Idempotent.
     pub fn attach_lazy(&mut self, name: &str) -> Result<bool> {
         let Some(choice) = self.choices.iter_mut().find(|c| c.hook == name && c.lazy) else {
@@ -254,6 +268,38 @@ impl Probes {
         let map = self.ebpf.take_map(m::STATS).context("STATS map missing")?;
         Ok(PerCpuArray::try_from(map)?)
     }
+}
+
+/// Runs the kernel skipped because the program was already active on that CPU
+/// (`bpf_prog_info.recursion_misses`, 5.12+). aya 0.16 does not expose it.
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd as _;
+    /// The BPF_OBJ_GET_INFO_BY_FD member of union bpf_attr.
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: bpf_prog_info is a plain C struct of integers; all zeroes is a valid value.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let attr = InfoByFd {
+        bpf_fd: u32::try_from(fd.as_raw_fd()).ok()?,
+        info_len: u32::try_from(size_of_val(&info)).ok()?,
+        info: &raw mut info as u64,
+    };
+    // SAFETY: `attr` is a valid bpf_attr prefix for this command, and `info` is writable for
+    // `info_len` bytes for the duration of the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw const attr,
+            size_of::<InfoByFd>(),
+        )
+    };
+    (r == 0).then_some(info.recursion_misses)
 }
 
 /// Loads and attaches one hook's programs, in plan order (companions and exits before the entry

@@ -340,6 +340,10 @@ impl Live {
                 self.show(out, &change)?;
             }
         }
+        let skipped = self.probes.skipped_runs();
+        if skipped > 0 {
+            self.feed(ModelInput::SkippedRuns(skipped));
+        }
         let (ring_drops, rare_drops, map_full) = bpf::read_stats(&self.stats);
         self.feed(ModelInput::KernelStats {
             ring_drops,

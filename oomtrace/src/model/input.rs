@@ -42,6 +42,9 @@ pub enum ModelInput {
         rare_drops: u64,
         map_full: u64,
     },
+    /// Runs of fentry programs the kernel skipped (cumulative). New inputs go at the end:
+    /// captures store them by variant index.
+    SkippedRuns(u64),
 }
 
 impl ModelInput {
@@ -99,6 +102,10 @@ impl Model {
                 self.counters.ring_drops = *ring_drops;
                 self.counters.rare_drops = *rare_drops;
                 self.counters.map_full = *map_full;
+                None
+            }
+            ModelInput::SkippedRuns(n) => {
+                self.counters.skipped_runs = *n;
                 None
             }
         }

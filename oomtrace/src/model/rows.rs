@@ -148,6 +148,8 @@ pub struct Counters {
     pub rare_drops: u64,
     pub map_full: u64,
     pub decode_errors: u64,
+    /// fentry/fexit runs the kernel skipped (the program was already active on the CPU).
+    pub skipped_runs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
