@@ -219,6 +219,10 @@ pub mod globals {
     pub const OFF_MEMCG_CGROUP: &str = "OFF_MEMCG_CGROUP";
     pub const OFF_CGROUP_KN: &str = "OFF_CGROUP_KN";
     pub const OFF_KN_ID: &str = "OFF_KN_ID";
+    /// Offsets in `struct uncharge_gather` (the function tier's frees).
+    pub const OFF_UG_MEMCG: &str = "OFF_UG_MEMCG";
+    pub const OFF_UG_NR_MEMORY: &str = "OFF_UG_NR_MEMORY";
+    pub const OFF_UG_NR_KMEM: &str = "OFF_UG_NR_KMEM";
 }
 
 /// Map names, shared so that neither side can misspell them.

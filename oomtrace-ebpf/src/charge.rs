@@ -28,6 +28,9 @@ pub enum Kind {
     Anon,
     File,
     Kernel,
+    /// A free seen by the function tier (uncharge_batch): `bytes` freed, of which this many
+    /// were kernel memory. The rest comes off the thread's anon first, then its page cache.
+    Freed(i64),
 }
 
 /// Maps a node_stat_item to its kind and converts `val` (whose unit depends on the item) to bytes.
@@ -146,6 +149,13 @@ pub fn account<C: EbpfContext>(ctx: &C, kind: Kind, bytes: i64, memcg_id: u64) -
         Kind::Anon => v.totals.anon += bytes,
         Kind::File => v.totals.file += bytes,
         Kind::Kernel => v.totals.kernel += bytes,
+        Kind::Freed(kmem) => {
+            v.totals.kernel -= kmem;
+            let rest = bytes - kmem;
+            let from_anon = rest.min(v.totals.anon.max(0));
+            v.totals.anon -= from_anon;
+            v.totals.file -= rest - from_anon;
+        }
     }
     if guest {
         v.totals.guest += bytes;

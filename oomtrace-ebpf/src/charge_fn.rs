@@ -2,7 +2,8 @@
 //! for every charge request (most are served from the per-CPU stock inside it), by fentry or
 //! kprobe. The request is exact; its kind comes from __mem_cgroup_charge (folio charges: anon
 //! when charged for an mm, page cache otherwise); anything else (slab, page tables, kernel
-//! stacks) is kernel memory. Frees do not pass here: this tier counts what threads charged.
+//! stacks) is kernel memory. Frees of folios are seen at uncharge_batch (memcg, pages, kernel
+//! pages), attributed to the freeing thread like the tracepoint tier's.
 use aya_ebpf::{
     EbpfContext,
     helpers::bpf_probe_read_kernel,
@@ -76,6 +77,53 @@ pub fn charge_kprobe(ctx: ProbeContext) -> u32 {
     let memcg: u64 = ctx.arg(0).unwrap_or(0);
     let nr_pages: u64 = ctx.arg(2).unwrap_or(0);
     charge_request(&ctx, memcg, nr_pages & 0xffff_ffff);
+    0
+}
+
+/// uncharge_batch(const struct uncharge_gather *ug): folios freed from one memcg, in one go.
+#[inline(always)]
+fn uncharge(ctx: &impl EbpfContext, ug: u64) {
+    let read = |off: u64| {
+        // SAFETY: bpf_probe_read_kernel checks the address; a bad one gives an error.
+        unsafe { bpf_probe_read_kernel((ug + off) as *const u64) }.ok()
+    };
+    if ug == 0 {
+        return;
+    }
+    let (Some(memcg), Some(pages)) = (read(get(&g::OFF_UG_MEMCG)), read(get(&g::OFF_UG_NR_MEMORY)))
+    else {
+        return;
+    };
+    let kmem_off = get(&g::OFF_UG_NR_KMEM);
+    let kmem = if kmem_off >= 0 {
+        read(kmem_off as u64).unwrap_or(0)
+    } else {
+        0
+    };
+    if pages == 0 {
+        return;
+    }
+    let Some(id) = memcg_id(memcg) else {
+        return;
+    };
+    let page = get(&g::PAGE_SIZE);
+    let _ = account(
+        ctx,
+        Kind::Freed((kmem.min(pages) as i64) * page),
+        (pages as i64) * page,
+        id,
+    );
+}
+
+#[fentry(function = "uncharge_batch")]
+pub fn uncharge_fentry(ctx: FEntryContext) -> u32 {
+    uncharge(&ctx, ctx.arg(0));
+    0
+}
+
+#[kprobe]
+pub fn uncharge_kprobe(ctx: ProbeContext) -> u32 {
+    uncharge(&ctx, ctx.arg(0).unwrap_or(0));
     0
 }
 

@@ -39,6 +39,10 @@ global!(SELF_TGID: u32 = 0);
 global!(OFF_MEMCG_CGROUP: u64 = 0);
 global!(OFF_CGROUP_KN: u64 = 0);
 global!(OFF_KN_ID: u64 = 0);
+// struct uncharge_gather: memcg, nr_memory, nr_kmem (-1: absent), from BTF.
+global!(OFF_UG_MEMCG: u64 = 0);
+global!(OFF_UG_NR_MEMORY: u64 = 8);
+global!(OFF_UG_NR_KMEM: i64 = -1);
 
 #[inline(always)]
 pub fn get<T: Copy>(v: &'static T) -> T {

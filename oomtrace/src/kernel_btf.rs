@@ -29,11 +29,21 @@ pub struct MemcgIdPath {
     pub kn_id: u64,
 }
 
+/// Byte offsets in `struct uncharge_gather` (what uncharge_batch frees in one go);
+/// `nr_kmem` is -1 on kernels without it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UnchargeGather {
+    pub memcg: u64,
+    pub nr_memory: u64,
+    pub nr_kmem: i64,
+}
+
 /// The kernel functions the kernel-function tier may hook, by any of their names.
 pub const HOOKED_FUNCTIONS: &[&str] = &[
     "try_charge_memcg",
     "try_charge",
     "__mem_cgroup_charge",
+    "uncharge_batch",
     "mem_cgroup_out_of_memory",
     "kvm_mmu_page_fault",
 ];
@@ -43,6 +53,8 @@ pub struct KernelBtf {
     pub items: ChargeItems,
     /// None when a struct or member is missing (the kernel-function tier is then off).
     pub memcg_id_path: Option<MemcgIdPath>,
+    /// None: no struct uncharge_gather in BTF (frees are then not seen by the function tier).
+    pub uncharge_gather: Option<UnchargeGather>,
     /// The HOOKED_FUNCTIONS present in vmlinux BTF (what fentry can attach to; module
     /// functions such as kvm's are in the module's split BTF, not here).
     pub functions: Vec<String>,
@@ -87,6 +99,13 @@ impl KernelBtf {
                 kn_id: offset("kernfs_node", "id")?,
             })
         })();
+        let uncharge_gather = (|| {
+            Some(UnchargeGather {
+                memcg: offset("uncharge_gather", "memcg")?,
+                nr_memory: offset("uncharge_gather", "nr_memory")?,
+                nr_kmem: offset("uncharge_gather", "nr_kmem").map_or(-1, |o| o as i64),
+            })
+        })();
         let functions = HOOKED_FUNCTIONS
             .iter()
             .filter(|f| {
@@ -98,6 +117,7 @@ impl KernelBtf {
         Ok(Self {
             items: ChargeItems::from_map(&node),
             memcg_id_path,
+            uncharge_gather,
             functions,
         })
     }

@@ -40,6 +40,13 @@ const BASELINE_MARGIN_NS: u64 = 1_000_000_000;
 /// or memory: what was read before stays). `started_boot_ns` is oomtrace's own start on
 /// CLOCK_BOOTTIME: processes clearly older than that get their resident memory recorded as held
 /// before the trace.
+/// A thread's current name (`/proc/<pid>/task/<tid>/comm`); None if it is gone.
+pub fn thread_comm(pid: u32, tid: u32) -> Option<String> {
+    let s = fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+    let s = s.trim_end_matches('\n');
+    (!s.is_empty()).then(|| s.to_string())
+}
+
 pub fn process_info(pid: u32, started_boot_ns: u64, version: Version) -> Option<ProcessInfo> {
     let (state, flags, start_ns) = stat_fields(pid)?;
     if matches!(state, 'Z' | 'X' | 'x') {

@@ -12,22 +12,29 @@ use anyhow::{Context as _, Result, bail};
 
 const MIB: usize = 1 << 20;
 
-/// One allocating thread: name, MiB to touch (0 = until killed), MiB per second.
+/// One allocating thread: name, MiB to touch (0 = until killed), MiB per second, and whether
+/// it unmaps what it touched once done (then lives on).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Toucher {
     pub name: String,
     pub mib: usize,
     pub rate: f64,
+    pub free: bool,
 }
 
-/// `NAME=MIB@RATE`, e.g. `CPU 0/KVM=0@40` or `IO iothread1=16@4`.
+/// `NAME=MIB@RATE[/free]`, e.g. `CPU 0/KVM=0@40`, `IO iothread1=16@4` or `virtlogd=12@400/free`.
 pub fn parse_toucher(s: &str) -> Result<Toucher> {
     let (name, rest) = s.rsplit_once('=').context("expected NAME=MIB@RATE")?;
     let (mib, rate) = rest.split_once('@').context("expected NAME=MIB@RATE")?;
+    let (rate, free) = match rate.strip_suffix("/free") {
+        Some(r) => (r, true),
+        None => (rate, false),
+    };
     let t = Toucher {
         name: name.to_string(),
         mib: mib.parse().context("MIB must be a whole number")?,
         rate: rate.parse().context("RATE must be a number (MiB/s)")?,
+        free,
     };
     if t.name.is_empty() || t.rate <= 0.0 {
         bail!("thread name must not be empty and RATE must be > 0");
@@ -45,7 +52,7 @@ fn set_current_thread_name(name: &str) {
 
 /// Maps 1 MiB of anonymous memory without THP and writes one byte per page, so this thread is the
 /// one the kernel charges for each page.
-fn touch_one_mib() -> Result<()> {
+fn touch_one_mib() -> Result<*mut libc::c_void> {
     // SAFETY: anonymous private mapping, no fd; the result is checked before use.
     let p = unsafe {
         libc::mmap(
@@ -67,19 +74,27 @@ fn touch_one_mib() -> Result<()> {
         // SAFETY: off < MIB, inside the writable mapping; volatile so the write is not elided.
         unsafe { std::ptr::write_volatile(base.add(off), 1) };
     }
-    Ok(())
+    Ok(p)
 }
 
 fn run_toucher(t: &Toucher) -> Result<usize> {
     let start = Instant::now();
     let mut done = 0usize;
+    let mut maps = Vec::new();
     while t.mib == 0 || done < t.mib {
-        touch_one_mib()?;
+        let p = touch_one_mib()?;
+        if t.free {
+            maps.push(p);
+        }
         done += 1;
         let due = Duration::from_secs_f64(done as f64 / t.rate);
         if let Some(wait) = due.checked_sub(start.elapsed()) {
             thread::sleep(wait);
         }
+    }
+    for p in maps {
+        // SAFETY: `p` is a MIB-sized mapping this thread made and nothing else refers to.
+        unsafe { libc::munmap(p, MIB) };
     }
     Ok(done * MIB)
 }
@@ -109,22 +124,25 @@ pub fn run(
         .iter()
         .cloned()
         .map(|t| {
-            thread::Builder::new().name(t.name.clone()).spawn(
-                move || -> Result<(u32, String, usize)> {
+            thread::Builder::new()
+                .name(t.name.clone())
+                .spawn(move || -> Result<()> {
                     set_current_thread_name(&t.name);
                     let bytes = run_toucher(&t)?;
-                    Ok((gettid(), t.name.clone(), bytes))
-                },
-            )
+                    println!("touched {} {} {bytes}", gettid(), t.name);
+                    std::io::stdout().flush().ok();
+                    if t.free {
+                        // A thread that freed lives on (like a sidecar's), so its totals stay.
+                        thread::sleep(Duration::from_secs(hold_secs));
+                    }
+                    Ok(())
+                })
         })
         .collect::<Result<_, _>>()
         .context("cannot start threads")?;
     for h in handles {
         match h.join() {
-            Ok(Ok((tid, name, bytes))) => {
-                println!("touched {tid} {name} {bytes}");
-                std::io::stdout().flush().ok();
-            }
+            Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
             Err(_) => bail!("a workload thread panicked"),
         }
@@ -186,9 +204,11 @@ mod tests {
             Some(Toucher {
                 name: "CPU 0/KVM".into(),
                 mib: 0,
-                rate: 40.0
+                rate: 40.0,
+                free: false,
             })
         );
+        assert!(parse_toucher("virtlogd=12@400/free").is_ok_and(|t| t.free && t.rate == 400.0));
         assert!(parse_toucher("IO iothread1=16").is_err());
         assert!(parse_toucher("=1@1").is_err());
         assert!(parse_toucher("x=1@0").is_err());

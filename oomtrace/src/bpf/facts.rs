@@ -170,6 +170,7 @@ pub fn gather(
         btf_functions,
         symbols,
         memcg_id_path: btf.is_some_and(|b| b.memcg_id_path.is_some()),
+        uncharge_gather: btf.is_some_and(|b| b.uncharge_gather.is_some()),
         fentry,
         kprobe,
     };

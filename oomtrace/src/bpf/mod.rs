@@ -135,6 +135,11 @@ pub fn load(
         loader.override_global(g::OFF_CGROUP_KN, &p.cgroup_kn, true);
         loader.override_global(g::OFF_KN_ID, &p.kn_id, true);
     }
+    if let Some(u) = &kbtf.uncharge_gather {
+        loader.override_global(g::OFF_UG_MEMCG, &u.memcg, true);
+        loader.override_global(g::OFF_UG_NR_MEMORY, &u.nr_memory, true);
+        loader.override_global(g::OFF_UG_NR_KMEM, &u.nr_kmem, true);
+    }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
         anyhow::anyhow!(
             "loading the eBPF programs failed: {e}; oomtrace needs root (CAP_BPF and CAP_PERFMON)"

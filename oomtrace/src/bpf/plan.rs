@@ -44,6 +44,9 @@ pub struct KernelFacts {
     pub symbols: BTreeMap<String, String>,
     /// BTF gave the offsets from a memcg pointer to its id.
     pub memcg_id_path: bool,
+    /// BTF has struct uncharge_gather with memcg and nr_memory (frees readable at
+    /// uncharge_batch; 7.x uncharges folios through an objcg and has neither).
+    pub uncharge_gather: bool,
     /// Whether the kernel loaded and attached an empty fentry / kprobe program.
     pub fentry: Result<(), String>,
     pub kprobe: Result<(), String>,
@@ -112,15 +115,25 @@ struct FunctionHook {
     entry: (&'static str, &'static str),
     /// (fexit program, kretprobe program) on return.
     exit: Option<(&'static str, &'static str)>,
-    /// A second function hooked in the same tier: (function, fentry program, kprobe program).
-    companion: Option<(&'static str, &'static str, &'static str)>,
+    /// More functions hooked in the same tier: (function, fentry program, kprobe program,
+    /// what they add, what is missing without them).
+    companions: &'static [Companion],
     /// Reads memcg ids through BTF offsets.
     needs_memcg_path: bool,
-    /// Try kprobe before fentry: an fentry program runs preemptible, and the kernel skips a
-    /// run while the same program is active on the CPU (a charger preempted inside it), so
-    /// on full/lazy-preemption kernels fentry misses charges; a kprobe runs with preemption
-    /// off and misses none. Measured: 5-12% of charges lost by fentry on Debian 7.3 (-smp 1).
-    kprobe_first: bool,
+    /// The charge hook's own order, measured in the kernel matrix: the tracepoint where the
+    /// kernel has it (6.14+: kinds and frees exact), then kprobe, then fentry. An fentry
+    /// program runs preemptible and the kernel skips it while it is active on the CPU (a
+    /// charger preempted inside it): on Debian 7.3 (lazy preemption) fentry saw 71-97% of
+    /// each thread's charges; kprobes (preemption off) and the tracepoint saw all of them.
+    charge_order: bool,
+}
+
+struct Companion {
+    function: &'static str,
+    fentry: &'static str,
+    kprobe: &'static str,
+    adds: &'static str,
+    without: &'static str,
 }
 
 struct TracepointHook {
@@ -142,6 +155,9 @@ struct Hook {
 }
 
 pub const CHARGE_HOOK: &str = "charge";
+const UNCHARGE: &str = "uncharge_batch";
+const UNCHARGE_UNREADABLE: &str =
+    "struct uncharge_gather has no memcg/nr_memory here (folios uncharged through an objcg)";
 /// The hook that tells guest RAM faults of TCG vCPUs and other qemu threads apart.
 pub const GUEST_RAM_HOOK: &str = "guest-ram-fault";
 
@@ -154,13 +170,24 @@ const HOOKS: &[Hook] = &[
             names: &["try_charge_memcg", "try_charge"],
             entry: ("charge_fentry", "charge_kprobe"),
             exit: None,
-            companion: Some((
-                "__mem_cgroup_charge",
-                "folio_charge_fentry",
-                "folio_charge_kprobe",
-            )),
+            companions: &[
+                Companion {
+                    function: "__mem_cgroup_charge",
+                    fentry: "folio_charge_fentry",
+                    kprobe: "folio_charge_kprobe",
+                    adds: "the kind",
+                    without: "all charges count as kernel memory",
+                },
+                Companion {
+                    function: UNCHARGE,
+                    fentry: "uncharge_fentry",
+                    kprobe: "uncharge_kprobe",
+                    adds: "frees",
+                    without: "frees are not seen (totals only grow)",
+                },
+            ],
             needs_memcg_path: true,
-            kprobe_first: true,
+            charge_order: true,
         }),
         tracepoint: Some(TracepointHook {
             category: "memcg",
@@ -178,9 +205,9 @@ const HOOKS: &[Hook] = &[
             names: &["mem_cgroup_out_of_memory"],
             entry: ("oom_start_fentry", "oom_start_kprobe"),
             exit: Some(("oom_end_fexit", "oom_end_kretprobe")),
-            companion: None,
+            companions: &[],
             needs_memcg_path: true,
-            kprobe_first: false,
+            charge_order: false,
         }),
         tracepoint: None,
         without: "memcg OOMs are seen only when they kill (oom:mark_victim)",
@@ -245,9 +272,9 @@ const HOOKS: &[Hook] = &[
             names: &["kvm_mmu_page_fault"],
             entry: ("guest_fault_fentry", "guest_fault_kprobe"),
             exit: Some(("guest_fault_fexit", "guest_fault_kretprobe")),
-            companion: None,
+            companions: &[],
             needs_memcg_path: false,
-            kprobe_first: false,
+            charge_order: false,
         }),
         tracepoint: Some(TracepointHook {
             category: "kvm",
@@ -295,17 +322,17 @@ fn function_tier(h: &FunctionHook, tier: Tier, k: &KernelFacts) -> Verdict {
             let f = f.to_string();
             let mut attach = Vec::new();
             let mut note = format!("fentry on {f}");
-            if let Some((c, prog, _)) = h.companion {
-                if k.btf_functions.contains(c) {
+            for c in h.companions {
+                if c.function == UNCHARGE && !k.uncharge_gather {
+                    note.push_str(&format!("; {}: {UNCHARGE_UNREADABLE}", c.without));
+                } else if k.btf_functions.contains(c.function) {
                     attach.push(Attach::FEntry {
-                        program: prog,
-                        function: c.to_string(),
+                        program: c.fentry,
+                        function: c.function.to_string(),
                     });
-                    note.push_str(&format!(" (+ {c} for the kind)"));
+                    note.push_str(&format!(" (+ {} for {})", c.function, c.adds));
                 } else {
-                    note.push_str(&format!(
-                        "; {c} missing: all charges count as kernel memory"
-                    ));
+                    note.push_str(&format!("; {} missing: {}", c.function, c.without));
                 }
             }
             if let Some((prog, _)) = h.exit {
@@ -330,17 +357,17 @@ fn function_tier(h: &FunctionHook, tier: Tier, k: &KernelFacts) -> Verdict {
                 .ok_or_else(|| format!("{} is not in /proc/kallsyms", h.names.join("/")))?;
             let mut attach = Vec::new();
             let mut note = format!("kprobe on {sym}");
-            if let Some((c, _, prog)) = h.companion {
-                if let Some(s) = k.symbols.get(c) {
+            for c in h.companions {
+                if c.function == UNCHARGE && !k.uncharge_gather {
+                    note.push_str(&format!("; {}: {UNCHARGE_UNREADABLE}", c.without));
+                } else if let Some(s) = k.symbols.get(c.function) {
                     attach.push(Attach::KProbe {
-                        program: prog,
+                        program: c.kprobe,
                         function: s.clone(),
                     });
-                    note.push_str(&format!(" (+ {c} for the kind)"));
+                    note.push_str(&format!(" (+ {} for {})", c.function, c.adds));
                 } else {
-                    note.push_str(&format!(
-                        "; {c} missing: all charges count as kernel memory"
-                    ));
+                    note.push_str(&format!("; {} missing: {}", c.function, c.without));
                 }
             }
             if let Some((_, prog)) = h.exit {
@@ -422,8 +449,8 @@ fn choose(h: &Hook, k: &KernelFacts, forced: Option<Tier>) -> Result<HookChoice,
         Some(t) if has_tier(t) => vec![t],
         Some(Tier::Tracepoint) => Vec::new(),
         Some(_) => vec![Tier::Tracepoint],
-        None if h.function.as_ref().is_some_and(|f| f.kprobe_first) => {
-            [Tier::Kprobe, Tier::Fentry, Tier::Tracepoint]
+        None if h.function.as_ref().is_some_and(|f| f.charge_order) => {
+            [Tier::Tracepoint, Tier::Kprobe, Tier::Fentry]
                 .into_iter()
                 .filter(|t| has_tier(*t))
                 .collect()
@@ -440,16 +467,25 @@ fn choose(h: &Hook, k: &KernelFacts, forced: Option<Tier>) -> Result<HookChoice,
                 .map(|t| format!("{}:{}", t.category, t.name))
         })
         .unwrap_or_default();
+    let evaluate = |tier: Tier| match (tier, &h.function, &h.tracepoint) {
+        (Tier::Tracepoint, _, Some(t)) => Some(tracepoint_tier(h, t, k)),
+        (Tier::Fentry | Tier::Kprobe, Some(f), _) => Some(function_tier(f, tier, k)),
+        _ => None,
+    };
     let mut why_not = Vec::new();
-    for tier in &tiers {
-        let verdict = match (tier, &h.function, &h.tracepoint) {
-            (Tier::Tracepoint, _, Some(t)) => tracepoint_tier(h, t, k),
-            (_, Some(f), _) => function_tier(f, *tier, k),
-            _ => continue,
+    for (i, tier) in tiers.iter().enumerate() {
+        let Some(verdict) = evaluate(*tier) else {
+            continue;
         };
         match verdict {
             Ok((target, attach, note)) => {
                 let mut reason = note;
+                // Also what the kernel said of the tiers after this one: doctor shows it all.
+                for later in &tiers[i + 1..] {
+                    if let Some(Err(e)) = evaluate(*later) {
+                        why_not.push(format!("{}: {e}", later.name()));
+                    }
+                }
                 if !why_not.is_empty() {
                     reason.push_str(&format!(" ({})", why_not.join("; ")));
                 }
@@ -527,10 +563,12 @@ mod tests {
             btf_functions: set(&[
                 "try_charge_memcg",
                 "__mem_cgroup_charge",
+                "uncharge_batch",
                 "mem_cgroup_out_of_memory",
             ]),
             symbols: BTreeMap::new(),
             memcg_id_path: true,
+            uncharge_gather: true,
             fentry: Err("EPERM".into()),
             kprobe: Err("no kprobe PMU".into()),
         }
@@ -542,6 +580,7 @@ mod tests {
         for f in [
             "try_charge_memcg",
             "__mem_cgroup_charge",
+            "uncharge_batch",
             "mem_cgroup_out_of_memory",
         ] {
             symbols.insert(f.to_string(), f.to_string());
@@ -598,13 +637,16 @@ mod tests {
             (charge.tier, charge.target.as_str()),
             ("kprobe", "try_charge_memcg")
         );
-        assert_eq!(charge.programs, ["folio_charge_kprobe", "charge_kprobe"]);
+        assert_eq!(
+            charge.programs,
+            ["folio_charge_kprobe", "uncharge_kprobe", "charge_kprobe"]
+        );
         let mut no_kprobes = debian_6_1();
         no_kprobes.kprobe = Err("off".into());
         let p2 = plan(&no_kprobes, None).expect("plan");
         assert_eq!(
             hook(&p2, "charge").programs,
-            ["folio_charge_fentry", "charge_fentry"]
+            ["folio_charge_fentry", "uncharge_fentry", "charge_fentry"]
         );
         let oom = hook(&p, "oom");
         assert_eq!(oom.tier, "fentry");
@@ -626,6 +668,28 @@ mod tests {
         assert_eq!(
             guest.programs,
             ["guest_fault_kretprobe", "guest_fault_kprobe"]
+        );
+    }
+
+    #[test]
+    fn tiers_charge_prefers_the_memcg_tracepoint_then_kprobe_and_says_when_frees_are_unseen() {
+        let mut k = debian_6_1();
+        k.tracepoints.insert("memcg:mod_memcg_lruvec_state".into());
+        let p = plan(&k, None).expect("plan");
+        assert_eq!(hook(&p, "charge").tier, "tracepoint");
+        assert_eq!(
+            hook(&p, "oom").tier,
+            "fentry",
+            "other hooks keep fentry first"
+        );
+        k.uncharge_gather = false;
+        let p = plan(&k, Some(Tier::Kprobe)).expect("plan");
+        let charge = hook(&p, "charge");
+        assert_eq!(charge.programs, ["folio_charge_kprobe", "charge_kprobe"]);
+        assert!(
+            charge.reason.contains("frees are not seen"),
+            "{}",
+            charge.reason
         );
     }
 

@@ -26,6 +26,7 @@ use crate::{
     model::{Change, Model, Summary},
     output::{self, Clock},
     printer::Printer,
+    procfs,
     render::By,
     tracefs,
 };
@@ -334,6 +335,17 @@ impl Live {
             }
             let _ = self.charges.remove(&key);
         }
+        // Sweep readings carry no name; threads that may have been renamed since their last
+        // record get theirs from /proc (comm only: no reference on the process's memory).
+        let mut reads = 0;
+        for c in readings.iter_mut() {
+            if reads < MAX_COMM_READS_PER_SWEEP && self.model.may_be_renamed(c) {
+                reads += 1;
+                if let Some(comm) = procfs::thread_comm(c.tgid, c.tid) {
+                    c.comm = comm;
+                }
+            }
+        }
         for c in readings {
             self.learn_process(c.tgid);
             if let Some(change) = self.feed(ModelInput::Sweep(c)) {
@@ -354,6 +366,9 @@ impl Live {
         Ok(())
     }
 }
+
+/// Bounds the /proc reads a sweep may do for thread names.
+const MAX_COMM_READS_PER_SWEEP: usize = 256;
 
 fn drain(ring: &mut RingBuf<MapData>, live: &mut Live, out: &mut dyn Write) -> Result<bool> {
     let mut events = Vec::new();

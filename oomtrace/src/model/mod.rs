@@ -257,6 +257,16 @@ impl Model {
         self.threads.keys().copied()
     }
 
+    /// A known thread whose name is still its process's and whose totals moved: it may have
+    /// been renamed after its first record (qemu names vCPU threads once they run), and no
+    /// record since carried the new name.
+    pub fn may_be_renamed(&self, c: &Charge) -> bool {
+        c.tid != c.tgid
+            && self.threads.get(&(c.tid, c.memcg_id)).is_some_and(|t| {
+                t.totals != c.totals && Some(t.comm.as_str()) == self.process_comm(c.tgid)
+            })
+    }
+
     pub fn knows_thread(&self, tid: u32, memcg_id: u64) -> bool {
         self.threads.contains_key(&(tid, memcg_id))
     }
@@ -424,9 +434,19 @@ impl Model {
     }
 
     fn exit(&mut self, e: &ThreadExit) -> ExitRow {
+        let info = self
+            .processes
+            .get(&e.tgid)
+            .and_then(|p| p.info.clone())
+            .unwrap_or_default();
         for key in self.keys_of_thread(e.tid) {
             if let Some(t) = self.threads.get_mut(&key) {
                 t.exited = true;
+                // The name it died with: a thread renamed after its last record says so here.
+                if !e.comm.is_empty() && t.comm != e.comm {
+                    t.comm = e.comm.clone();
+                    t.set_class(&info);
+                }
             }
         }
         if e.group_dead

@@ -317,3 +317,36 @@ fn post_mortem_blames_the_overhead_grower_not_the_guest_filling_its_ram() {
     let unreserved = budget.iter().find(|b| b.item == "not reserved").unwrap();
     assert!(unreserved.over && unreserved.observed == 150 * MIB);
 }
+
+#[test]
+fn a_thread_renamed_after_its_last_record_takes_the_name_it_exits_with() {
+    let mut m = Model::new();
+    m.set_process_comm(10, "qemu-system-x86".into());
+    // Its first page (the stack) was charged before the thread named itself.
+    m.apply(&charge(11, 10, 5, "qemu-system-x86", 4096));
+    let sweep = Charge {
+        ts_ns: 2,
+        tid: 11,
+        tgid: 10,
+        memcg_id: 5,
+        comm: String::new(),
+        totals: ChargeTotals {
+            anon: 819_200,
+            ..Default::default()
+        },
+    };
+    assert!(
+        m.may_be_renamed(&sweep),
+        "named like its process, totals moved"
+    );
+    m.apply(&Event::ThreadExit(ThreadExit {
+        ts_ns: 3,
+        tid: 11,
+        tgid: 10,
+        comm: "CPU 0/KVM".into(),
+        group_dead: false,
+    }));
+    let t = m.summary().threads;
+    let t = t.iter().find(|t| t.tid == 11).expect("thread 11");
+    assert_eq!((t.comm.as_str(), t.class), ("CPU 0/KVM", ThreadClass::Vcpu));
+}

@@ -101,7 +101,12 @@ fn main() -> Result<()> {
         loop {
             exits += 1;
             match vcpu.run().context("KVM_RUN")? {
-                VcpuExit::Hlt => return Ok(exits),
+                VcpuExit::Hlt => {
+                    println!("tiny_kvm: wrote {pages} pages ({exits} KVM_RUN calls)");
+                    // A vCPU thread lives as long as its VM, as qemu's do.
+                    thread::sleep(Duration::from_secs_f64(hold));
+                    return Ok(exits);
+                }
                 VcpuExit::IoOut(..)
                 | VcpuExit::IoIn(..)
                 | VcpuExit::MmioRead(..)
@@ -113,10 +118,8 @@ fn main() -> Result<()> {
             }
         }
     })?;
-    let exits = vcpu_thread
+    vcpu_thread
         .join()
         .map_err(|_| anyhow::anyhow!("vCPU thread panicked"))??;
-    println!("tiny_kvm: wrote {pages} pages ({exits} KVM_RUN calls)");
-    thread::sleep(Duration::from_secs_f64(hold));
     Ok(())
 }
