@@ -18,6 +18,8 @@ pub struct Report {
     pub btf: bool,
     pub tracefs: Result<String, String>,
     pub kprobes: bool,
+    /// memcg:mod_memcg_lruvec_state is there (6.14+): the charge tracepoint tier.
+    pub memcg_tracepoint: bool,
     pub memory_controller: Result<(String, String), String>,
     pub hooks: Vec<bpf::HookChoice>,
     /// Asked of the kernel by loading empty programs (root only).
@@ -35,6 +37,9 @@ pub fn gather() -> Report {
         .as_ref()
         .map(|t| Path::new(t).join("kprobe_events").exists())
         .unwrap_or(false);
+    let memcg_tracepoint = tracefs.as_ref().is_ok_and(|t| {
+        tracefs::has_tracepoint(Path::new(t), "memcg", "mod_memcg_lruvec_state")
+    });
     let kbtf = KernelBtf::load(Path::new(VMLINUX_BTF)).ok();
     let (hooks, kernel_functions) = match &tracefs {
         Ok(t) => {
@@ -49,6 +54,7 @@ pub fn gather() -> Report {
         btf: Path::new(VMLINUX_BTF).exists(),
         tracefs: tracefs.map(|p| p.display().to_string()),
         kprobes,
+        memcg_tracepoint,
         memory_controller: MemoryController::detect()
             .map(|c| (format!("{:?}", c.version), c.mount.display().to_string()))
             .map_err(|e| e.to_string()),
@@ -78,8 +84,8 @@ pub fn print(out: &mut dyn Write, r: &Report, json: bool) -> Result<()> {
     )?;
     writeln!(
         out,
-        "memcg tracepoints {} (memcg:mod_memcg_lruvec_state needs 6.14)",
-        yes((major, minor) >= (6, 14))
+        "memcg tracepoint  {} (memcg:mod_memcg_lruvec_state, 6.14+; else the kprobe/fentry tier)",
+        yes(r.memcg_tracepoint)
     )?;
     writeln!(
         out,
@@ -102,7 +108,7 @@ pub fn print(out: &mut dyn Write, r: &Report, json: bool) -> Result<()> {
         Ok((v, m)) => writeln!(out, "memory controller cgroup {v} at {m}")?,
         Err(e) => writeln!(out, "memory controller missing: {e}")?,
     }
-    writeln!(out, "hooks (tiers tried: fentry, kprobe, tracepoint):")?;
+    writeln!(out, "hooks (the tier chosen, and why better ones were not):")?;
     for h in &r.hooks {
         writeln!(
             out,
