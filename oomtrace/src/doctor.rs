@@ -37,9 +37,9 @@ pub fn gather() -> Report {
         .as_ref()
         .map(|t| Path::new(t).join("kprobe_events").exists())
         .unwrap_or(false);
-    let memcg_tracepoint = tracefs.as_ref().is_ok_and(|t| {
-        tracefs::has_tracepoint(Path::new(t), "memcg", "mod_memcg_lruvec_state")
-    });
+    let memcg_tracepoint = tracefs
+        .as_ref()
+        .is_ok_and(|t| tracefs::has_tracepoint(Path::new(t), "memcg", "mod_memcg_lruvec_state"));
     let kbtf = KernelBtf::load(Path::new(VMLINUX_BTF)).ok();
     let (hooks, kernel_functions) = match &tracefs {
         Ok(t) => {
@@ -108,7 +108,10 @@ pub fn print(out: &mut dyn Write, r: &Report, json: bool) -> Result<()> {
         Ok((v, m)) => writeln!(out, "memory controller cgroup {v} at {m}")?,
         Err(e) => writeln!(out, "memory controller missing: {e}")?,
     }
-    writeln!(out, "hooks (the tier chosen, and why better ones were not):")?;
+    writeln!(
+        out,
+        "hooks (the tier chosen, and why better ones were not):"
+    )?;
     for h in &r.hooks {
         writeln!(
             out,

@@ -67,13 +67,16 @@ pub fn ensure_tools() -> Result<()> {
 /// tracepoints, so every tier runs there).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Series {
+    /// bullseye's 5.10: `try_charge`, page-based `__mem_cgroup_charge`, no nr_memory.
+    Debian5_10,
     Debian6_1,
     Debian6_12,
     TrixieBackports,
 }
 
 impl Series {
-    pub const ALL: [Series; 3] = [
+    pub const ALL: [Series; 4] = [
+        Series::Debian5_10,
         Series::Debian6_1,
         Series::Debian6_12,
         Series::TrixieBackports,
@@ -81,6 +84,7 @@ impl Series {
 
     pub fn name(self) -> &'static str {
         match self {
+            Series::Debian5_10 => "debian-5.10",
             Series::Debian6_1 => "debian-6.1",
             Series::Debian6_12 => "debian-6.12",
             Series::TrixieBackports => "debian-trixie-backports",
@@ -90,6 +94,11 @@ impl Series {
     /// (apt suite, package name pattern, version prefix to sort by).
     fn apt(self) -> (&'static str, &'static str, &'static str) {
         match self {
+            Series::Debian5_10 => (
+                "bullseye",
+                r"^linux-image-5\.10\.0-[0-9]+-cloud-amd64$",
+                "linux-image-5.10.0-",
+            ),
             Series::Debian6_1 => (
                 "bookworm",
                 r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$",

@@ -43,6 +43,8 @@ pub const HOOKED_FUNCTIONS: &[&str] = &[
     "try_charge_memcg",
     "try_charge",
     "__mem_cgroup_charge",
+    "mem_cgroup_charge",
+    "mem_cgroup_try_charge",
     "uncharge_batch",
     "mem_cgroup_out_of_memory",
     "kvm_mmu_page_fault",

@@ -375,6 +375,15 @@ fn matrix(series: guest::Series) -> Result<()> {
     Ok(())
 }
 
+/// 5.10 (bullseye): the function is still `try_charge`, the charge is page-based.
+#[test]
+fn vm_matrix_debian_5_10() -> Result<()> {
+    if !require_root("vm_matrix_debian_5_10") {
+        return Ok(());
+    }
+    matrix(guest::Series::Debian5_10)
+}
+
 #[test]
 fn vm_matrix_debian_6_1() -> Result<()> {
     if !require_root("vm_matrix_debian_6_1") {

@@ -129,7 +129,8 @@ struct FunctionHook {
 }
 
 struct Companion {
-    function: &'static str,
+    /// Names across kernel versions, tried in order.
+    names: &'static [&'static str],
     fentry: &'static str,
     kprobe: &'static str,
     adds: &'static str,
@@ -156,8 +157,8 @@ struct Hook {
 
 pub const CHARGE_HOOK: &str = "charge";
 const UNCHARGE: &str = "uncharge_batch";
-const UNCHARGE_UNREADABLE: &str =
-    "struct uncharge_gather has no memcg/nr_memory here (folios uncharged through an objcg)";
+const UNCHARGE_UNREADABLE: &str = "struct uncharge_gather has no memcg and nr_memory here \
+     (5.10 counts pages by type; 7.x uncharges folios through an objcg)";
 /// The hook that tells guest RAM faults of TCG vCPUs and other qemu threads apart.
 pub const GUEST_RAM_HOOK: &str = "guest-ram-fault";
 
@@ -172,14 +173,21 @@ const HOOKS: &[Hook] = &[
             exit: None,
             companions: &[
                 Companion {
-                    function: "__mem_cgroup_charge",
+                    // (folio|page, mm, gfp) as __mem_cgroup_charge (5.17+) or mem_cgroup_charge
+                    // (5.8-5.16); (page, mm, gfp, memcgp, compound) as mem_cgroup_try_charge
+                    // before: the mm is the second argument in all.
+                    names: &[
+                        "__mem_cgroup_charge",
+                        "mem_cgroup_charge",
+                        "mem_cgroup_try_charge",
+                    ],
                     fentry: "folio_charge_fentry",
                     kprobe: "folio_charge_kprobe",
                     adds: "the kind",
                     without: "all charges count as kernel memory",
                 },
                 Companion {
-                    function: UNCHARGE,
+                    names: &[UNCHARGE],
                     fentry: "uncharge_fentry",
                     kprobe: "uncharge_kprobe",
                     adds: "frees",
@@ -322,19 +330,7 @@ fn function_tier(h: &FunctionHook, tier: Tier, k: &KernelFacts) -> Verdict {
             let f = f.to_string();
             let mut attach = Vec::new();
             let mut note = format!("fentry on {f}");
-            for c in h.companions {
-                if c.function == UNCHARGE && !k.uncharge_gather {
-                    note.push_str(&format!("; {}: {UNCHARGE_UNREADABLE}", c.without));
-                } else if k.btf_functions.contains(c.function) {
-                    attach.push(Attach::FEntry {
-                        program: c.fentry,
-                        function: c.function.to_string(),
-                    });
-                    note.push_str(&format!(" (+ {} for {})", c.function, c.adds));
-                } else {
-                    note.push_str(&format!("; {} missing: {}", c.function, c.without));
-                }
-            }
+            companions(h, Tier::Fentry, k, &mut attach, &mut note);
             if let Some((prog, _)) = h.exit {
                 attach.push(Attach::FExit {
                     program: prog,
@@ -357,19 +353,7 @@ fn function_tier(h: &FunctionHook, tier: Tier, k: &KernelFacts) -> Verdict {
                 .ok_or_else(|| format!("{} is not in /proc/kallsyms", h.names.join("/")))?;
             let mut attach = Vec::new();
             let mut note = format!("kprobe on {sym}");
-            for c in h.companions {
-                if c.function == UNCHARGE && !k.uncharge_gather {
-                    note.push_str(&format!("; {}: {UNCHARGE_UNREADABLE}", c.without));
-                } else if let Some(s) = k.symbols.get(c.function) {
-                    attach.push(Attach::KProbe {
-                        program: c.kprobe,
-                        function: s.clone(),
-                    });
-                    note.push_str(&format!(" (+ {} for {})", c.function, c.adds));
-                } else {
-                    note.push_str(&format!("; {} missing: {}", c.function, c.without));
-                }
-            }
+            companions(h, Tier::Kprobe, k, &mut attach, &mut note);
             if let Some((_, prog)) = h.exit {
                 attach.push(Attach::KRetProbe {
                     program: prog,
@@ -384,6 +368,43 @@ fn function_tier(h: &FunctionHook, tier: Tier, k: &KernelFacts) -> Verdict {
             Ok((name.to_string(), attach, note))
         }
         Tier::Tracepoint => Err("no tracepoint".into()),
+    }
+}
+
+/// The companions of a function hook in `tier` (fentry or kprobe), each by the first of its
+/// names this kernel has; the note says what each adds or what is missing without it.
+fn companions(
+    h: &FunctionHook,
+    tier: Tier,
+    k: &KernelFacts,
+    attach: &mut Vec<Attach>,
+    note: &mut String,
+) {
+    for c in h.companions {
+        let first = c.names[0];
+        if first == UNCHARGE && !k.uncharge_gather {
+            note.push_str(&format!("; {}: {UNCHARGE_UNREADABLE}", c.without));
+            continue;
+        }
+        let found = c.names.iter().find_map(|n| match tier {
+            Tier::Fentry => k.btf_functions.contains(*n).then(|| (*n, n.to_string())),
+            _ => k.symbols.get(*n).map(|s| (*n, s.clone())),
+        });
+        let Some((name, function)) = found else {
+            note.push_str(&format!("; {first} missing: {}", c.without));
+            continue;
+        };
+        attach.push(match tier {
+            Tier::Fentry => Attach::FEntry {
+                program: c.fentry,
+                function,
+            },
+            _ => Attach::KProbe {
+                program: c.kprobe,
+                function,
+            },
+        });
+        note.push_str(&format!(" (+ {name} for {})", c.adds));
     }
 }
 
