@@ -20,13 +20,16 @@ use crate::{
 const KIND_ANON: u32 = 1;
 const KIND_FILE: u32 = 2;
 
+/// A u64 of kernel memory; None where nothing readable is.
+#[inline(always)]
+fn read(addr: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one gives an error, not a fault.
+    unsafe { bpf_probe_read_kernel(addr as *const u64) }.ok()
+}
+
 /// memcg → css.cgroup → kn → id: the id the memcg tracepoints and cgroupfs (inode) use.
 #[inline(always)]
 pub fn memcg_id(memcg: u64) -> Option<u64> {
-    let read = |addr: u64| {
-        // SAFETY: bpf_probe_read_kernel checks the address; a bad one gives an error, not a fault.
-        unsafe { bpf_probe_read_kernel(addr as *const u64) }.ok()
-    };
     if memcg == 0 {
         return None;
     }
@@ -83,20 +86,18 @@ pub fn charge_kprobe(ctx: ProbeContext) -> u32 {
 /// uncharge_batch(const struct uncharge_gather *ug): folios freed from one memcg, in one go.
 #[inline(always)]
 fn uncharge(ctx: &impl EbpfContext, ug: u64) {
-    let read = |off: u64| {
-        // SAFETY: bpf_probe_read_kernel checks the address; a bad one gives an error.
-        unsafe { bpf_probe_read_kernel((ug + off) as *const u64) }.ok()
-    };
     if ug == 0 {
         return;
     }
-    let (Some(memcg), Some(pages)) = (read(get(&g::OFF_UG_MEMCG)), read(get(&g::OFF_UG_NR_MEMORY)))
-    else {
+    let (Some(memcg), Some(pages)) = (
+        read(ug + get(&g::OFF_UG_MEMCG)),
+        read(ug + get(&g::OFF_UG_NR_MEMORY)),
+    ) else {
         return;
     };
     let kmem_off = get(&g::OFF_UG_NR_KMEM);
     let kmem = if kmem_off >= 0 {
-        read(kmem_off as u64).unwrap_or(0)
+        read(ug + kmem_off as u64).unwrap_or(0)
     } else {
         0
     };

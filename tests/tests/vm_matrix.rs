@@ -48,12 +48,14 @@ echo "KERNEL: $(uname -r)"
 mount -t debugfs none /sys/kernel/debug 2>/dev/null
 echo "PREEMPT: $(cat /sys/kernel/debug/sched/preempt 2>/dev/null || echo unknown)"
 wait_for() {{ i=0; while [ $i -lt $2 ]; do grep -q "$1" $3 && return 0; sleep 0.2; i=$((i+1)); done; return 1; }}
+# Until tail says it is tracing (or has exited with its one-line error).
+wait_started() {{ i=0; while [ $i -lt 300 ] && ! grep -q '"start"' $1 && kill -0 $2 2>/dev/null; do sleep 0.2; i=$((i+1)); done; }}
 for T in {tiers}; do
   P=/sys/fs/cgroup/pod-$T
   mkdir $P; echo {limit}M > $P/memory.max
   $B tail --cgroup /pod-$T --json --tier $T --flush-bytes 1048576 > /tmp/$T.out 2> /tmp/$T.err &
   TP=$!
-  i=0; while [ $i -lt 300 ] && ! grep -q '"start"' /tmp/$T.out && kill -0 $TP 2>/dev/null; do sleep 0.2; i=$((i+1)); done
+  wait_started /tmp/$T.out $TP
   if grep -q '"start"' /tmp/$T.out; then
     $B workload --process qemu-system-x86 --cgroup $P --thread "{kvm}" --thread "{io}" --hold 3600 &
     $B workload --process virt-launcher --cgroup $P --thread "{side}" --hold 3600 &
@@ -78,7 +80,7 @@ if [ -e /dev/kvm ]; then
   P=/sys/fs/cgroup/pod-kvm; mkdir $P
   $B tail --cgroup /pod-kvm --json --flush-bytes 1048576 > /tmp/kvm.out 2> /tmp/kvm.err &
   TP=$!
-  i=0; while [ $i -lt 300 ] && ! grep -q '"start"' /tmp/kvm.out && kill -0 $TP 2>/dev/null; do sleep 0.2; i=$((i+1)); done
+  wait_started /tmp/kvm.out $TP
   echo 1 > /sys/kernel/tracing/events/kvm/kvm_page_fault/enable
   sh -c "echo \$\$ > $P/cgroup.procs; exec {tiny_kvm} {pages} 2" 2>&1 | sed 's/^/TINYKVM: /'
   echo 0 > /sys/kernel/tracing/events/kvm/kvm_page_fault/enable
