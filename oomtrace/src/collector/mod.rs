@@ -431,6 +431,10 @@ pub async fn run(
         flush_ns: 1_000_000_000,
     };
     let mut probes = bpf::load(&tracefs, &kbtf, cfg.tier, &opts)?;
+    // The capability probe parsed the kernel's BTF for its fentry program (~20 MiB, freed):
+    // give the heap back now rather than at the first housekeeping pass.
+    // SAFETY: malloc_trim only returns free heap memory to the OS.
+    unsafe { libc::malloc_trim(0) };
     let ring = probes.take_ring()?;
     let clock = Clock::now();
     let mut live = Live {
