@@ -16,6 +16,9 @@ pub const KIND_THREAD_EXIT: u32 = 5;
 /// A memcg OOM ran to its end (mem_cgroup_out_of_memory entry and return): when, how long,
 /// and whether the OOM killer found something to kill.
 pub const KIND_OOM_ATTEMPT: u32 = 6;
+/// A thread that oomtrace tracks (or that runs in a watched memcg) exec'd a new program
+/// (sched:sched_process_exec): its name, executable and command line changed.
+pub const KIND_EXEC: u32 = 7;
 
 pub const COMM_LEN: usize = 16;
 
@@ -114,6 +117,29 @@ pub struct OomVictimEvent {
     pub oom_score_adj: i32,
     pub invoker_comm: [u8; COMM_LEN],
     pub victim_comm: [u8; COMM_LEN],
+    /// The invoker's memory cgroup at the event, read from its task (task → css_set → memory
+    /// css → cgroup → kernfs id); 0 when this kernel's BTF does not give the way.
+    pub invoker_memcg_id: u64,
+    /// The memcg whose OOM this is, from mem_cgroup_out_of_memory's argument (kernel-function
+    /// tier of the oom hook); 0 when that hook is not attached.
+    pub oom_memcg_id: u64,
+}
+
+/// A tracked thread exec'd: sent by the thread itself after the new program is loaded, so
+/// `comm` is the new name and the ids are the ones it has from now on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub kind: u32,
+    /// The thread's id after exec (the process's id: exec makes the caller the group leader).
+    pub tid: u32,
+    pub tgid: u32,
+    /// Its id before exec (differs when a non-leader thread exec'd).
+    pub old_tid: u32,
+    pub ts_ns: u64,
+    /// Its memory cgroup at the exec (0: unknown on this kernel).
+    pub memcg_id: u64,
+    pub comm: [u8; COMM_LEN],
 }
 
 /// One call of mem_cgroup_out_of_memory, sent at its return by the thread that made it.
@@ -213,6 +239,13 @@ pub mod globals {
     pub const OFF_VICTIM_ADJ: &str = "OFF_VICTIM_ADJ";
     pub const OFF_RECLAIM_NR: &str = "OFF_RECLAIM_NR";
     pub const OFF_EXIT_GROUP_DEAD: &str = "OFF_EXIT_GROUP_DEAD";
+    pub const OFF_EXEC_OLD_PID: &str = "OFF_EXEC_OLD_PID";
+    /// task_struct.cgroups, css_set.subsys[memory_cgrp_id] and cgroup_subsys_state.cgroup: a
+    /// task's memory cgroup, read at OOM and exec events. TASK_MEMCG_ON is 0 when BTF lacks one.
+    pub const TASK_MEMCG_ON: &str = "TASK_MEMCG_ON";
+    pub const OFF_TASK_CGROUPS: &str = "OFF_TASK_CGROUPS";
+    pub const OFF_CSS_SET_MEMORY: &str = "OFF_CSS_SET_MEMORY";
+    pub const OFF_CSS_CGROUP: &str = "OFF_CSS_CGROUP";
     pub const SELF_TGID: &str = "SELF_TGID";
     /// Offsets of `struct mem_cgroup`'s css.cgroup, `struct cgroup`'s kn and `struct
     /// kernfs_node`'s id: the kernel-function programs turn a memcg pointer into its id.
@@ -239,6 +272,20 @@ pub mod maps {
     pub const CHARGE_KIND: &str = "CHARGE_KIND";
     pub const OOM_START: &str = "OOM_START";
 }
+
+// The ring records' sizes are part of the contract between the two sides: a field added on one
+// side only must not compile.
+const _: () = {
+    assert!(size_of::<ChargeEvent>() == 80);
+    assert!(size_of::<OomVictimEvent>() == 120);
+    assert!(size_of::<OomAttemptEvent>() == 64);
+    assert!(size_of::<ReclaimEvent>() == 64);
+    assert!(size_of::<ThreadExitEvent>() == 40);
+    assert!(size_of::<ExecEvent>() == 48);
+    assert!(size_of::<ChargeKey>() == 16);
+    assert!(size_of::<ChargeValue>() == 56);
+    assert!(size_of::<GuestRanges>() == 64);
+};
 
 #[cfg(feature = "user")]
 mod pod {

@@ -6,7 +6,6 @@
 //! pages), attributed to the freeing thread like the tracepoint tier's.
 use aya_ebpf::{
     EbpfContext,
-    helpers::bpf_probe_read_kernel,
     macros::{fentry, kprobe},
     programs::{FEntryContext, ProbeContext},
 };
@@ -14,18 +13,11 @@ use aya_ebpf::{
 use crate::{
     charge::{Kind, account},
     globals::{self as g, get},
-    maps::{CHARGE_KIND, current_ids},
+    maps::{CHARGE_KIND, current_ids, read_kernel_u64 as read},
 };
 
 const KIND_ANON: u32 = 1;
 const KIND_FILE: u32 = 2;
-
-/// A u64 of kernel memory; None where nothing readable is.
-#[inline(always)]
-fn read(addr: u64) -> Option<u64> {
-    // SAFETY: bpf_probe_read_kernel checks the address; a bad one gives an error, not a fault.
-    unsafe { bpf_probe_read_kernel(addr as *const u64) }.ok()
-}
 
 /// memcg → css.cgroup → kn → id: the id the memcg tracepoints and cgroupfs (inode) use.
 #[inline(always)]

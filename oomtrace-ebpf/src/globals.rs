@@ -34,6 +34,12 @@ global!(OFF_VICTIM_PGTABLES: i32 = -1);
 global!(OFF_VICTIM_ADJ: i32 = -1);
 global!(OFF_RECLAIM_NR: u32 = 8);
 global!(OFF_EXIT_GROUP_DEAD: i32 = -1);
+global!(OFF_EXEC_OLD_PID: u32 = 12);
+// task_struct.cgroups → css_set.subsys[memory_cgrp_id] → cgroup_subsys_state.cgroup, from BTF.
+global!(TASK_MEMCG_ON: u32 = 0);
+global!(OFF_TASK_CGROUPS: u64 = 0);
+global!(OFF_CSS_SET_MEMORY: u64 = 0);
+global!(OFF_CSS_CGROUP: u64 = 0);
 global!(SELF_TGID: u32 = 0);
 // struct mem_cgroup → css.cgroup → kn → id, from BTF: the memcg id the tracepoints report.
 global!(OFF_MEMCG_CGROUP: u64 = 0);

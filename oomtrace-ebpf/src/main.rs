@@ -6,6 +6,7 @@
 mod capability;
 mod charge;
 mod charge_fn;
+mod exec;
 mod globals;
 mod guest_ram;
 mod kvm;
@@ -14,6 +15,7 @@ mod maps;
 mod oom;
 mod oom_fn;
 mod reclaim;
+mod task;
 mod thread_exit;
 
 #[cfg(not(test))]

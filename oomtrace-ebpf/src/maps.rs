@@ -88,6 +88,13 @@ pub unsafe fn ctx_field<T: Copy>(ctx: &aya_ebpf::programs::TracePointContext, of
     unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
 }
 
+/// A u64 of kernel memory; None where nothing readable is.
+#[inline(always)]
+pub fn read_kernel_u64(addr: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one gives an error, not a fault.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(addr as *const u64) }.ok()
+}
+
 #[inline(always)]
 pub fn current_ids() -> (u32, u32) {
     let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();

@@ -1,4 +1,5 @@
-//! oom:mark_victim: runs in the thread that invoked the OOM killer, so `current` is the invoker.
+//! oom:mark_victim: runs in the thread that invoked the OOM killer, so `current` is the invoker;
+//! with the kernel-function oom hook attached, OOM_START holds the memcg of its OOM.
 use aya_ebpf::{
     EbpfContext, helpers::bpf_probe_read_kernel_str_bytes, macros::tracepoint,
     programs::TracePointContext,
@@ -7,7 +8,8 @@ use oomtrace_common::{KIND_OOM_VICTIM, OomVictimEvent};
 
 use crate::{
     globals::{self as g, get},
-    maps::{current_comm, current_ids, now_ns, send},
+    maps::{OOM_START, current_comm, current_ids, now_ns, send},
+    task::current_memcg_id,
 };
 
 /// Reads an optional field: offset -1 means this kernel's tracepoint does not have it.
@@ -38,6 +40,13 @@ pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
         oom_score_adj: field::<i16>(&ctx, get(&g::OFF_VICTIM_ADJ)) as i32,
         invoker_comm: current_comm(),
         victim_comm: [0; 16],
+        // The kernel's own facts at the kill, not what oomtrace remembers of this thread: it
+        // may have charged other memcgs before it moved and exec'd.
+        invoker_memcg_id: current_memcg_id().unwrap_or(0),
+        // SAFETY: a map value pointer is valid for this program's run; copied at once.
+        oom_memcg_id: OOM_START
+            .get_ptr(&tid)
+            .map_or(0, |s| unsafe { (*s).memcg_id }),
     };
     let comm_off = get(&g::OFF_VICTIM_COMM);
     if comm_off >= 0 {

@@ -32,6 +32,26 @@ pub struct OomVictim {
     pub oom_score_adj: i32,
 }
 
+/// An OOM kill with the kernel's own facts at the event: the invoker's memcg, and the OOM's
+/// memcg where the kernel-function oom hook gives it (0: not known).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OomKill {
+    pub victim: OomVictim,
+    pub invoker_memcg_id: u64,
+    pub oom_memcg_id: u64,
+}
+
+/// A thread exec'd a new program: its name from now on, and the memcg it is in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exec {
+    pub ts_ns: u64,
+    pub tid: u32,
+    pub tgid: u32,
+    pub old_tid: u32,
+    pub memcg_id: u64,
+    pub comm: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reclaim {
     pub ts_ns: u64,
@@ -71,10 +91,13 @@ pub struct OomAttempt {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     Charge(Charge),
+    /// An OOM kill as captures before the kernel's memcg facts stored it (read, never made).
     OomVictim(OomVictim),
     Reclaim(Reclaim),
     ThreadExit(ThreadExit),
     OomAttempt(OomAttempt),
+    OomKill(OomKill),
+    Exec(Exec),
 }
 
 impl Event {
@@ -86,6 +109,8 @@ impl Event {
             Event::Reclaim(r) => r.ts_ns,
             Event::ThreadExit(e) => e.ts_ns,
             Event::OomAttempt(o) => o.ts_ns,
+            Event::OomKill(k) => k.victim.ts_ns,
+            Event::Exec(e) => e.ts_ns,
         }
     }
 }
@@ -141,7 +166,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
         }
         c::KIND_OOM_VICTIM => {
             let e: c::OomVictimEvent = read(kind, data)?;
-            Event::OomVictim(OomVictim {
+            let victim = OomVictim {
                 ts_ns: e.ts_ns,
                 invoker_tid: e.invoker_tid,
                 invoker_tgid: e.invoker_tgid,
@@ -155,6 +180,22 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                 pgtables_kb: e.pgtables_kb,
                 uid: e.uid,
                 oom_score_adj: e.oom_score_adj,
+            };
+            Event::OomKill(OomKill {
+                victim,
+                invoker_memcg_id: e.invoker_memcg_id,
+                oom_memcg_id: e.oom_memcg_id,
+            })
+        }
+        c::KIND_EXEC => {
+            let e: c::ExecEvent = read(kind, data)?;
+            Event::Exec(Exec {
+                ts_ns: e.ts_ns,
+                tid: e.tid,
+                tgid: e.tgid,
+                old_tid: e.old_tid,
+                memcg_id: e.memcg_id,
+                comm: comm(&e.comm),
             })
         }
         c::KIND_RECLAIM => {
@@ -271,6 +312,49 @@ mod tests {
         assert_eq!((d.ts_ns, d.duration_ns, d.memcg_id), (1_000, 2_500, 77));
         assert!(!d.killed);
         assert_eq!(d.comm, "IO iothread1");
+    }
+
+    #[test]
+    fn decode_exec_and_oom_kill_keep_the_kernels_memcg_facts() {
+        let e = c::ExecEvent {
+            kind: c::KIND_EXEC,
+            tid: 41,
+            tgid: 41,
+            old_tid: 43,
+            ts_ns: 5,
+            memcg_id: 3001,
+            comm: comm16("memhold"),
+        };
+        let Ok(Event::Exec(d)) = decode(&bytes_of(&e)) else {
+            panic!("not an exec")
+        };
+        assert_eq!((d.tid, d.tgid, d.old_tid, d.memcg_id), (41, 41, 43, 3001));
+        assert_eq!(d.comm, "memhold");
+        let v = c::OomVictimEvent {
+            kind: c::KIND_OOM_VICTIM,
+            invoker_tid: 41,
+            invoker_tgid: 41,
+            victim_pid: 7,
+            ts_ns: 9,
+            total_vm_kb: 1,
+            anon_rss_kb: 2,
+            file_rss_kb: 3,
+            shmem_rss_kb: 4,
+            pgtables_kb: 5,
+            uid: 107,
+            oom_score_adj: 986,
+            invoker_comm: comm16("memhold"),
+            victim_comm: comm16("qemu-system-x86"),
+            invoker_memcg_id: 3001,
+            oom_memcg_id: 2999,
+        };
+        let Ok(Event::OomKill(k)) = decode(&bytes_of(&v)) else {
+            panic!("not an OOM kill")
+        };
+        assert_eq!((k.invoker_memcg_id, k.oom_memcg_id), (3001, 2999));
+        assert_eq!(k.victim.invoker_comm, "memhold");
+        assert_eq!(k.victim.victim_comm, "qemu-system-x86");
+        assert_eq!((k.victim.anon_rss_kb, k.victim.oom_score_adj), (2, 986));
     }
 
     #[test]

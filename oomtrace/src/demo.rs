@@ -33,6 +33,7 @@ pub const DEMO_QEMU_ARGS: &[&str] = &[
     "-smp",
     "1",
 ];
+const DEMO_GUEST_MIB: usize = 192;
 
 /// Starts `oomtrace workload` (this same binary) with the given role. A qemu role runs with
 /// argv[0] /usr/bin/qemu-system-x86_64 and qemu's options after `--`.
@@ -53,6 +54,8 @@ pub fn spawn_workload(
         start_after_secs,
         arg0: qemu.then_some("/usr/bin/qemu-system-x86_64"),
         extra: if qemu { DEMO_QEMU_ARGS } else { &[] },
+        // The -m of DEMO_QEMU_ARGS: the vCPU writes into one mapping of that size, as a guest.
+        guest_ram_mib: if qemu { DEMO_GUEST_MIB } else { 0 },
     }
     .command(&exe);
     cmd.stdout(Stdio::null()).stdin(Stdio::null());

@@ -29,6 +29,16 @@ pub struct MemcgIdPath {
     pub kn_id: u64,
 }
 
+/// Byte offsets from a task to its memory css's cgroup: `task_struct.cgroups`,
+/// `css_set.subsys[memory_cgrp_id]` (the array's offset plus the controller's slot) and
+/// `cgroup_subsys_state.cgroup`. With `MemcgIdPath`'s last two, a task's memcg id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TaskMemcgPath {
+    pub task_cgroups: u64,
+    pub css_set_memory: u64,
+    pub css_cgroup: u64,
+}
+
 /// Byte offsets in `struct uncharge_gather` (what uncharge_batch frees in one go);
 /// `nr_kmem` is -1 on kernels without it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -55,6 +65,10 @@ pub struct KernelBtf {
     pub items: ChargeItems,
     /// None when a struct or member is missing (the kernel-function tier is then off).
     pub memcg_id_path: Option<MemcgIdPath>,
+    /// None when a struct, member or the memory controller's id is missing: OOM and exec
+    /// events then carry no memcg of their own.
+    #[serde(default)]
+    pub task_memcg_path: Option<TaskMemcgPath>,
     /// None: no struct uncharge_gather in BTF (frees are then not seen by the function tier).
     pub uncharge_gather: Option<UnchargeGather>,
     /// The HOOKED_FUNCTIONS present in vmlinux BTF (what fentry can attach to; module
@@ -101,6 +115,15 @@ impl KernelBtf {
                 kn_id: offset("kernfs_node", "id")?,
             })
         })();
+        let task_memcg_path = (|| {
+            let subsys = enum_values(&btf, "cgroup_subsys_id").ok()?;
+            let memory = u64::try_from(*subsys.get("memory_cgrp_id")?).ok()?;
+            Some(TaskMemcgPath {
+                task_cgroups: offset("task_struct", "cgroups")?,
+                css_set_memory: offset("css_set", "subsys")? + memory * 8,
+                css_cgroup: offset("cgroup_subsys_state", "cgroup")?,
+            })
+        })();
         let uncharge_gather = (|| {
             Some(UnchargeGather {
                 memcg: offset("uncharge_gather", "memcg")?,
@@ -119,6 +142,7 @@ impl KernelBtf {
         Ok(Self {
             items: ChargeItems::from_map(&node),
             memcg_id_path,
+            task_memcg_path,
             uncharge_gather,
             functions,
         })

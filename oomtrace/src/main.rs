@@ -258,6 +258,9 @@ enum Command {
         /// Seconds to wait (in the cgroup, named) before touching anything.
         #[arg(long, default_value_t = 0.0)]
         start_after: f64,
+        /// Map this many MiB as guest RAM; threads named like vCPUs write into it.
+        #[arg(long, default_value_t = 0)]
+        guest_ram: usize,
         /// Ignored: lets the process carry a qemu-like command line.
         #[arg(last = true)]
         ignored: Vec<String>,
@@ -498,6 +501,7 @@ fn run(cli: Cli) -> Result<()> {
             threads,
             hold,
             start_after,
+            guest_ram,
             ignored: _,
         } => {
             if !(start_after >= 0.0 && start_after.is_finite()) {
@@ -514,6 +518,7 @@ fn run(cli: Cli) -> Result<()> {
                 &touchers,
                 hold,
                 Duration::from_secs_f64(start_after),
+                guest_ram,
             )?;
         }
     }

@@ -159,6 +159,16 @@ pub fn text_line(clock: &Clock, change: &Change) -> String {
             },
             o.duration_ns as f64 / 1e6,
         ),
+        Change::Exec(e) => format!(
+            "{} exec'd (was \"{}\"){}",
+            thread_columns(clock, e.ts_ns, &e.memcg, e.pid, e.tid, &e.comm, &e.comm),
+            e.old_comm,
+            if e.memcg.is_empty() {
+                String::new()
+            } else {
+                format!(" in memcg {}", e.memcg)
+            },
+        ),
         Change::Exit(e) => format!(
             "{} exited{}",
             thread_columns(clock, e.ts_ns, "", e.pid, e.tid, &e.comm, &e.process),
@@ -178,6 +188,7 @@ pub fn json_line(clock: &Clock, change: &Change) -> String {
         Change::Reclaim(r) => r.ts_ns,
         Change::Exit(e) => e.ts_ns,
         Change::OomAttempt(o) => o.ts_ns,
+        Change::Exec(e) => e.ts_ns,
     };
     serde_json::to_string(&JsonLine {
         time: clock.unix_seconds(ts),

@@ -197,7 +197,7 @@ impl Builder {
                 self.event(o.ts_ns, t, TYPE_SLICE_BEGIN, Some(name), None);
                 self.event(o.ts_ns + o.duration_ns, t, TYPE_SLICE_END, None, None);
             }
-            Change::Charge(_) | Change::Exit(_) => {}
+            Change::Charge(_) | Change::Exit(_) | Change::Exec(_) => {}
         }
     }
 

@@ -117,9 +117,62 @@ pub fn guest_ram_ranges(maps: &str, guest_memory: u64) -> Vec<(u64, u64)> {
     out
 }
 
+/// Resident bytes (smaps `Rss:`) of the mappings of /proc/<pid>/smaps that lie inside
+/// `ranges`: how much of a qemu's guest RAM is faulted in.
+pub fn rss_of_ranges(smaps: &str, ranges: &[(u64, u64)]) -> u64 {
+    let mut inside = false;
+    let mut kb = 0u64;
+    for line in smaps.lines() {
+        if let Some(rest) = line.strip_prefix("Rss:") {
+            if inside {
+                let n = rest.trim().trim_end_matches("kB").trim();
+                kb = kb.saturating_add(n.parse::<u64>().unwrap_or(0));
+            }
+            continue;
+        }
+        // A mapping's header: "start-end perms offset dev inode [path]".
+        let Some((a, b)) = line
+            .split_whitespace()
+            .next()
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(a, b)| {
+                Some((
+                    u64::from_str_radix(a, 16).ok()?,
+                    u64::from_str_radix(b, 16).ok()?,
+                ))
+            })
+        else {
+            continue;
+        };
+        inside = ranges.iter().any(|(s, e)| a >= *s && b <= *e);
+    }
+    kb.saturating_mul(1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rss_of_ranges_sums_the_mappings_inside_them() {
+        let smaps = "\
+55d0a1000000-55d0a1400000 rw-p 00000000 00:00 0 [heap]
+Size:               4096 kB
+Rss:                 100 kB
+7f0000000000-7f0010000000 rw-p 00000000 00:00 0
+Size:             262144 kB
+Rss:              131072 kB
+Anonymous:        131072 kB
+7f0010000000-7f0025800000 rw-p 00000000 00:00 0
+Size:             352256 kB
+Rss:                4096 kB
+VmFlags: rd wr mr mw me ac sd
+";
+        let ram = [(0x7f0000000000, 0x7f0025800000)];
+        assert_eq!(rss_of_ranges(smaps, &ram), (131072 + 4096) << 10);
+        assert_eq!(rss_of_ranges(smaps, &[]), 0);
+        assert_eq!(rss_of_ranges("Rss: 5 kB\ngarbage-zz\nRss: x kB", &ram), 0);
+    }
 
     #[test]
     fn guest_ram_is_the_anonymous_rw_mapping_of_guest_size() {

@@ -4,6 +4,10 @@
 use std::{
     ffi::CString,
     io::Write as _,
+    sync::{
+        OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -77,14 +81,71 @@ fn touch_one_mib() -> Result<*mut libc::c_void> {
     Ok(p)
 }
 
+/// A qemu stand-in's guest RAM: one anonymous mapping of the `-m` size, as qemu makes it
+/// (address, size), and the next MiB of it a vCPU thread will touch.
+static GUEST_RAM: OnceLock<(usize, usize)> = OnceLock::new();
+static GUEST_NEXT: AtomicUsize = AtomicUsize::new(0);
+
+fn map_guest_ram(mib: usize) -> Result<()> {
+    let size = mib * MIB;
+    // SAFETY: anonymous private mapping, no fd; the result is checked before use.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        bail!(
+            "mmap of guest RAM failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: `p` is a fresh mapping of `size` bytes; madvise only sets a hint on it.
+    unsafe { libc::madvise(p, size, libc::MADV_NOHUGEPAGE) };
+    let _ = GUEST_RAM.set((p as usize, size));
+    Ok(())
+}
+
+/// Touches the next MiB of guest RAM (one byte per page); None once all of it is touched.
+fn touch_guest_mib() -> Option<()> {
+    let (base, size) = *GUEST_RAM.get()?;
+    let off = GUEST_NEXT.fetch_add(MIB, Ordering::Relaxed);
+    if off + MIB > size {
+        return None;
+    }
+    for page in (0..MIB).step_by(4096) {
+        // SAFETY: off + page < size: inside the writable guest RAM mapping; volatile so the
+        // write is not elided.
+        unsafe { std::ptr::write_volatile((base + off + page) as *mut u8, 1) };
+    }
+    Some(())
+}
+
+/// A vCPU thread of a stand-in with guest RAM writes into it, as a guest does.
+fn is_vcpu_name(name: &str) -> bool {
+    name.starts_with("CPU ") && (name.ends_with("/KVM") || name.ends_with("/TCG"))
+}
+
 fn run_toucher(t: &Toucher) -> Result<usize> {
     let start = Instant::now();
     let mut done = 0usize;
     let mut maps = Vec::new();
+    let in_guest = GUEST_RAM.get().is_some() && is_vcpu_name(&t.name);
     while t.mib == 0 || done < t.mib {
-        let p = touch_one_mib()?;
-        if t.free {
-            maps.push(p);
+        if in_guest {
+            if touch_guest_mib().is_none() {
+                break;
+            }
+        } else {
+            let p = touch_one_mib()?;
+            if t.free {
+                maps.push(p);
+            }
         }
         done += 1;
         let due = Duration::from_secs_f64(done as f64 / t.rate);
@@ -112,12 +173,16 @@ pub fn run(
     touchers: &[Toucher],
     hold_secs: u64,
     start_after: Duration,
+    guest_ram_mib: usize,
 ) -> Result<()> {
     // Named first, so that every charge in the cgroup is made under the final name.
     set_current_thread_name(process_name);
     if let Some(cg) = cgroup {
         std::fs::write(format!("{cg}/cgroup.procs"), std::process::id().to_string())
             .with_context(|| format!("cannot join cgroup {cg}"))?;
+    }
+    if guest_ram_mib > 0 {
+        map_guest_ram(guest_ram_mib)?;
     }
     thread::sleep(start_after);
     let handles: Vec<_> = touchers
@@ -164,6 +229,9 @@ pub struct Spec<'a> {
     /// Dress the command line as another program's: argv[0], and options after `--`.
     pub arg0: Option<&'a str>,
     pub extra: &'a [&'a str],
+    /// A qemu stand-in's guest RAM (MiB, 0: none): one mapping its vCPU threads write into;
+    /// `extra` should say `-m <MiB>M` so that oomtrace finds it.
+    pub guest_ram_mib: usize,
 }
 
 impl Spec<'_> {
@@ -182,6 +250,9 @@ impl Spec<'_> {
         ])
         .args(["--hold", &self.hold_secs.to_string()])
         .args(["--start-after", &self.start_after_secs.to_string()]);
+        if self.guest_ram_mib > 0 {
+            cmd.args(["--guest-ram", &self.guest_ram_mib.to_string()]);
+        }
         for t in self.threads {
             cmd.args(["--thread", t]);
         }

@@ -150,7 +150,7 @@ pub fn workload_as(
     arg0: Option<&str>,
     extra: &[&str],
 ) -> Result<Child> {
-    let mut cmd = oomtrace::workload::Spec {
+    spawn_workload(&oomtrace::workload::Spec {
         process,
         cgroup,
         threads,
@@ -158,8 +158,12 @@ pub fn workload_as(
         arg0,
         extra,
         ..Default::default()
-    }
-    .command(&oomtrace_bin()?);
+    })
+}
+
+/// Starts any workload spec, stdout piped (for `touched`).
+pub fn spawn_workload(spec: &oomtrace::workload::Spec) -> Result<Child> {
+    let mut cmd = spec.command(&oomtrace_bin()?);
     cmd.stdout(Stdio::piped()).stdin(Stdio::null());
     cmd.spawn().context("cannot start workload")
 }

@@ -21,6 +21,7 @@ const TRACEPOINTS: &[(&str, &str)] = &[
     ("memcg", "mod_memcg_lruvec_state"),
     ("oom", "mark_victim"),
     ("sched", "sched_process_exit"),
+    ("sched", "sched_process_exec"),
     ("vmscan", "mm_vmscan_memcg_reclaim_begin"),
     ("vmscan", "mm_vmscan_memcg_reclaim_end"),
     ("kvm", "kvm_page_fault"),

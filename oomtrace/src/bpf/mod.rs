@@ -77,6 +77,7 @@ pub fn load(
     let lruvec = Format::read(tracefs, "memcg", "mod_memcg_lruvec_state").unwrap_or_default();
     let victim = Format::read(tracefs, "oom", "mark_victim")?;
     let exit = Format::read(tracefs, "sched", "sched_process_exit")?;
+    let exec = Format::read(tracefs, "sched", "sched_process_exec").unwrap_or_default();
     let reclaim_end =
         Format::read(tracefs, "vmscan", "mm_vmscan_memcg_reclaim_end").unwrap_or_default();
     let guest = choices
@@ -114,6 +115,10 @@ pub fn load(
         (g::OFF_LRUVEC_VAL, lv_val),
         (g::OFF_VICTIM_PID, v_pid),
         (g::OFF_RECLAIM_NR, rec_nr),
+        (
+            g::OFF_EXEC_OLD_PID,
+            exec.field("old_pid").map_or(12, |f| f.offset),
+        ),
         (g::FILTER_ON, filter),
         (g::GUEST_TRACKING, guest),
         (g::SELF_TGID, std::process::id()),
@@ -134,6 +139,13 @@ pub fn load(
         loader.override_global(g::OFF_MEMCG_CGROUP, &p.memcg_cgroup, true);
         loader.override_global(g::OFF_CGROUP_KN, &p.cgroup_kn, true);
         loader.override_global(g::OFF_KN_ID, &p.kn_id, true);
+    }
+    // A task's memcg also walks cgroup → kn → id, set just above.
+    if let (Some(_), Some(t)) = (&path, &kbtf.task_memcg_path) {
+        loader.override_global(g::TASK_MEMCG_ON, &1u32, true);
+        loader.override_global(g::OFF_TASK_CGROUPS, &t.task_cgroups, true);
+        loader.override_global(g::OFF_CSS_SET_MEMORY, &t.css_set_memory, true);
+        loader.override_global(g::OFF_CSS_CGROUP, &t.css_cgroup, true);
     }
     if let Some(u) = &kbtf.uncharge_gather {
         loader.override_global(g::OFF_UG_MEMCG, &u.memcg, true);

@@ -247,6 +247,19 @@ const HOOKS: &[Hook] = &[
         without: "",
     },
     Hook {
+        hook: "exec",
+        required: false,
+        lazy: false,
+        function: None,
+        tracepoint: Some(TracepointHook {
+            category: "sched",
+            name: "sched_process_exec",
+            program: "sched_exec",
+            also: None,
+        }),
+        without: "a thread's name after exec is learned from its next charge record",
+    },
+    Hook {
         hook: "reclaim-begin",
         required: false,
         lazy: false,
@@ -568,6 +581,7 @@ mod tests {
         "memcg:mod_memcg_lruvec_state",
         "oom:mark_victim",
         "sched:sched_process_exit",
+        "sched:sched_process_exec",
         "vmscan:mm_vmscan_memcg_reclaim_begin",
         "vmscan:mm_vmscan_memcg_reclaim_end",
         "kvm:kvm_page_fault",

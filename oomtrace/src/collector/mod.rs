@@ -135,6 +135,11 @@ struct Live {
     guest_seen: Array<MapData, u32>,
     /// qemu processes whose guest RAM mapping was not found yet (qemu maps it while starting).
     qemu_pending: HashSet<u32>,
+    /// qemu processes whose guest RAM mapping the kernel programs know.
+    guest_registered: HashSet<u32>,
+    /// Guest RAM just found resident in a newly registered mapping, to be settled once the
+    /// process's totals are read (`settle_guest_found`): (tgid, smaps Rss).
+    guest_found_pending: Vec<(u32, u64)>,
     known_memcgs: HashSet<u64>,
     /// Memcgs outside the target, told to the kernel as ignored.
     ignored_memcgs: HashSet<u64>,
@@ -240,6 +245,15 @@ impl Live {
             Event::ThreadExit(e) if self.filter && self.model.keys_of_thread(e.tid).is_empty() => {
                 return Ok(false);
             }
+            // And execs of threads it counted provisionally: ours if we know the thread or
+            // it now runs in a memcg we watch.
+            Event::Exec(e)
+                if self.filter
+                    && self.model.keys_of_thread(e.tid).is_empty()
+                    && self.model.keys_of_thread(e.old_tid).is_empty() =>
+            {
+                Some(e.memcg_id)
+            }
             _ => None,
         };
         if let Some(m) = memcg
@@ -268,7 +282,8 @@ impl Live {
                 }
                 c.tgid
             }
-            Event::OomVictim(v) => {
+            Event::OomKill(k) => {
+                let v = &k.victim;
                 // Usage right at the kill tells which limit was hit; totals right at the kill
                 // tell what grew.
                 self.rescan();
@@ -280,6 +295,21 @@ impl Live {
                 self.read_process(v.invoker_tgid, true);
                 v.invoker_tgid
             }
+            // Written by older captures only; the ring carries OomKill.
+            Event::OomVictim(v) => v.invoker_tgid,
+            Event::Exec(e) => {
+                // A new program: its executable, command line and memcg are new. The model
+                // resets the process's facts at the event; the new ones follow it.
+                self.guest_registered.remove(&e.tgid);
+                self.qemu_pending.remove(&e.tgid);
+                let _ = self.guest_ram.remove(&e.tgid);
+                let change = self.feed(ModelInput::Event(event.clone()));
+                self.read_process(e.tgid, true);
+                if let Some(change) = change {
+                    self.show(out, &change)?;
+                }
+                return Ok(false);
+            }
             Event::Reclaim(r) => r.tgid,
             Event::OomAttempt(o) => o.tgid,
             Event::ThreadExit(e) => {
@@ -288,12 +318,13 @@ impl Live {
                 if e.group_dead {
                     let _ = self.guest_ram.remove(&e.tgid);
                     self.qemu_pending.remove(&e.tgid);
+                    self.guest_registered.remove(&e.tgid);
                 }
                 e.tgid
             }
         };
         self.learn_process(tgid);
-        let oom = matches!(event, Event::OomVictim(_));
+        let oom = matches!(event, Event::OomKill(_) | Event::OomVictim(_));
         if let Some(change) = self.feed(ModelInput::Event(event.clone())) {
             self.show(out, &change)?;
         }
@@ -307,13 +338,19 @@ impl Live {
     }
 
     fn sweep_except(&mut self, out: &mut dyn Write, skip_tgid: Option<u32>) -> Result<()> {
+        self.sweep_where(out, |tgid| Some(tgid) != skip_tgid)?;
+        self.settle_guest_found(out)
+    }
+
+    /// Reads the pairs of the processes `wanted` accepts, feeds them, then the clock.
+    fn sweep_where(&mut self, out: &mut dyn Write, wanted: impl Fn(u32) -> bool) -> Result<()> {
         let now = output::monotonic_ns();
         let mut readings = Vec::new();
         // Pairs of memcgs not (yet) known: ours after a rescan, or dropped.
         let mut foreign: Vec<ChargeKey> = Vec::new();
         for item in self.charges.iter() {
             let Ok((key, value)) = item else { continue };
-            if Some(value.tgid) == skip_tgid {
+            if !wanted(value.tgid) {
                 continue;
             }
             if self.filter && !self.known_memcgs.contains(&key.memcg_id) {
@@ -367,6 +404,27 @@ impl Live {
     }
 }
 
+impl Live {
+    /// Guest RAM found resident in newly registered mappings: the process's totals are read
+    /// first (exact, from the kernel map), then what no charge was tagged with moves from
+    /// overhead to guest RAM, in one step the capture records.
+    fn settle_guest_found(&mut self, out: &mut dyn Write) -> Result<()> {
+        if self.guest_found_pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.guest_found_pending);
+        let tgids: HashSet<u32> = pending.iter().map(|(t, _)| *t).collect();
+        self.sweep_where(out, |tgid| tgids.contains(&tgid))?;
+        for (tgid, resident) in pending {
+            let bytes = self.model.untagged_guest(tgid, resident);
+            if bytes > 0 {
+                self.feed(ModelInput::GuestFound { tgid, bytes });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Bounds the /proc reads a sweep may do for thread names.
 const MAX_COMM_READS_PER_SWEEP: usize = 256;
 
@@ -385,6 +443,8 @@ fn drain(ring: &mut RingBuf<MapData>, live: &mut Live, out: &mut dyn Write) -> R
     for e in &events {
         oom |= live.apply(out, e)?;
     }
+    // After the batch: its records are older than the readings this takes.
+    live.settle_guest_found(out)?;
     Ok(oom)
 }
 
@@ -447,6 +507,8 @@ pub async fn run(
         guest_ram: probes.take_guest_ram()?,
         guest_seen: probes.take_guest_seen()?,
         qemu_pending: HashSet::new(),
+        guest_registered: HashSet::new(),
+        guest_found_pending: Vec::new(),
         known_memcgs: HashSet::new(),
         ignored_memcgs: HashSet::new(),
         pending_exits: Vec::new(),
@@ -519,6 +581,7 @@ pub async fn run(
                 }
                 live.rescan();
                 live.retry_pending_qemus();
+                live.settle_guest_found(out)?;
                 live.probes.flush_logs();
                 live.sweep(out)?;
                 live.retire_exited(out, false)?;

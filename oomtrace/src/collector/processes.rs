@@ -21,7 +21,8 @@ impl Live {
                 procfs::process_info(tgid, self.clock.start_boot_ns, self.ctl.version)
         {
             if info.vm.guest_memory.is_some() {
-                info.guest_ram_watched = self.watch_guest_ram(tgid, &info);
+                info.guest_ram_watched =
+                    self.guest_registered.contains(&tgid) || self.watch_guest_ram(tgid, &info);
             }
             self.feed(ModelInput::Process { tgid, info });
         }
@@ -50,13 +51,24 @@ impl Live {
         }
         let _ = self.guest_seen.set(0, &1, 0);
         self.qemu_pending.remove(&tgid);
-        match self.probes.attach_lazy(bpf::GUEST_RAM_HOOK) {
+        let attached = match self.probes.attach_lazy(bpf::GUEST_RAM_HOOK) {
             Ok(attached) => attached,
             Err(e) => {
                 log::warn!("cannot attach the guest RAM fault hook: {e:#}");
                 false
             }
+        };
+        if attached {
+            self.guest_registered.insert(tgid);
+            // What the guest touched before now was charged untagged: the kernel's count of
+            // it, read after the hook is on (pages faulted since are tagged and subtracted).
+            let smaps = std::fs::read_to_string(format!("/proc/{tgid}/smaps")).unwrap_or_default();
+            let resident = procfs::rss_of_ranges(&smaps, &found);
+            if resident > 0 {
+                self.guest_found_pending.push((tgid, resident));
+            }
         }
+        attached
     }
 
     pub(super) fn retry_pending_qemus(&mut self) {

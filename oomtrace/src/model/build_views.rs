@@ -1,6 +1,6 @@
 //! The model's views, built from its state: per memcg, process and thread, the OOM post-mortem,
 //! the periodic snapshot and the final summary.
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
     ChargeTotals, Model, ProcessSummary, Summary, ThreadState, ThreadSummary, add, classify_thread,
@@ -13,17 +13,30 @@ use super::{
 use crate::kubevirt::{ThreadClass, budget, cmdline::VmFacts};
 
 impl Model {
-    /// VM facts of the processes charging in or below `memcg_id` (qemu's -m, -smp, -name).
+    /// The processes with a thread charging in or below `memcg_id`, in tgid order.
+    fn processes_under(&self, memcg_id: u64) -> BTreeSet<u32> {
+        self.threads
+            .iter()
+            .filter(|((_, m), _)| self.under(memcg_id, *m))
+            .map(|(_, t)| t.tgid)
+            .collect()
+    }
+
+    /// VM facts of the processes charging in or below `memcg_id` (qemu's -m, -smp, -name):
+    /// qemu's own first, then the others', in tgid order (the first to say a fact wins).
     pub(super) fn vm_facts(&self, memcg_id: u64) -> VmFacts {
+        let mut infos: Vec<(bool, u32, &super::ProcessInfo)> = self
+            .processes_under(memcg_id)
+            .into_iter()
+            .filter_map(|tgid| {
+                let info = self.processes.get(&tgid)?.info.as_ref()?;
+                Some((!classify_thread(&info.comm, info).is_qemu(), tgid, info))
+            })
+            .collect();
+        infos.sort_unstable_by_key(|(not_qemu, tgid, _)| (*not_qemu, *tgid));
         let mut vm = VmFacts::default();
-        let mut seen = HashSet::new();
-        for ((_, m), t) in &self.threads {
-            if seen.insert(t.tgid)
-                && self.under(memcg_id, *m)
-                && let Some(info) = self.processes.get(&t.tgid).and_then(|p| p.info.as_ref())
-            {
-                vm.merge(info.vm.clone());
-            }
+        for (_, _, info) in infos {
+            vm.merge(info.vm.clone());
         }
         vm
     }
@@ -45,25 +58,21 @@ impl Model {
     /// that were already running, their resident memory at start.
     pub(super) fn held_by_class(&self, memcg_id: u64, now: &ClassVec) -> ClassVec {
         let mut held = *now;
-        let mut seen = HashSet::new();
-        for ((_, m), t) in &self.threads {
-            if !seen.insert(t.tgid) || !self.under(memcg_id, *m) {
-                continue;
-            }
+        let path = &self
+            .memcgs
+            .get(&memcg_id)
+            .map(|m| m.path.clone())
+            .unwrap_or_default();
+        for tgid in self.processes_under(memcg_id) {
             // Only a process that lives in this memcg holds its resident memory here; others
             // (the creator of a cgroup, a reader of its files) only charged kernel objects.
-            let path = &self
-                .memcgs
-                .get(&memcg_id)
-                .map(|m| m.path.clone())
-                .unwrap_or_default();
-            if let Some(info) = self.processes.get(&t.tgid).and_then(|p| p.info.as_ref())
+            if let Some(info) = self.processes.get(&tgid).and_then(|p| p.info.as_ref())
                 && let Some((anon, other)) = info.rss_at_start
                 && info.memcg.as_deref().is_some_and(|m| is_ancestor(path, m))
             {
                 let class = classify_thread(&info.comm, info);
                 let total = i64::try_from(anon + other).unwrap_or(i64::MAX);
-                held.add(class, total, self.baseline_guest(t.tgid));
+                held.add(class, total, self.baseline_guest(tgid));
             }
         }
         held
@@ -161,12 +170,9 @@ impl Model {
                 }
             })
             .collect();
-        v.sort_by_key(|t| {
-            (
-                std::cmp::Reverse(t.last_60s),
-                std::cmp::Reverse(t.now),
-                t.tid,
-            )
+        // Ties broken down to the memcg: a thread has a pair per memcg it charged.
+        v.sort_by(|a, b| {
+            (b.last_60s, b.now, a.tid, &a.memcg).cmp(&(a.last_60s, a.now, b.tid, &b.memcg))
         });
         v
     }
@@ -315,7 +321,7 @@ impl Model {
                 exited: t.exited,
             });
         }
-        threads.sort_by(|a, b| b.total.cmp(&a.total).then(a.tid.cmp(&b.tid)));
+        threads.sort_by(|a, b| (b.total, a.tid, &a.memcg).cmp(&(a.total, b.tid, &b.memcg)));
         let mut processes: Vec<ProcessSummary> = per_process
             .into_iter()
             .filter(|(_, t)| *t != ChargeTotals::default())

@@ -45,6 +45,12 @@ pub enum ModelInput {
     /// Runs of fentry programs the kernel skipped (cumulative). New inputs go at the end:
     /// captures store them by variant index.
     SkippedRuns(u64),
+    /// Guest RAM a qemu had faulted in before its mapping was known (smaps Rss of the mapping
+    /// at discovery, net of what was already counted as guest): moved from overhead to guest.
+    GuestFound {
+        tgid: u32,
+        bytes: i64,
+    },
 }
 
 impl ModelInput {
@@ -108,6 +114,10 @@ impl Model {
                 self.counters.skipped_runs = *n;
                 None
             }
+            ModelInput::GuestFound { tgid, bytes } => {
+                self.set_guest_found(*tgid, *bytes);
+                None
+            }
         }
     }
 
@@ -118,7 +128,10 @@ impl Model {
             profile: self.budget_constants.name.to_string(),
             ratio: self.budget_ratio,
         }];
-        for (id, m) in &self.memcgs {
+        // In key order: the same model writes the same bytes.
+        let mut memcgs: Vec<_> = self.memcgs.iter().collect();
+        memcgs.sort_unstable_by_key(|(id, _)| **id);
+        for (id, m) in memcgs {
             if !m.path.is_empty() {
                 out.push(ModelInput::MemcgPath {
                     id: *id,
@@ -129,11 +142,19 @@ impl Model {
                 out.push(ModelInput::Usage { id: *id, usage: u });
             }
         }
-        for (tgid, p) in &self.processes {
+        let mut processes: Vec<_> = self.processes.iter().collect();
+        processes.sort_unstable_by_key(|(tgid, _)| **tgid);
+        for (tgid, p) in processes {
             if let Some(info) = &p.info {
                 out.push(ModelInput::Process {
                     tgid: *tgid,
                     info: info.clone(),
+                });
+            }
+            if p.guest_found > 0 {
+                out.push(ModelInput::GuestFound {
+                    tgid: *tgid,
+                    bytes: p.guest_found,
                 });
             }
         }

@@ -19,7 +19,7 @@ use views::ClassVec;
 use self::history::Series;
 use crate::{
     cgroupfs::UsageLimit,
-    decode::{Charge, ChargeTotals, Event, OomAttempt, Reclaim, ThreadExit},
+    decode::{Charge, ChargeTotals, Event, Exec, OomAttempt, OomKill, Reclaim, ThreadExit},
     kubevirt::{
         ThreadClass, ThreadNames, budget,
         class::is_tcg_vcpu,
@@ -58,6 +58,14 @@ struct ThreadState {
     exited: bool,
     /// A TCG vCPU of a qemu whose guest RAM mappings are not known: all its anon counts as guest.
     tcg_guess: bool,
+    /// Guest RAM this thread faulted in before oomtrace knew the mapping (its share of what was
+    /// resident there at discovery): moved from overhead to guest in one step.
+    guest_found: i64,
+    /// When its totals last changed: the newest of a thread's (tid, memcg) pairs says where
+    /// it charges now.
+    last_ts: u64,
+    /// When the newest record or sweep reading applied to it was taken.
+    read_ts: u64,
     /// (total, guest) at past ticks.
     history: Series<(i64, i64)>,
 }
@@ -74,8 +82,13 @@ impl ThreadState {
         if self.tcg_guess {
             anon
         } else {
-            self.totals.guest.clamp(0, anon)
+            (self.totals.guest + self.guest_found).clamp(0, anon)
         }
+    }
+
+    /// Anonymous bytes not (yet) counted as guest RAM.
+    fn untagged_anon(&self) -> i64 {
+        self.totals.anon.max(0) - (self.totals.guest + self.guest_found).max(0)
     }
 
     fn set_class(&mut self, info: &ProcessInfo) {
@@ -103,6 +116,10 @@ struct ProcessState {
     /// Running net total of all its threads, and the highest it reached.
     total: i64,
     peak: i64,
+    /// Guest RAM found resident in its mapping at discovery (net of what was tagged), and the
+    /// part not yet handed to a thread.
+    guest_found: i64,
+    guest_found_left: i64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -294,6 +311,14 @@ impl Model {
             .unwrap_or_else(|| fallback.to_string())
     }
 
+    /// The class of a thread named `comm` in process `tgid`.
+    fn thread_class(&self, comm: &str, tgid: u32) -> ThreadClass {
+        match self.processes.get(&tgid).and_then(|p| p.info.as_ref()) {
+            Some(info) => classify_thread(comm, info),
+            None => classify_thread(comm, &ProcessInfo::default()),
+        }
+    }
+
     /// A process's class: its main thread's, from its names.
     fn process_class(&self, tgid: u32) -> ThreadClass {
         match self.processes.get(&tgid).and_then(|p| p.info.as_ref()) {
@@ -306,7 +331,13 @@ impl Model {
         self.counters.events += 1;
         match event {
             Event::Charge(c) => self.charge(c).map(Change::Charge),
-            Event::OomVictim(v) => Some(Change::Oom(self.oom(v))),
+            Event::OomVictim(v) => Some(Change::Oom(self.oom(&OomKill {
+                victim: v.clone(),
+                invoker_memcg_id: 0,
+                oom_memcg_id: 0,
+            }))),
+            Event::OomKill(k) => Some(Change::Oom(self.oom(k))),
+            Event::Exec(e) => Some(Change::Exec(self.exec(e))),
             Event::Reclaim(r) => Some(Change::Reclaim(self.reclaim(r))),
             Event::ThreadExit(e) => Some(Change::Exit(self.exit(e))),
             Event::OomAttempt(o) => Some(Change::OomAttempt(self.oom_attempt(o))),
@@ -329,25 +360,15 @@ impl Model {
                 .or_default()
                 .push(c.memcg_id);
         }
-        // The main thread's comm is the process comm; it changes at exec and prctl(PR_SET_NAME).
-        if c.tid == c.tgid && !c.comm.is_empty() {
-            let p = self.processes.entry(c.tgid).or_default();
-            match p.info.as_mut() {
-                Some(i) if i.comm != c.comm => {
-                    i.comm = c.comm.clone();
-                    self.reclassify(c.tgid);
-                }
-                Some(_) => {}
-                None => {
-                    p.info = Some(ProcessInfo {
-                        comm: c.comm.clone(),
-                        ..Default::default()
-                    })
-                }
-            }
+        let first_seen = self.threads.get(&key).is_some_and(|t| t.last_ts == 0);
+        // A record older than a reading already applied (a sweep read the kernel map while
+        // the record waited in the ring): its totals are out of date, and so may its name be.
+        let stale = self.threads.get(&key).is_some_and(|t| c.ts_ns < t.read_ts);
+        if c.tid == c.tgid && !stale {
+            self.learn_leader_comm(c.tgid, &c.comm);
         }
         let t = self.threads.get(&key)?;
-        let comm_changed = !c.comm.is_empty() && c.comm != t.comm;
+        let comm_changed = !c.comm.is_empty() && c.comm != t.comm && (!stale || t.comm.is_empty());
         if comm_changed || t.class.is_none() {
             // Only then: cloning the process facts for every record would dominate a replay.
             let info = self
@@ -362,7 +383,11 @@ impl Model {
                 t.set_class(&info);
             }
         }
+        if stale {
+            return None;
+        }
         let t = self.threads.entry(key).or_default();
+        t.read_ts = c.ts_ns;
         let delta = c.totals.total() - t.totals.total();
         if delta == 0 && t.totals == c.totals && !t.comm.is_empty() && !comm_changed {
             return None;
@@ -370,7 +395,13 @@ impl Model {
         t.tgid = c.tgid;
         t.totals = c.totals;
         t.peak = t.peak.max(c.totals.total());
+        t.last_ts = t.last_ts.max(c.ts_ns).max(1);
         let (comm, totals, class) = (t.comm.clone(), t.totals, t.class());
+        if first_seen {
+            // Guest RAM found at discovery that no thread held yet (a replay of a rotated
+            // capture meets the process before its threads).
+            self.hand_out_guest_found(c.tgid, key);
+        }
         if let Some(p) = self.processes.get_mut(&c.tgid) {
             p.last_ts = p.last_ts.max(c.ts_ns);
             p.total += delta;
@@ -400,6 +431,155 @@ impl Model {
         })
     }
 
+    /// The main thread's comm is the process comm; it changes at exec and prctl(PR_SET_NAME).
+    fn learn_leader_comm(&mut self, tgid: u32, comm: &str) {
+        if comm.is_empty() {
+            return;
+        }
+        let p = self.processes.entry(tgid).or_default();
+        match p.info.as_mut() {
+            Some(i) if i.comm != comm => {
+                i.comm = comm.to_string();
+                self.reclassify(tgid);
+            }
+            Some(_) => {}
+            None => {
+                p.info = Some(ProcessInfo {
+                    comm: comm.to_string(),
+                    ..Default::default()
+                })
+            }
+        }
+    }
+
+    /// Every (tid, memcg) pair of a thread takes the name the kernel gave it (at an exec, an
+    /// OOM): the pairs in memcgs it charged before it moved are the same thread.
+    fn rename_thread(&mut self, tid: u32, comm: &str) {
+        if comm.is_empty() {
+            return;
+        }
+        for key in self.keys_of_thread(tid) {
+            let Some(t) = self.threads.get(&key) else {
+                continue;
+            };
+            if t.comm == comm {
+                continue;
+            }
+            let info = self
+                .processes
+                .get(&t.tgid)
+                .and_then(|p| p.info.clone())
+                .unwrap_or_default();
+            if let Some(t) = self.threads.get_mut(&key) {
+                t.comm = comm.to_string();
+                t.set_class(&info);
+            }
+        }
+    }
+
+    /// The thread's newest pair: where it charged last (ties: the higher memcg id), so the
+    /// answer never depends on map order.
+    fn latest_key_of(&self, tid: u32) -> Option<(u32, u64)> {
+        self.keys_of_thread(tid)
+            .into_iter()
+            .filter_map(|k| self.threads.get(&k).map(|t| ((t.last_ts, k.1), k)))
+            .max()
+            .map(|(_, k)| k)
+    }
+
+    /// A thread's name: the kernel's at the event when the event has one, else the newest
+    /// its pairs know, else its process's.
+    fn thread_comm(&self, tid: u32, tgid: u32, at_event: &str) -> String {
+        if !at_event.is_empty() {
+            return at_event.to_string();
+        }
+        self.latest_key_of(tid)
+            .and_then(|k| self.threads.get(&k))
+            .map(|t| t.comm.clone())
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| self.process_name(tgid, ""))
+    }
+
+    fn exec(&mut self, e: &Exec) -> ExecRow {
+        let old_comm = self.thread_comm(e.old_tid, e.tgid, "");
+        let memcg = (e.memcg_id != 0).then(|| self.memcg_path(e.memcg_id));
+        // A new program: what was read of the old one (executable, command line, VM facts,
+        // resident memory at start, guest RAM found) no longer holds. The collector reads the
+        // new one's facts next.
+        let p = self.processes.entry(e.tgid).or_default();
+        p.info = Some(ProcessInfo {
+            comm: e.comm.clone(),
+            memcg: memcg.clone().filter(|m| m.starts_with('/')),
+            ..Default::default()
+        });
+        p.guest_found = 0;
+        p.guest_found_left = 0;
+        for tid in [e.old_tid, e.tid] {
+            for key in self.keys_of_thread(tid) {
+                if let Some(t) = self.threads.get_mut(&key) {
+                    t.guest_found = 0;
+                }
+            }
+            self.rename_thread(tid, &e.comm);
+        }
+        self.reclassify(e.tgid);
+        ExecRow {
+            ts_ns: e.ts_ns,
+            pid: e.tgid,
+            tid: e.tid,
+            comm: e.comm.clone(),
+            old_comm,
+            memcg: memcg.unwrap_or_default(),
+            memcg_id: e.memcg_id,
+        }
+    }
+
+    /// Guest RAM resident in a qemu's guest RAM mapping when oomtrace found it (`resident`
+    /// bytes, from smaps) that no charge was tagged with: faulted in before the fault hook
+    /// knew the mapping. Net of what it held at oomtrace's start (`baseline_guest`).
+    pub fn untagged_guest(&self, tgid: u32, resident: u64) -> i64 {
+        let tagged: i64 = self
+            .threads
+            .values()
+            .filter(|t| t.tgid == tgid)
+            .map(|t| (t.totals.guest + t.guest_found).clamp(0, t.totals.anon.max(0)))
+            .sum::<i64>()
+            + self.processes.get(&tgid).map_or(0, |p| p.retired_guest);
+        (i64::try_from(resident).unwrap_or(i64::MAX) - self.baseline_guest(tgid) - tagged).max(0)
+    }
+
+    /// Moves `bytes` of a qemu's charged anonymous memory from overhead to guest RAM, thread
+    /// by thread: vCPUs first (they fault guest RAM in), then the others, by tid, each up to
+    /// what it charged untagged. Absolute: the same input twice moves it once.
+    fn set_guest_found(&mut self, tgid: u32, bytes: i64) {
+        let p = self.processes.entry(tgid).or_default();
+        let more = bytes - p.guest_found;
+        if more <= 0 {
+            return;
+        }
+        p.guest_found = bytes;
+        p.guest_found_left += more;
+        let mut keys: Vec<(bool, u32, u64)> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| t.tgid == tgid)
+            .map(|((tid, m), t)| (t.class() != ThreadClass::Vcpu, *tid, *m))
+            .collect();
+        keys.sort_unstable();
+        for (_, tid, memcg) in keys {
+            self.hand_out_guest_found(tgid, (tid, memcg));
+        }
+    }
+
+    fn hand_out_guest_found(&mut self, tgid: u32, key: (u32, u64)) {
+        let (Some(p), Some(t)) = (self.processes.get_mut(&tgid), self.threads.get_mut(&key)) else {
+            return;
+        };
+        let take = t.untagged_anon().clamp(0, p.guest_found_left.max(0));
+        t.guest_found += take;
+        p.guest_found_left -= take;
+    }
+
     fn oom_attempt(&mut self, o: &OomAttempt) -> OomAttemptRow {
         let usage = self.memcgs.get(&o.memcg_id).and_then(|m| m.usage);
         OomAttemptRow {
@@ -411,7 +591,7 @@ impl Model {
             pid: o.tgid,
             tid: o.tid,
             process: self.process_name(o.tgid, &o.comm),
-            class: self.thread_name_class(o.tid, o.tgid, &o.comm).1,
+            class: self.thread_class(&self.thread_comm(o.tid, o.tgid, &o.comm), o.tgid),
             comm: o.comm.clone(),
             order: o.order,
             duration_ns: o.duration_ns,

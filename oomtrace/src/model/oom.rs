@@ -1,27 +1,29 @@
 //! An OOM kill as the model sees it: which memcg's limit was hit, who invoked the killer, what
-//! the victim held, and the post-mortem of what grew before.
-use super::{Model, OomRow, classify_thread, is_ancestor};
-use crate::decode::OomVictim;
+//! the victim held, and the post-mortem of what grew before. Identity comes from the kernel's
+//! facts at the event (the invoker's comm and memcg read from its task), never from what the
+//! model remembers of the thread: a thread that joined a pod's cgroup and exec'd, as
+//! `kubectl exec` does, charged other memcgs under another name before.
+use super::{Model, OomRow, is_ancestor};
+use crate::decode::OomKill;
 
 impl Model {
-    /// The memcg whose limit was hit: among the invoker's memcg and its known ancestors, the
-    /// deepest with a limit whose peak reached it; else the deepest with a limit.
-    pub(super) fn oom_memcg(&self, invoker_tid: u32) -> Option<u64> {
-        let own = self
-            .threads
-            .keys()
-            .find(|(t, _)| *t == invoker_tid)
-            .map(|(_, m)| *m)?;
+    /// The memcg whose limit was hit, from the memcg a charge went to: among it and its known
+    /// ancestors, the deepest with a limit whose peak reached it; else the deepest with a
+    /// limit; else the memcg itself.
+    pub(super) fn limited_ancestor(&self, start: u64) -> u64 {
         let own_path = self
             .memcgs
-            .get(&own)
-            .map(|m| m.path.clone())
+            .get(&start)
+            .map(|m| m.path.as_str())
             .unwrap_or_default();
         let mut candidates: Vec<(usize, u64, bool)> = self
             .memcgs
             .iter()
             .filter(|(id, m)| {
-                **id == own || (!m.path.is_empty() && is_ancestor(&m.path, &own_path))
+                **id == start
+                    || (!own_path.is_empty()
+                        && !m.path.is_empty()
+                        && is_ancestor(&m.path, own_path))
             })
             .filter_map(|(id, m)| {
                 let u = m.usage?;
@@ -30,45 +32,43 @@ impl Model {
                 Some((m.path.len(), *id, reached))
             })
             .collect();
-        candidates.sort();
+        candidates.sort_unstable();
         candidates
             .iter()
             .rev()
             .find(|c| c.2)
             .or(candidates.last())
-            .map(|c| c.1)
-            .or(Some(own))
+            .map_or(start, |c| c.1)
     }
 
-    /// A thread's name and class as the model knows them, else from the event's comm.
-    pub(super) fn thread_name_class(
-        &self,
-        tid: u32,
-        tgid: u32,
-        comm: &str,
-    ) -> (String, crate::kubevirt::ThreadClass) {
-        let known = self
-            .threads
-            .iter()
-            .find(|((t, _), _)| *t == tid)
-            .map(|(_, s)| (s.comm.clone(), s.class()));
-        known.unwrap_or_else(|| {
-            let info = self
-                .processes
-                .get(&tgid)
-                .and_then(|p| p.info.clone())
-                .unwrap_or_default();
-            (comm.to_string(), classify_thread(comm, &info))
-        })
+    /// The OOM's memcg and how it is known (see `OomRow::memcg_source`).
+    fn oom_memcg(&self, k: &OomKill) -> (u64, &'static str) {
+        if k.oom_memcg_id != 0 {
+            return (k.oom_memcg_id, "kernel");
+        }
+        if k.invoker_memcg_id != 0 {
+            return (self.limited_ancestor(k.invoker_memcg_id), "invoker");
+        }
+        match self.latest_key_of(k.victim.invoker_tid) {
+            Some((_, m)) => (self.limited_ancestor(m), "charges"),
+            None => (0, "charges"),
+        }
     }
 
-    pub(super) fn oom(&mut self, v: &OomVictim) -> OomRow {
+    pub(super) fn oom(&mut self, k: &OomKill) -> OomRow {
+        let v = &k.victim;
         // Bring the windows up to the kill.
         self.tick(v.ts_ns.max(self.last_tick_ns));
-        let memcg_id = self.oom_memcg(v.invoker_tid).unwrap_or(0);
+        // The kernel's name for the invoker at the kill is its name: every pair of it (and the
+        // process, when it is the main thread) takes it before anything is computed.
+        self.rename_thread(v.invoker_tid, &v.invoker_comm);
+        if v.invoker_tid == v.invoker_tgid {
+            self.learn_leader_comm(v.invoker_tgid, &v.invoker_comm);
+        }
+        let (memcg_id, memcg_source) = self.oom_memcg(k);
         let usage = self.memcgs.get(&memcg_id).and_then(|m| m.usage);
-        let (invoker_comm, invoker_class) =
-            self.thread_name_class(v.invoker_tid, v.invoker_tgid, &v.invoker_comm);
+        let invoker_comm = self.thread_comm(v.invoker_tid, v.invoker_tgid, &v.invoker_comm);
+        let invoker_class = self.thread_class(&invoker_comm, v.invoker_tgid);
         let victim_threads = || self.threads.values().filter(|t| t.tgid == v.victim_pid);
         let victim_charged = victim_threads().map(|t| t.totals.total()).sum::<i64>()
             + self
@@ -105,6 +105,8 @@ impl Model {
                 self.memcg_path(memcg_id)
             },
             memcg_id,
+            memcg_source,
+            invoker_memcg: (k.invoker_memcg_id != 0).then(|| self.memcg_path(k.invoker_memcg_id)),
             usage: usage.map(|u| u.usage),
             limit: usage.and_then(|u| u.limit),
             invoker_pid: v.invoker_tgid,

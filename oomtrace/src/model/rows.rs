@@ -13,6 +13,7 @@ pub enum Change {
     Reclaim(ReclaimRow),
     Exit(ExitRow),
     OomAttempt(OomAttemptRow),
+    Exec(ExecRow),
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -43,6 +44,13 @@ pub struct OomRow {
     /// The memcg whose limit was hit (best knowledge: see `oom_memcg`).
     pub memcg: String,
     pub memcg_id: u64,
+    /// How `memcg` is known: "kernel" (the OOM's own memcg, kernel-function tier), "invoker"
+    /// (the invoker's memcg read from its task at the kill, then its deepest limited ancestor
+    /// at the limit), "charges" (the memcg it charged last: older captures and kernels whose
+    /// BTF does not give the way).
+    pub memcg_source: &'static str,
+    /// The invoker's own memcg at the kill (from its task), when the kernel told.
+    pub invoker_memcg: Option<String>,
     pub usage: Option<u64>,
     pub limit: Option<u64>,
     pub invoker_pid: u32,
@@ -108,6 +116,19 @@ pub struct ExitRow {
     pub comm: String,
     pub process: String,
     pub group_dead: bool,
+}
+
+/// A tracked thread exec'd: its name from now on, the name it had, and where it runs now.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ExecRow {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub old_comm: String,
+    /// Its memcg at the exec, as the kernel says (empty when this kernel does not tell).
+    pub memcg: String,
+    pub memcg_id: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

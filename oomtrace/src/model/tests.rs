@@ -1,5 +1,6 @@
 //! Table tests of the attribution model: deltas, retirement, the OOM memcg, windows, classes
 //! and the post-mortem.
+use super::input::ModelInput;
 use super::*;
 use crate::{decode::OomVictim, kubevirt::cmdline::VmFacts};
 
@@ -349,4 +350,264 @@ fn a_thread_renamed_after_its_last_record_takes_the_name_it_exits_with() {
     let t = m.summary().threads;
     let t = t.iter().find(|t| t.tid == 11).expect("thread 11");
     assert_eq!((t.comm.as_str(), t.class), ("CPU 0/KVM", ThreadClass::Vcpu));
+}
+
+fn kill(ts: u64, invoker: (u32, u32, &str), invoker_memcg: u64, victim: u32) -> Event {
+    Event::OomKill(crate::decode::OomKill {
+        victim: OomVictim {
+            ts_ns: ts,
+            invoker_tid: invoker.0,
+            invoker_tgid: invoker.1,
+            invoker_comm: invoker.2.into(),
+            victim_pid: victim,
+            victim_comm: "qemu-system-x86".into(),
+            total_vm_kb: 0,
+            anon_rss_kb: 0,
+            file_rss_kb: 0,
+            shmem_rss_kb: 0,
+            pgtables_kb: 0,
+            uid: 0,
+            oom_score_adj: 0,
+        },
+        invoker_memcg_id: invoker_memcg,
+        oom_memcg_id: 0,
+    })
+}
+
+/// The seed's scenario as `kubectl exec` makes it: a shell charges in the runtime's memcg (9),
+/// moves itself into the pod (1), execs memhold, and memhold grows until qemu is killed.
+fn exec_into_pod(m: &mut Model, with_exec_event: bool) {
+    m.set_memcg_path(9, "/system.slice/containerd.service".into());
+    m.set_usage(
+        9,
+        UsageLimit {
+            usage: 1 << 30,
+            limit: None,
+            peak: None,
+        },
+    );
+    pod(m, 700 << 20);
+    m.set_process_info(10, qemu_info(true));
+    m.apply(&charge_at(S, 11, 10, 1, "CPU 0/TCG", 500 * MIB, 500 * MIB));
+    m.set_process_comm(40, "sh".into());
+    // Later than anything in the pod: hash order or "latest" must not pick it.
+    m.apply(&charge_at(2 * S, 40, 40, 9, "sh", 8 * MIB, 0));
+    m.apply(&charge_at(2 * S, 40, 40, 1, "sh", 64 << 10, 0));
+    if with_exec_event {
+        m.apply(&Event::Exec(crate::decode::Exec {
+            ts_ns: 2 * S + 1,
+            tid: 40,
+            tgid: 40,
+            old_tid: 40,
+            memcg_id: 1,
+            comm: "memhold".into(),
+        }));
+    }
+    m.apply(&charge_at(3 * S, 40, 40, 1, "memhold", 200 * MIB, 0));
+    // The pair in the runtime's memcg is touched last (the shell's freed pages come back).
+    m.apply(&charge_at(4 * S, 40, 40, 9, "memhold", 0, 0));
+    pod(m, 768 << 20);
+}
+
+#[test]
+fn an_exec_renames_every_pair_of_the_thread_and_resets_the_process_facts() {
+    let mut m = Model::new();
+    m.set_process_info(
+        40,
+        ProcessInfo {
+            comm: "sh".into(),
+            exe: Some("/bin/sh".into()),
+            rss_at_start: Some((1 << 20, 0)),
+            ..Default::default()
+        },
+    );
+    exec_into_pod(&mut m, true);
+    let s = m.summary();
+    let names: Vec<(&str, &str)> = s
+        .threads
+        .iter()
+        .filter(|t| t.tid == 40)
+        .map(|t| (t.memcg.as_str(), t.comm.as_str()))
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.iter().all(|(_, c)| *c == "memhold"), "{names:?}");
+    let p = s
+        .processes
+        .iter()
+        .find(|p| p.pid == 40)
+        .expect("process 40");
+    assert_eq!(p.process, "memhold");
+    assert_eq!(m.process_comm(40), Some("memhold"));
+}
+
+#[test]
+fn the_oom_row_takes_the_kernels_invoker_name_and_memcg_not_a_remembered_pair() {
+    for with_exec_event in [true, false] {
+        let mut m = Model::new();
+        exec_into_pod(&mut m, with_exec_event);
+        let Some(Change::Oom(o)) = m.apply(&kill(5 * S, (40, 40, "memhold"), 1, 10)) else {
+            panic!()
+        };
+        assert_eq!(o.invoker_comm, "memhold");
+        assert_eq!(o.invoker_process, "memhold");
+        assert_eq!(o.memcg_id, 1, "the pod, not the runtime's memcg");
+        assert_eq!(o.memcg_source, "invoker");
+        let pm = o.post_mortem.expect("post-mortem");
+        assert_eq!(pm.memcg.vm.as_deref(), Some("default/vm1"));
+        assert!(
+            pm.sentence
+                .starts_with("memhold (a process foreign to KubeVirt"),
+            "{}",
+            pm.sentence
+        );
+        assert_eq!(pm.victim_guest, 500 * MIB);
+    }
+    // Without the kernel's memcg (older captures): the pair charged last decides, and says so.
+    let mut m = Model::new();
+    exec_into_pod(&mut m, true);
+    let Some(Change::Oom(o)) = m.apply(&kill(5 * S, (40, 40, "memhold"), 0, 10)) else {
+        panic!()
+    };
+    assert_eq!(o.memcg_source, "charges");
+    // The kernel-function tier names the OOM's memcg itself.
+    let mut m = Model::new();
+    exec_into_pod(&mut m, true);
+    let Some(Change::Oom(o)) = m.apply(&Event::OomKill(crate::decode::OomKill {
+        oom_memcg_id: 1,
+        ..match kill(5 * S, (40, 40, "memhold"), 9, 10) {
+            Event::OomKill(k) => k,
+            _ => unreachable!(),
+        }
+    })) else {
+        panic!()
+    };
+    assert_eq!((o.memcg_id, o.memcg_source), (1, "kernel"));
+}
+
+#[test]
+fn a_record_older_than_a_sweep_does_not_take_totals_back() {
+    let mut m = Model::new();
+    m.set_process_comm(10, "qemu-system-x86".into());
+    m.apply(&charge_at(5 * S, 11, 10, 1, "", 32 * MIB, 0));
+    // The record was emitted before the sweep read the map, and drained after it.
+    assert_eq!(
+        m.apply(&charge_at(4 * S, 11, 10, 1, "CPU 0/TCG", MIB, 0)),
+        None
+    );
+    let s = m.summary();
+    let t = s.threads.iter().find(|t| t.tid == 11).expect("thread 11");
+    assert_eq!((t.total, t.comm.as_str()), (32 * MIB, "CPU 0/TCG"));
+}
+
+#[test]
+fn guest_ram_found_at_discovery_moves_from_overhead_to_the_vcpus_first() {
+    let mut m = Model::new();
+    pod(&mut m, 300 << 20);
+    // Before the mapping is known: a TCG vCPU and the main thread charged untagged.
+    m.set_process_info(10, qemu_info(false));
+    m.apply(&charge_at(S, 11, 10, 1, "CPU 0/TCG", 90 * MIB, 0));
+    m.apply(&charge_at(S, 10, 10, 1, "qemu-system-x86", 20 * MIB, 0));
+    m.apply(&charge_at(S, 12, 10, 1, "IO iothread1", 8 * MIB, 0));
+    m.set_process_info(10, qemu_info(true));
+    // smaps: 100 MiB resident in guest RAM, of which nothing is tagged yet.
+    assert_eq!(m.untagged_guest(10, 100 << 20), 100 * MIB);
+    m.feed(&ModelInput::GuestFound {
+        tgid: 10,
+        bytes: 100 * MIB,
+    });
+    // The same fact again (a facts block after rotation) moves nothing more.
+    m.feed(&ModelInput::GuestFound {
+        tgid: 10,
+        bytes: 100 * MIB,
+    });
+    // From now on the fault hook tags; the vCPU adds 50 MiB of guest RAM.
+    m.apply(&charge_at(
+        2 * S,
+        11,
+        10,
+        1,
+        "CPU 0/TCG",
+        140 * MIB,
+        50 * MIB,
+    ));
+    m.tick(3 * S);
+    let s = m.summary();
+    let guest = |tid| s.threads.iter().find(|t| t.tid == tid).map(|t| t.guest);
+    assert_eq!(guest(11), Some(140 * MIB), "vCPU: 90 found + 50 tagged");
+    assert_eq!(
+        guest(10),
+        Some(10 * MIB),
+        "main thread: the rest of what was found"
+    );
+    assert_eq!(guest(12), Some(0), "iothread: nothing left");
+    assert_eq!(m.untagged_guest(10, 150 << 20), 0);
+    let v = m.memcg_view(1, 3 * S).expect("pod view");
+    assert_eq!(v.guest, 150 * MIB);
+    // A replay of a rotated capture: the fact comes before the threads do.
+    let mut r = Model::new();
+    for input in m.facts() {
+        r.feed(&input);
+    }
+    r.apply(&charge_at(
+        4 * S,
+        11,
+        10,
+        1,
+        "CPU 0/TCG",
+        140 * MIB,
+        50 * MIB,
+    ));
+    r.apply(&charge_at(4 * S, 10, 10, 1, "qemu-system-x86", 20 * MIB, 0));
+    let s = r.summary();
+    let total: i64 = s.threads.iter().map(|t| t.guest).sum();
+    assert_eq!(total, 150 * MIB);
+}
+
+#[test]
+fn views_do_not_depend_on_the_order_things_were_first_seen() {
+    // The same facts and charges fed in two orders give the same summary and post-mortem.
+    let run = |reverse: bool| {
+        let mut m = Model::new();
+        pod(&mut m, 768 << 20);
+        let mut inputs = vec![
+            ModelInput::Process {
+                tgid: 10,
+                info: qemu_info(true),
+            },
+            ModelInput::Process {
+                tgid: 20,
+                info: ProcessInfo {
+                    comm: "virt-launcher".into(),
+                    vm: VmFacts {
+                        namespace: Some("other".into()),
+                        name: Some("stale".into()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            },
+        ];
+        for (tid, tgid, memcg) in [(11, 10, 1), (21, 20, 1), (41, 40, 9), (41, 40, 1)] {
+            inputs.push(ModelInput::Event(charge_at(
+                S, tid, tgid, memcg, "t", MIB, 0,
+            )));
+        }
+        if reverse {
+            inputs.reverse();
+        }
+        for i in &inputs {
+            m.feed(i);
+        }
+        let Some(Change::Oom(o)) = m.apply(&kill(2 * S, (41, 40, "memhold"), 1, 10)) else {
+            panic!()
+        };
+        let pm = o.post_mortem.expect("post-mortem");
+        assert_eq!(
+            pm.memcg.vm.as_deref(),
+            Some("default/vm1"),
+            "qemu's own name"
+        );
+        format!("{:?}", m.summary())
+    };
+    assert_eq!(run(false), run(true));
 }

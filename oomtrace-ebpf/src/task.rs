@@ -1,0 +1,33 @@
+//! The memory cgroup a task is in, read from the task itself at the event: what the kernel
+//! charges to and what its OOM report names, whatever memcgs the thread charged before it
+//! moved. task_struct.cgroups → css_set.subsys[memory_cgrp_id] → css.cgroup → kn → id, offsets
+//! from BTF (TASK_MEMCG_ON is 0 when this kernel's BTF lacks one of them).
+use crate::{
+    globals::{self as g, get},
+    maps::read_kernel_u64,
+};
+
+/// The memcg id (cgroup inode number) of the memory controller's cgroup of `task`.
+#[inline(always)]
+pub fn task_memcg_id(task: u64) -> Option<u64> {
+    if get(&g::TASK_MEMCG_ON) == 0 || task == 0 {
+        return None;
+    }
+    let cgroups = read_kernel_u64(task + get(&g::OFF_TASK_CGROUPS))?;
+    let css = read_kernel_u64(cgroups + get(&g::OFF_CSS_SET_MEMORY))?;
+    if css == 0 {
+        return None;
+    }
+    let cgroup = read_kernel_u64(css + get(&g::OFF_CSS_CGROUP))?;
+    let kn = read_kernel_u64(cgroup + get(&g::OFF_CGROUP_KN))?;
+    read_kernel_u64(kn + get(&g::OFF_KN_ID))
+}
+
+/// The running thread's memcg id.
+#[inline(always)]
+pub fn current_memcg_id() -> Option<u64> {
+    // SAFETY: bpf_get_current_task has no preconditions; the pointer is only read through
+    // bpf_probe_read_kernel, which checks every address.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+    task_memcg_id(task)
+}
