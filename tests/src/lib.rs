@@ -234,6 +234,23 @@ pub fn vm_rss(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Rss of the mapping of `pid` that is exactly `size` bytes (qemu's guest RAM is the anonymous
+/// mapping of the `-m` size), from /proc/<pid>/smaps: the kernel's count of guest RAM.
+pub fn mapping_rss(pid: u32, size: u64) -> Result<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let want = (size / 1024).to_string();
+    let mut in_it = false;
+    for line in smaps.lines() {
+        if let Some(kb) = line.strip_prefix("Size:") {
+            in_it = kb.trim().trim_end_matches(" kB").trim() == want;
+        } else if in_it && let Some(kb) = line.strip_prefix("Rss:") {
+            let kb: u64 = kb.trim().trim_end_matches(" kB").trim().parse()?;
+            return Ok(kb * 1024);
+        }
+    }
+    bail!("process {pid} has no mapping of {size} bytes")
+}
+
 /// |a − b| ≤ pct% of b.
 pub fn within(a: i64, b: i64, pct: f64) -> bool {
     (a - b).abs() as f64 <= b.abs() as f64 * pct / 100.0
