@@ -194,7 +194,11 @@ pub fn touched(child: &mut Child, n: usize) -> Result<Vec<(u32, String, i64)>> {
 /// the last such report (pids are reused across test runs).
 pub fn kernel_oom_report(victim_pid: u32) -> Result<OomReport> {
     let out = Command::new("dmesg").output().context("cannot run dmesg")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    oom_report_in(&String::from_utf8_lossy(&out.stdout), victim_pid)
+}
+
+/// The last report in `text` (a kernel log) of the kill of `victim_pid`.
+pub fn oom_report_in(text: &str, victim_pid: u32) -> Result<OomReport> {
     let mut asm = Assembler::new();
     let mut found = None;
     for line in text.lines() {
@@ -210,6 +214,65 @@ pub fn kernel_oom_report(victim_pid: u32) -> Result<OomReport> {
         found = Some(r);
     }
     found.with_context(|| format!("kernel log has no report of the kill of pid {victim_pid}"))
+}
+
+/// What an `oom` row says that the kernel's report of the same kill says otherwise: the
+/// invoker (post-exec name, tid), the OOM memcg (expected: `pod`), the VM, the victim's guest
+/// RAM against the guest mapping's smaps Rss (5%), and, when memhold invoked it, that memhold
+/// (not the shell it was before exec) is named and blamed. Empty when all agree.
+pub fn disagreements(
+    oom: &Value,
+    kernel: &OomReport,
+    pod: &str,
+    vm: &str,
+    guest_rss: u64,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        if !ok {
+            out.push(what);
+        }
+    };
+    let Some(k) = kernel.invoker.as_ref() else {
+        return vec!["the kernel's report has no invoker".into()];
+    };
+    let pm = &oom["post_mortem"];
+    check(
+        oom["invoker_comm"] == k.comm.as_str(),
+        format!("invoker_comm {} vs kernel {}", oom["invoker_comm"], k.comm),
+    );
+    check(
+        oom["invoker_tid"].as_u64() == k.pid.map(u64::from),
+        format!("invoker_tid {} vs kernel {:?}", oom["invoker_tid"], k.pid),
+    );
+    check(
+        oom["memcg"].as_str() == kernel.oom_memcg.as_deref() && oom["memcg"].as_str() == Some(pod),
+        format!(
+            "memcg {} vs kernel {:?} (pod {pod})",
+            oom["memcg"], kernel.oom_memcg
+        ),
+    );
+    check(
+        pm["memcg"]["vm"] == vm,
+        format!("vm {} vs {vm}", pm["memcg"]["vm"]),
+    );
+    let victim_guest = pm["victim_guest"].as_i64().unwrap_or(0);
+    check(
+        within(victim_guest, guest_rss as i64, 5.0),
+        format!("victim guest RAM {victim_guest} vs smaps Rss {guest_rss}"),
+    );
+    if k.comm == "memhold" {
+        check(
+            oom["invoker_process"] == "memhold",
+            format!("invoker process {}", oom["invoker_process"]),
+        );
+        let sentence = pm["sentence"].as_str().unwrap_or("");
+        check(
+            sentence.starts_with("memhold (a process foreign to KubeVirt"),
+            format!("sentence: {sentence}"),
+        );
+    }
+    out
 }
 
 /// The thread ids of `pid` whose comm is `comm`.

@@ -30,6 +30,13 @@ const FREER: (&str, i64) = ("virtlogd", 12);
 const POD_LIMIT_MIB: i64 = 112;
 const KVM_PAGES: i64 = 200;
 const TIERS: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+/// The exec-join scenario (tests/tests/exec_join.rs) inside the guest, on cgroup v2.
+const EXEC_JOIN_RUNS: usize = 20;
+/// Completed by the run number in two digits.
+const EXEC_JOIN_UID_PREFIX: &str = "7c1d2e3f-4a5b-4c6d-8e7f-0000000000";
+const EXEC_JOIN_CID: &str = "cri-containerd-0f32894de86e.scope";
+const EXEC_JOIN_GUEST_MIB: u64 = 24;
+const EXEC_JOIN_LIMIT_MIB: u64 = 48;
 
 fn init_script(bin: &str, tiny_kvm: &str, modules: &[String]) -> String {
     let touch = |name: &str, mib: i64| format!("{name}={mib}@400");
@@ -75,6 +82,36 @@ for T in {tiers}; do
   sed 's/^/STDERR: /' /tmp/$T.err | head -5
   echo "=== END $T"
 done
+# kubectl exec's shape, {runs} runs on the default tiers: a shell charges in the runtime's
+# memcg, joins the pod's container, execs memhold; memhold grows until qemu is killed.
+R=/sys/fs/cgroup/execjoin; mkdir $R; echo +memory > $R/cgroup.subtree_control
+ln -s $B /tmp/memhold; ln -s $B /tmp/qemu-system-x86_64
+$B tail --cgroup /execjoin --json > /tmp/ej.out 2> /tmp/ej.err &
+TP=$!
+wait_started /tmp/ej.out $TP
+for RUN in $(seq 0 {last_run}); do
+  D=$R/run$RUN; POD=$D/kubepods/burstable/pod{uid_prefix}$(printf %02d $RUN); CT=$POD/{cid}
+  mkdir -p $D/runtime $CT
+  for c in $D $D/kubepods $D/kubepods/burstable $POD; do echo +memory > $c/cgroup.subtree_control; done
+  echo {ej_limit}M > $POD/memory.max; echo 0 > $POD/memory.swap.max 2>/dev/null
+  /tmp/qemu-system-x86_64 workload --process qemu-system-x86 --cgroup $CT --thread "CPU 0/TCG={ej_guest}@200" --thread "IO iothread1=2@40" --guest-ram {ej_guest} --hold 600 -- -name guest=default_vm$RUN,debug-threads=on -m {ej_guest}M -smp 1 > /tmp/q$RUN.out &
+  QP=$!
+  n=0; while [ $(grep -c touched /tmp/q$RUN.out) -lt 2 ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n+1)); done
+  RSS=$(awk '/^Size: +{ej_guest_kb} kB/{{f=1;next}} /^Size:/{{f=0}} f&&/^Rss:/{{print $2; exit}}' /proc/$QP/smaps)
+  dmesg -c > /dev/null
+  sh -c "echo \$\$ > $D/runtime/cgroup.procs && x=\$(head -c 4000000 /dev/zero | tr '\\0' a) && echo \$\$ > $CT/cgroup.procs && exec /tmp/memhold workload --process memhold --thread memhold=0@100 --hold 600" &
+  SP=$!
+  wait_for "\"victim_pid\":$QP," 150 /tmp/ej.out
+  sleep 0.3
+  echo "EJ_RUN $RUN $QP $SP $RSS"
+  dmesg | sed "s/^/EJ_DMESG$RUN: /"
+  kill -9 $QP $SP 2>/dev/null; wait $QP $SP 2>/dev/null
+done
+kill -INT $TP; wait $TP
+echo "=== BEGIN execjoin"
+grep -E '"type":"(start|oom)"' /tmp/ej.out
+sed 's/^/STDERR: /' /tmp/ej.err | head -5
+echo "=== END execjoin"
 {insmods}ls /dev/kvm 2>&1 | sed 's/^/DEVKVM: /'
 if [ -e /dev/kvm ]; then
   P=/sys/fs/cgroup/pod-kvm; mkdir $P
@@ -103,6 +140,13 @@ poweroff -f
         freer = FREER.0,
         freer_mib = FREER.1,
         pages = KVM_PAGES,
+        runs = EXEC_JOIN_RUNS,
+        last_run = EXEC_JOIN_RUNS - 1,
+        uid_prefix = EXEC_JOIN_UID_PREFIX,
+        cid = EXEC_JOIN_CID,
+        ej_limit = EXEC_JOIN_LIMIT_MIB,
+        ej_guest = EXEC_JOIN_GUEST_MIB,
+        ej_guest_kb = EXEC_JOIN_GUEST_MIB * 1024,
     )
 }
 
@@ -144,6 +188,70 @@ fn final_of(charges: &[Value], name: &str) -> Option<i64> {
         .filter(|t| t["comm"] == name)
         .max_by_key(|t| t["total"].as_i64().unwrap_or(0))?;
     charges.iter().filter(|t| t["tid"] == top["tid"]).last()?["total"].as_i64()
+}
+
+/// The exec-join runs: every run's `oom` row against that run's kernel report.
+fn exec_join(series: guest::Series, console: &str) -> Vec<String> {
+    let lines = block(console, "execjoin");
+    let ooms = rows(&lines, "oom");
+    let console: Vec<&str> = console.lines().map(|l| l.trim_end_matches('\r')).collect();
+    let mut misses = Vec::new();
+    let mut agreed = 0;
+    for i in 0..EXEC_JOIN_RUNS {
+        // EJ_RUN <run> <qemu pid> <shell pid> <guest RAM rss kB>
+        let idx = i.to_string();
+        let run: Option<Vec<&str>> = console.iter().find_map(|l| {
+            let f: Vec<&str> = l.strip_prefix("EJ_RUN ")?.split_whitespace().collect();
+            (f.first() == Some(&idx.as_str())).then_some(f)
+        });
+        let parsed = match run.as_deref() {
+            Some(&[_, qemu, _, rss]) => qemu.parse::<u32>().ok().zip(rss.parse::<u64>().ok()),
+            _ => None,
+        };
+        let Some((qemu, rss_kb)) = parsed else {
+            misses.push(format!(
+                "{}: exec-join run {i}: {run:?} in {lines:?}",
+                series.name()
+            ));
+            continue;
+        };
+        let prefix = format!("EJ_DMESG{i}: ");
+        let dmesg: String = console
+            .iter()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let kernel = match tests::oom_report_in(&dmesg, qemu) {
+            Ok(k) => k,
+            Err(e) => {
+                misses.push(format!("{}: exec-join run {i}: {e:#}", series.name()));
+                continue;
+            }
+        };
+        let Some(oom) = ooms.iter().find(|o| o["victim_pid"] == qemu) else {
+            misses.push(format!(
+                "{}: exec-join run {i}: no oom row for qemu {qemu}",
+                series.name()
+            ));
+            continue;
+        };
+        let pod = format!("/execjoin/run{i}/kubepods/burstable/pod{EXEC_JOIN_UID_PREFIX}{i:02}");
+        let d = tests::disagreements(oom, &kernel, &pod, &format!("default/vm{i}"), rss_kb * 1024);
+        if d.is_empty() {
+            agreed += 1;
+        } else {
+            misses.push(format!(
+                "{}: exec-join run {i}: {}",
+                series.name(),
+                d.join("; ")
+            ));
+        }
+    }
+    println!(
+        "{}: exec-join: {agreed} of {EXEC_JOIN_RUNS} runs agree with the kernel",
+        series.name()
+    );
+    misses
 }
 
 fn boot(series: guest::Series) -> Result<String> {
@@ -309,6 +417,7 @@ fn matrix(series: guest::Series) -> Result<()> {
             attempts.len()
         );
     }
+    misses.extend(exec_join(series, &console));
     assert!(misses.is_empty(), "{misses:#?}");
     println!(
         "{}: charged MiB by tier: {:?}",

@@ -137,9 +137,8 @@ struct Live {
     qemu_pending: HashSet<u32>,
     /// qemu processes whose guest RAM mapping the kernel programs know.
     guest_registered: HashSet<u32>,
-    /// Guest RAM just found resident in a newly registered mapping, to be settled once the
-    /// process's totals are read (`settle_guest_found`): (tgid, smaps Rss).
-    guest_found_pending: Vec<(u32, u64)>,
+    /// Guest RAM mappings found and not registered yet (`register_guest_ram`).
+    guest_ram_found: Vec<(u32, Vec<(u64, u64)>)>,
     known_memcgs: HashSet<u64>,
     /// Memcgs outside the target, told to the kernel as ignored.
     ignored_memcgs: HashSet<u64>,
@@ -303,6 +302,7 @@ impl Live {
                 self.guest_registered.remove(&e.tgid);
                 self.qemu_pending.remove(&e.tgid);
                 let _ = self.guest_ram.remove(&e.tgid);
+                self.guest_ram_found.retain(|(t, _)| *t != e.tgid);
                 let change = self.feed(ModelInput::Event(event.clone()));
                 self.read_process(e.tgid, true);
                 if let Some(change) = change {
@@ -319,6 +319,7 @@ impl Live {
                     let _ = self.guest_ram.remove(&e.tgid);
                     self.qemu_pending.remove(&e.tgid);
                     self.guest_registered.remove(&e.tgid);
+                    self.guest_ram_found.retain(|(t, _)| *t != e.tgid);
                 }
                 e.tgid
             }
@@ -339,11 +340,15 @@ impl Live {
 
     fn sweep_except(&mut self, out: &mut dyn Write, skip_tgid: Option<u32>) -> Result<()> {
         self.sweep_where(out, |tgid| Some(tgid) != skip_tgid)?;
-        self.settle_guest_found(out)
+        self.register_guest_ram(out)
     }
 
     /// Reads the pairs of the processes `wanted` accepts, feeds them, then the clock.
-    fn sweep_where(&mut self, out: &mut dyn Write, wanted: impl Fn(u32) -> bool) -> Result<()> {
+    pub(super) fn sweep_where(
+        &mut self,
+        out: &mut dyn Write,
+        wanted: impl Fn(u32) -> bool,
+    ) -> Result<()> {
         let now = output::monotonic_ns();
         let mut readings = Vec::new();
         // Pairs of memcgs not (yet) known: ours after a rescan, or dropped.
@@ -404,27 +409,6 @@ impl Live {
     }
 }
 
-impl Live {
-    /// Guest RAM found resident in newly registered mappings: the process's totals are read
-    /// first (exact, from the kernel map), then what no charge was tagged with moves from
-    /// overhead to guest RAM, in one step the capture records.
-    fn settle_guest_found(&mut self, out: &mut dyn Write) -> Result<()> {
-        if self.guest_found_pending.is_empty() {
-            return Ok(());
-        }
-        let pending = std::mem::take(&mut self.guest_found_pending);
-        let tgids: HashSet<u32> = pending.iter().map(|(t, _)| *t).collect();
-        self.sweep_where(out, |tgid| tgids.contains(&tgid))?;
-        for (tgid, resident) in pending {
-            let bytes = self.model.untagged_guest(tgid, resident);
-            if bytes > 0 {
-                self.feed(ModelInput::GuestFound { tgid, bytes });
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Bounds the /proc reads a sweep may do for thread names.
 const MAX_COMM_READS_PER_SWEEP: usize = 256;
 
@@ -444,7 +428,7 @@ fn drain(ring: &mut RingBuf<MapData>, live: &mut Live, out: &mut dyn Write) -> R
         oom |= live.apply(out, e)?;
     }
     // After the batch: its records are older than the readings this takes.
-    live.settle_guest_found(out)?;
+    live.register_guest_ram(out)?;
     Ok(oom)
 }
 
@@ -508,7 +492,7 @@ pub async fn run(
         guest_seen: probes.take_guest_seen()?,
         qemu_pending: HashSet::new(),
         guest_registered: HashSet::new(),
-        guest_found_pending: Vec::new(),
+        guest_ram_found: Vec::new(),
         known_memcgs: HashSet::new(),
         ignored_memcgs: HashSet::new(),
         pending_exits: Vec::new(),
@@ -581,7 +565,7 @@ pub async fn run(
                 }
                 live.rescan();
                 live.retry_pending_qemus();
-                live.settle_guest_found(out)?;
+                live.register_guest_ram(out)?;
                 live.probes.flush_logs();
                 live.sweep(out)?;
                 live.retire_exited(out, false)?;

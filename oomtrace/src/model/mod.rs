@@ -203,6 +203,10 @@ impl Model {
         self.memcgs.keys().copied()
     }
 
+    pub fn process_info(&self, tgid: u32) -> Option<&ProcessInfo> {
+        self.processes.get(&tgid).and_then(|p| p.info.as_ref())
+    }
+
     pub fn process_comm(&self, tgid: u32) -> Option<&str> {
         self.processes
             .get(&tgid)
@@ -360,7 +364,6 @@ impl Model {
                 .or_default()
                 .push(c.memcg_id);
         }
-        let first_seen = self.threads.get(&key).is_some_and(|t| t.last_ts == 0);
         // A record older than a reading already applied (a sweep read the kernel map while
         // the record waited in the ring): its totals are out of date, and so may its name be.
         let stale = self.threads.get(&key).is_some_and(|t| c.ts_ns < t.read_ts);
@@ -397,9 +400,14 @@ impl Model {
         t.peak = t.peak.max(c.totals.total());
         t.last_ts = t.last_ts.max(c.ts_ns).max(1);
         let (comm, totals, class) = (t.comm.clone(), t.totals, t.class());
-        if first_seen {
-            // Guest RAM found at discovery that no thread held yet (a replay of a rotated
-            // capture meets the process before its threads).
+        if self
+            .processes
+            .get(&c.tgid)
+            .is_some_and(|p| p.guest_found_left > 0)
+        {
+            // Guest RAM found at discovery that no thread held yet: charged after the reading
+            // the discovery was weighed against, or, in a replay of a rotated capture, by
+            // threads it has not met yet.
             self.hand_out_guest_found(c.tgid, key);
         }
         if let Some(p) = self.processes.get_mut(&c.tgid) {
@@ -534,18 +542,13 @@ impl Model {
         }
     }
 
-    /// Guest RAM resident in a qemu's guest RAM mapping when oomtrace found it (`resident`
-    /// bytes, from smaps) that no charge was tagged with: faulted in before the fault hook
-    /// knew the mapping. Net of what it held at oomtrace's start (`baseline_guest`).
-    pub fn untagged_guest(&self, tgid: u32, resident: u64) -> i64 {
-        let tagged: i64 = self
-            .threads
-            .values()
-            .filter(|t| t.tgid == tgid)
-            .map(|t| (t.totals.guest + t.guest_found).clamp(0, t.totals.anon.max(0)))
-            .sum::<i64>()
-            + self.processes.get(&tgid).map_or(0, |p| p.retired_guest);
-        (i64::try_from(resident).unwrap_or(i64::MAX) - self.baseline_guest(tgid) - tagged).max(0)
+    /// Of `untagged` bytes resident in a qemu's guest RAM mapping when oomtrace found it and
+    /// not tagged as guest RAM by the kernel programs (faulted in before the fault hook knew the
+    /// mapping), those charged since oomtrace started: what it held at the start is already
+    /// counted (`baseline_guest`), and so is what forgotten threads were tagged with.
+    pub fn guest_found_at_discovery(&self, tgid: u32, untagged: i64) -> i64 {
+        let retired = self.processes.get(&tgid).map_or(0, |p| p.retired_guest);
+        (untagged - self.baseline_guest(tgid) - retired).max(0)
     }
 
     /// Moves `bytes` of a qemu's charged anonymous memory from overhead to guest RAM, thread

@@ -510,7 +510,7 @@ fn guest_ram_found_at_discovery_moves_from_overhead_to_the_vcpus_first() {
     m.apply(&charge_at(S, 12, 10, 1, "IO iothread1", 8 * MIB, 0));
     m.set_process_info(10, qemu_info(true));
     // smaps: 100 MiB resident in guest RAM, of which nothing is tagged yet.
-    assert_eq!(m.untagged_guest(10, 100 << 20), 100 * MIB);
+    assert_eq!(m.guest_found_at_discovery(10, 100 * MIB), 100 * MIB);
     m.feed(&ModelInput::GuestFound {
         tgid: 10,
         bytes: 100 * MIB,
@@ -540,7 +540,6 @@ fn guest_ram_found_at_discovery_moves_from_overhead_to_the_vcpus_first() {
         "main thread: the rest of what was found"
     );
     assert_eq!(guest(12), Some(0), "iothread: nothing left");
-    assert_eq!(m.untagged_guest(10, 150 << 20), 0);
     let v = m.memcg_view(1, 3 * S).expect("pod view");
     assert_eq!(v.guest, 150 * MIB);
     // A replay of a rotated capture: the fact comes before the threads do.
