@@ -88,12 +88,15 @@ static GUEST_NEXT: AtomicUsize = AtomicUsize::new(0);
 
 fn map_guest_ram(mib: usize) -> Result<()> {
     let size = mib * MIB;
+    let guard = 4096;
+    // Inaccessible guard pages on both sides keep the kernel from merging the mapping with a
+    // neighbouring one: it stays exactly `-m` in size, as qemu's is.
     // SAFETY: anonymous private mapping, no fd; the result is checked before use.
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
+            size + 2 * guard,
+            libc::PROT_NONE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
             0,
@@ -105,9 +108,20 @@ fn map_guest_ram(mib: usize) -> Result<()> {
             std::io::Error::last_os_error()
         );
     }
-    // SAFETY: `p` is a fresh mapping of `size` bytes; madvise only sets a hint on it.
-    unsafe { libc::madvise(p, size, libc::MADV_NOHUGEPAGE) };
-    let _ = GUEST_RAM.set((p as usize, size));
+    // SAFETY: the inner `size` bytes lie inside the fresh mapping of `size + 2 * guard`.
+    let ram = unsafe { p.cast::<u8>().add(guard) }.cast::<libc::c_void>();
+    // SAFETY: `ram..ram + size` is inside the mapping; mprotect and madvise only change its
+    // protection and a hint.
+    let ok = unsafe { libc::mprotect(ram, size, libc::PROT_READ | libc::PROT_WRITE) } == 0;
+    if !ok {
+        bail!(
+            "mprotect of guest RAM failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: as above.
+    unsafe { libc::madvise(ram, size, libc::MADV_NOHUGEPAGE) };
+    let _ = GUEST_RAM.set((ram as usize, size));
     Ok(())
 }
 

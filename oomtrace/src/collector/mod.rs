@@ -283,12 +283,14 @@ impl Live {
             }
             Event::OomKill(k) => {
                 let v = &k.victim;
-                // Usage right at the kill tells which limit was hit; totals right at the kill
-                // tell what grew.
+                // Usage right at the kill tells which limit was hit (peaks stay after it).
+                // Totals come from the records before this one in the ring (each at most
+                // --flush-bytes or a second old), not from a sweep now: when the collector is
+                // slow to get here, the kernel map already holds what happened after the kill
+                // (the victim's teardown, a second kill).
                 self.rescan();
-                // Not the victim's threads: by now their map totals may already hold the kill's
-                // teardown; their last records (at most --flush-bytes old) say what they held.
-                self.sweep_except(out, Some(v.victim_pid))?;
+                // A sample of that usage (views and exports sample at ticks).
+                self.feed(ModelInput::Tick(output::monotonic_ns()));
                 // Not the victim: reading a dying process's /proc files takes a reference on its
                 // memory, and the last reference frees it (in our context, and later).
                 self.read_process(v.invoker_tgid, true);
@@ -335,11 +337,7 @@ impl Live {
     /// Reads the cumulative totals of every tracked pair: catches what was below the flush
     /// threshold and anything whose record was dropped.
     fn sweep(&mut self, out: &mut dyn Write) -> Result<()> {
-        self.sweep_except(out, None)
-    }
-
-    fn sweep_except(&mut self, out: &mut dyn Write, skip_tgid: Option<u32>) -> Result<()> {
-        self.sweep_where(out, |tgid| Some(tgid) != skip_tgid)?;
+        self.sweep_where(out, |_| true)?;
         self.register_guest_ram(out)
     }
 
