@@ -94,6 +94,7 @@ for RUN in $(seq 0 {last_run}); do
   mkdir -p $D/runtime $CT
   for c in $D $D/kubepods $D/kubepods/burstable $POD; do echo +memory > $c/cgroup.subtree_control; done
   echo {ej_limit}M > $POD/memory.max; echo 0 > $POD/memory.swap.max 2>/dev/null
+  : > /tmp/q$RUN.out
   /tmp/qemu-system-x86_64 workload --process qemu-system-x86 --cgroup $CT --thread "CPU 0/TCG={ej_guest}@200" --thread "IO iothread1=2@40" --guest-ram {ej_guest} --hold 600 -- -name guest=default_vm$RUN,debug-threads=on -m {ej_guest}M -smp 1 > /tmp/q$RUN.out &
   QP=$!
   n=0; while [ $(grep -c touched /tmp/q$RUN.out) -lt 2 ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n+1)); done

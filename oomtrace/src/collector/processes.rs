@@ -7,7 +7,7 @@ use oomtrace_common::GuestRanges;
 use super::Live;
 
 /// smaps reads of a new guest RAM mapping while its guest faults fast (see register_guest_ram).
-const GUEST_READ_TRIES: usize = 4;
+const GUEST_READ_TRIES: usize = 10;
 use crate::{
     bpf,
     model::{ProcessInfo, input::ModelInput},
