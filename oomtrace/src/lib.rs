@@ -2,6 +2,7 @@
 //! involved when the memcg OOM killer struck.
 //!
 //! Data flows one way: kernel (bpf) → ring/maps → decode → model (attribution) → output.
+pub mod agent;
 pub mod bench;
 pub mod bpf;
 pub mod capture;

@@ -33,6 +33,19 @@ fn positive_duration(d: Option<f64>) -> Result<Option<Duration>> {
     }
 }
 
+/// "10m", "30s", "1h 30m", "90" (seconds).
+fn duration_arg(name: &str, s: &str) -> Result<Duration> {
+    let parsed = match s.trim().parse::<f64>() {
+        Ok(secs) if secs >= 0.0 && secs.is_finite() => Some(Duration::from_secs_f64(secs)),
+        Ok(_) => None,
+        Err(_) => s
+            .parse::<jiff::SignedDuration>()
+            .ok()
+            .and_then(|d| Duration::try_from(d).ok()),
+    };
+    parsed.ok_or_else(|| anyhow::anyhow!("{name} {s:?} is not a duration (e.g. 10m, 30s)"))
+}
+
 fn positive_flush(v: i64) -> Result<i64> {
     if v <= 0 {
         anyhow::bail!("--flush-bytes must be > 0");
@@ -192,6 +205,35 @@ enum Command {
         /// additionalGuestMemoryOverheadRatio in force (Harvester >= 1.4 defaults to 1.5).
         #[arg(long, default_value_t = 1.0)]
         overhead_ratio: f64,
+    },
+    /// Always on, for every node (a DaemonSet): a flight recorder in DIR, every OOM kill kept
+    /// in DIR/kills with its post-mortem and a capture around it, one JSON line per kill on
+    /// stdout, Prometheus metrics on --listen.
+    Agent {
+        /// Where the flight recorder and the kills are kept (made 0700).
+        #[arg(long, default_value = "/var/lib/oomtrace")]
+        dir: PathBuf,
+        /// Address for /metrics, /healthz and /readyz.
+        #[arg(long, default_value = "127.0.0.1:9747")]
+        listen: std::net::SocketAddr,
+        /// Disk the flight recorder may use (its rotated files together).
+        #[arg(long, default_value = "256M")]
+        max_disk: String,
+        /// Kill directories kept, oldest removed first.
+        #[arg(long, default_value_t = 100)]
+        keep_kills: usize,
+        /// How much before a kill its capture starts (e.g. 10m, 90s).
+        #[arg(long, default_value = "10m")]
+        before: String,
+        /// How much after a kill its capture ends.
+        #[arg(long, default_value = "30s")]
+        after: String,
+        /// Watch only this memory cgroup and below (default: every memory cgroup).
+        #[arg(long)]
+        cgroup: Option<String>,
+        /// A thread's charge record is sent when its total moved by this many bytes.
+        #[arg(long, default_value_t = 256 * 1024)]
+        flush_bytes: i64,
     },
     /// What this kernel offers and which programs oomtrace will use.
     Doctor {
@@ -494,6 +536,36 @@ fn run(cli: Cli) -> Result<()> {
             threads,
             parallel,
         } => oomtrace::load::churn(&cgroup, threads, parallel.max(1))?,
+        Command::Agent {
+            dir,
+            listen,
+            max_disk,
+            keep_kills,
+            before,
+            after,
+            cgroup,
+            flush_bytes,
+        } => {
+            let max_disk = parse_size_arg(&max_disk)
+                .filter(|v| *v >= 1 << 20)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--max-disk {max_disk:?} is not a size of at least 1M (e.g. 256M, 1G)"
+                    )
+                })?;
+            let cfg = oomtrace::agent::AgentConfig {
+                dir,
+                listen,
+                max_disk,
+                keep_kills: keep_kills.max(1),
+                before: duration_arg("--before", &before)?,
+                after: duration_arg("--after", &after)?,
+                target: target_of(cgroup, None),
+                flush_bytes: positive_flush(flush_bytes)?,
+            };
+            drop(out);
+            runtime()?.block_on(oomtrace::agent::run(cfg))?;
+        }
         Command::Doctor { json } => doctor::print(&mut out, &doctor::gather(), json)?,
         Command::Workload {
             process,

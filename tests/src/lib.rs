@@ -318,3 +318,48 @@ pub fn mapping_rss(pid: u32, size: u64) -> Result<u64> {
 pub fn within(a: i64, b: i64, pct: f64) -> bool {
     (a - b).abs() as f64 <= b.abs() as f64 * pct / 100.0
 }
+
+/// Installs the Debian packages whose binaries are missing (CI starts from a clean machine).
+pub fn ensure_debian(needed: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(bin, _)| !std::path::Path::new(bin).exists())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("cannot run apt-get")?;
+    if !status.success() {
+        bail!("apt-get install {missing:?} failed");
+    }
+    Ok(())
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released: good enough for a test).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// GET http://127.0.0.1:`port``path` with curl: (HTTP status, body).
+pub fn http_get(port: u16, path: &str, accept: Option<&str>) -> Result<(u16, String)> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-m", "10", "-w", "\n%{http_code}"]);
+    if let Some(a) = accept {
+        cmd.args(["-H", &format!("Accept: {a}")]);
+    }
+    let out = cmd
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .context("cannot run curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    Ok((code.trim().parse().unwrap_or(0), body.to_string()))
+}

@@ -164,7 +164,7 @@ fn block<'a>(console: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-fn rows<'a>(lines: &[&str], kind: &str) -> Vec<Value> {
+fn rows(lines: &[&str], kind: &str) -> Vec<Value> {
     lines
         .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -188,7 +188,7 @@ fn final_of(charges: &[Value], name: &str) -> Option<i64> {
         .iter()
         .filter(|t| t["comm"] == name)
         .max_by_key(|t| t["total"].as_i64().unwrap_or(0))?;
-    charges.iter().filter(|t| t["tid"] == top["tid"]).last()?["total"].as_i64()
+    charges.iter().rfind(|t| t["tid"] == top["tid"])?["total"].as_i64()
 }
 
 /// The exec-join runs: every run's `oom` row against that run's kernel report.

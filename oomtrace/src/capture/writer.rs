@@ -28,6 +28,20 @@ pub struct WriterStats {
     pub files: u32,
 }
 
+/// A capture holds other tenants' process names and command lines: created 0600, and never
+/// through a symlink (O_NOFOLLOW on the last component).
+fn create_private(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("cannot create capture file {}", path.display()))
+}
+
 pub struct Writer {
     path: PathBuf,
     file: BufWriter<File>,
@@ -42,8 +56,7 @@ pub struct Writer {
 
 impl Writer {
     pub fn create(path: &Path, header: Header, max_size: Option<u64>, keep: usize) -> Result<Self> {
-        let file = File::create(path)
-            .with_context(|| format!("cannot create capture file {}", path.display()))?;
+        let file = create_private(path)?;
         let mut w = Self {
             path: path.to_path_buf(),
             file: BufWriter::new(file),
@@ -135,8 +148,7 @@ impl Writer {
             fs::rename(&self.path, self.rotated(1))
                 .with_context(|| format!("cannot rotate {}", self.path.display()))?;
         }
-        let file = File::create(&self.path)
-            .with_context(|| format!("cannot create capture file {}", self.path.display()))?;
+        let file = create_private(&self.path)?;
         self.file = BufWriter::new(file);
         self.file_bytes = 0;
         self.header.sequence += 1;

@@ -23,7 +23,7 @@ use crate::{
     kernel_btf::{KernelBtf, VMLINUX_BTF},
     kubevirt::budget,
     model::input::ModelInput,
-    model::{Change, Model, Summary},
+    model::{Change, Model, OomRow, Summary},
     output::{self, Clock},
     printer::Printer,
     procfs,
@@ -154,6 +154,8 @@ struct Live {
     rare_drops_seen: u64,
     last_gc: Instant,
     printer: Printer,
+    /// OOM rows not yet handed to the observer.
+    kills: Vec<OomRow>,
 }
 
 impl Live {
@@ -183,6 +185,7 @@ impl Live {
             if self.filter {
                 let _ = self.watched.remove(&id);
             }
+            self.feed(ModelInput::MemcgGone { id });
         }
     }
 
@@ -227,7 +230,18 @@ impl Live {
     }
 
     fn show(&mut self, out: &mut dyn Write, change: &Change) -> Result<()> {
+        if let Change::Oom(o) = change {
+            self.kills.push(o.clone());
+        }
         self.printer.show(out, &self.model, change)
+    }
+
+    /// Hands the kills seen since the last call to the observer.
+    fn tell_kills(&mut self, observer: &mut dyn Observer) -> Result<()> {
+        for row in std::mem::take(&mut self.kills) {
+            observer.kill(&self.model, &row, &self.clock)?;
+        }
+        Ok(())
     }
 
     /// The periodic `--by` summary.
@@ -455,6 +469,34 @@ fn capture_header(clock: &Clock, target: &Target, hooks: &[bpf::HookChoice]) -> 
 /// What the collector chose, for doctor and the start banner.
 pub struct Started {
     pub choices: Vec<HookChoice>,
+    pub clock: Clock,
+}
+
+/// What a long-running consumer (the agent) sees besides the printed lines.
+pub trait Observer {
+    /// An OOM kill, once the model has made its row.
+    fn kill(&mut self, model: &Model, row: &OomRow, clock: &Clock) -> Result<()>;
+    /// Every tick, after the sweep and after the capture framed what it holds.
+    fn tick(&mut self, model: &Model, at: &TickInfo) -> Result<()>;
+}
+
+/// The collector's own state at a tick.
+pub struct TickInfo<'a> {
+    pub now_ns: u64,
+    pub hooks: &'a [HookChoice],
+    /// Why the capture stopped, if it did.
+    pub capture_error: Option<String>,
+}
+
+struct NoObserver;
+
+impl Observer for NoObserver {
+    fn kill(&mut self, _: &Model, _: &OomRow, _: &Clock) -> Result<()> {
+        Ok(())
+    }
+    fn tick(&mut self, _: &Model, _: &TickInfo) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Runs until Ctrl-C/SIGTERM, the duration, or the post-OOM delay; returns the final summary.
@@ -462,6 +504,16 @@ pub async fn run(
     cfg: Config,
     out: &mut dyn Write,
     on_start: impl FnOnce(&Started),
+) -> Result<Summary> {
+    run_observed(cfg, out, on_start, &mut NoObserver).await
+}
+
+/// `run`, with `observer` told of every kill and every tick.
+pub async fn run_observed(
+    cfg: Config,
+    out: &mut dyn Write,
+    on_start: impl FnOnce(&Started),
+    observer: &mut dyn Observer,
 ) -> Result<Summary> {
     let (ctl, root, pid_filter) = preflight(&cfg)?;
     let tracefs = tracefs::find(true)?;
@@ -504,6 +556,7 @@ pub async fn run(
         last_trim: Instant::now(),
         rare_drops_seen: 0,
         last_gc: Instant::now(),
+        kills: Vec::new(),
     };
     if let Some(rec) = &cfg.record {
         let header = capture_header(&live.clock, &cfg.target, &live.probes.choices);
@@ -526,6 +579,7 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
     on_start(&Started {
         choices: live.probes.choices.clone(),
+        clock: live.clock,
     });
 
     let mut sigterm =
@@ -550,6 +604,7 @@ pub async fn run(
                 let mut guard = guard.context("ring buffer poll failed")?;
                 let oom = drain(guard.get_inner_mut(), &mut live, out)?;
                 guard.clear_ready();
+                live.tell_kills(observer)?;
                 if oom && oom_deadline.is_none() {
                     oom_deadline = cfg.stop_after_oom.map(|d| Instant::now() + d);
                 }
@@ -569,6 +624,15 @@ pub async fn run(
                 live.retire_exited(out, false)?;
                 live.trim_if_due();
                 live.capture_tick();
+                live.tell_kills(observer)?;
+                observer.tick(
+                    &live.model,
+                    &TickInfo {
+                        now_ns: output::monotonic_ns(),
+                        hooks: &live.probes.choices,
+                        capture_error: live.capture_error.as_ref().map(|e| format!("{e:#}")),
+                    },
+                )?;
                 if let Some(by) = cfg.by
                     && Instant::now() >= next_snapshot
                 {
@@ -584,6 +648,7 @@ pub async fn run(
     }
     drain(ring.get_mut(), &mut live, out)?;
     live.sweep(out)?;
+    live.tell_kills(observer)?;
     let summary = live.model.summary();
     if cfg.status_line {
         eprintln!();

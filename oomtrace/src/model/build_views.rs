@@ -275,16 +275,23 @@ impl Model {
         }
     }
 
-    /// The state of every charged memcg (limited ones first, least headroom first) and the
-    /// biggest movers, for `tail --by`.
-    pub fn snapshot(&self, now_ns: u64) -> Snapshot {
+    /// Every charged memcg that still exists, limited ones first, least headroom first (no thread views: cheap
+    /// enough for the agent's metrics at every tick).
+    pub fn memcg_views(&self, now_ns: u64) -> Vec<MemcgView> {
         let mut memcgs: Vec<MemcgView> = self
             .memcgs
             .iter()
-            .filter(|(_, m)| m.classes.latest().is_some_and(|v| !v.is_zero()))
+            .filter(|(_, m)| !m.gone && m.classes.latest().is_some_and(|v| !v.is_zero()))
             .filter_map(|(id, _)| self.memcg_view(*id, now_ns))
             .collect();
         memcgs.sort_by_key(|m| (m.headroom.is_none(), m.headroom, m.memcg.clone()));
+        memcgs
+    }
+
+    /// The state of every charged memcg (limited ones first, least headroom first) and the
+    /// biggest movers, for `tail --by`.
+    pub fn snapshot(&self, now_ns: u64) -> Snapshot {
+        let memcgs = self.memcg_views(now_ns);
         let threads = self.thread_views_all(None, now_ns);
         let processes = self.process_views(&threads);
         let threads = Self::without_noise(threads);

@@ -51,6 +51,10 @@ pub enum ModelInput {
         tgid: u32,
         bytes: i64,
     },
+    /// The memcg was removed from the cgroup filesystem: no longer shown as a live memcg.
+    MemcgGone {
+        id: u64,
+    },
 }
 
 impl ModelInput {
@@ -118,6 +122,12 @@ impl Model {
                 self.set_guest_found(*tgid, *bytes);
                 None
             }
+            ModelInput::MemcgGone { id } => {
+                if let Some(m) = self.memcgs.get_mut(id) {
+                    m.gone = true;
+                }
+                None
+            }
         }
     }
 
@@ -140,6 +150,9 @@ impl Model {
             }
             if let Some(u) = m.usage {
                 out.push(ModelInput::Usage { id: *id, usage: u });
+            }
+            if m.gone {
+                out.push(ModelInput::MemcgGone { id: *id });
             }
         }
         let mut processes: Vec<_> = self.processes.iter().collect();

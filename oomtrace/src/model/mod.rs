@@ -131,6 +131,8 @@ struct MemcgState {
     /// This memcg and everything below it, per class, at each tick.
     classes: Series<ClassVec>,
     class_peak: ClassVec,
+    /// Removed from the cgroup filesystem (its pod is gone).
+    gone: bool,
 }
 
 #[derive(Debug)]
@@ -193,6 +195,7 @@ impl Model {
         let m = self.memcgs.entry(id).or_default();
         m.identity = identity::parse(&path);
         m.path = path;
+        m.gone = false;
     }
 
     pub fn set_usage(&mut self, id: u64, usage: UsageLimit) {

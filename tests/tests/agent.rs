@@ -1,0 +1,330 @@
+//! `oomtrace agent` through a real memcg OOM kill in a VM-pod-shaped memcg (a qemu stand-in
+//! with guest RAM, a memhold exec'd into the pod), scraped by a real Prometheus server
+//! (Debian's, on 127.0.0.1): the kill counter with the pod and VM labels, the pod's guest,
+//! overhead and class series, `promtool check metrics` on the exposition; the kill directory's
+//! post-mortem and a capture that `report` reads alone after the flight recorder rotated past
+//! the kill; one JSON line per kill on stdout; SIGTERM ends it cleanly.
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use oomtrace::{cgroupfs::MemoryController, scratch_cgroup::ScratchCgroup, workload::Spec};
+use serde_json::Value;
+use tests::{
+    ensure_debian, free_port, http_get, oomtrace_bin, require_root, serial, spawn_workload,
+    touched, workload,
+};
+
+const UID: &str = "5d2e3f4a-6b7c-4d8e-9f0a-1b2c3d4e5f60";
+const CID: &str =
+    "cri-containerd-4a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6071829.scope";
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("timed out waiting for {what}")
+}
+
+fn start_prometheus(dir: &Path, agent_port: u16) -> Result<(Killed, u16)> {
+    let port = free_port()?;
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: oomtrace\n    \
+             static_configs:\n      - targets: ['127.0.0.1:{agent_port}']\n"
+        ),
+    )?;
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start prometheus")?;
+    let p = Killed(child);
+    wait_until("prometheus to be ready", Duration::from_secs(30), || {
+        http_get(port, "/-/ready", None).is_ok_and(|(c, _)| c == 200)
+    })?;
+    Ok((p, port))
+}
+
+/// Prometheus's answer to an instant query: its result vector.
+fn query(port: u16, q: &str) -> Result<Vec<Value>> {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", "--get", "--data-urlencode"])
+        .arg(format!("query={q}"))
+        .arg(format!("http://127.0.0.1:{port}/api/v1/query"))
+        .output()?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("prometheus said {}", String::from_utf8_lossy(&out.stdout)))?;
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+fn scratch(name: &str) -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("oomtrace-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+#[test]
+fn agent_keeps_every_kill_and_prometheus_scrapes_its_metrics() -> Result<()> {
+    if !require_root("agent_keeps_every_kill_and_prometheus_scrapes_its_metrics") {
+        return Ok(());
+    }
+    let _serial = serial();
+    ensure_debian(&[
+        ("/usr/bin/prometheus", "prometheus"),
+        ("/usr/bin/promtool", "prometheus"),
+        ("/usr/bin/curl", "curl"),
+    ])?;
+    let work = scratch("agent")?;
+    let ctl = MemoryController::detect()?;
+    let top = format!("oomtrace-test-agent-{}", std::process::id());
+    let pod = ScratchCgroup::create(
+        &ctl,
+        &format!("{top}/kubepods/burstable/pod{UID}"),
+        160 << 20,
+    )?;
+    let container = pod.path.join(CID);
+    std::fs::create_dir(&container)?;
+    let container_s = container.display().to_string();
+    let top_path = pod
+        .path
+        .ancestors()
+        .nth(3)
+        .context("top cgroup")?
+        .to_path_buf();
+
+    let agent_port = free_port()?;
+    let dir = work.join("state");
+    let mut agent = Command::new(oomtrace_bin()?)
+        .args(["agent", "--dir"])
+        .arg(&dir)
+        .args(["--listen", &format!("127.0.0.1:{agent_port}")])
+        .args(["--cgroup", &top_path.display().to_string()])
+        .args(["--before", "1m", "--after", "2s", "--max-disk", "1M"])
+        .args(["--flush-bytes", "4096"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start oomtrace agent")?;
+    let stdout = agent.stdout.take().context("agent stdout")?;
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut agent = Killed(agent);
+    wait_until("/healthz", Duration::from_secs(30), || {
+        http_get(agent_port, "/healthz", None).is_ok_and(|(c, _)| c == 200)
+    })?;
+    let (_prom, prom_port) = start_prometheus(&work, agent_port)?;
+
+    // The VM: a qemu stand-in whose vCPU writes 96 MiB of guest RAM; then memhold grows.
+    let extra = [
+        "-name",
+        "guest=default_vm1,debug-threads=on",
+        "-m",
+        "96M",
+        "-smp",
+        "1",
+    ];
+    let mut qemu = spawn_workload(&Spec {
+        process: "qemu-system-x86",
+        cgroup: &container_s,
+        threads: &["CPU 0/TCG=96@300", "IO iothread1=8@40"],
+        hold_secs: 120,
+        arg0: Some("/usr/bin/qemu-system-x86_64"),
+        extra: &extra,
+        guest_ram_mib: 96,
+        ..Default::default()
+    })?;
+    let qemu_pid = qemu.id();
+    touched(&mut qemu, 2)?;
+    // Scraped at least once with the VM's guest RAM in it.
+    std::thread::sleep(Duration::from_secs(4));
+    let mut memhold = workload(&container_s, "memhold", &["memhold=0@80"], 120)?;
+    let line = lines
+        .recv_timeout(Duration::from_secs(30))
+        .context("no kill line on the agent's stdout")?;
+    let kill: Value = serde_json::from_str(&line)?;
+    assert_eq!(kill["type"], "oom", "{line}");
+    assert_eq!(kill["victim_pid"], qemu_pid);
+    let _ = qemu.wait();
+    let _ = (memhold.kill(), memhold.wait());
+
+    // Prometheus saw the kill with the pod and VM labels, and the pod's series.
+    let sel = format!("pod=\"{UID}\",vm=\"vm1\",namespace=\"default\"");
+    wait_until("the kill in Prometheus", Duration::from_secs(20), || {
+        query(prom_port, &format!("oomtrace_oom_kills_total{{{sel}}}"))
+            .is_ok_and(|r| r.iter().any(|s| s["value"][1] == "1"))
+    })?;
+    let kills = query(prom_port, &format!("oomtrace_oom_kills_total{{{sel}}}"))?;
+    assert_eq!(
+        kills[0]["metric"]["victim_class"], "qemu-other",
+        "{kills:?}"
+    );
+    assert_eq!(kills[0]["metric"]["invoker_class"], "foreign", "{kills:?}");
+    let guest = query(
+        prom_port,
+        &format!("max_over_time(oomtrace_memcg_guest_bytes{{{sel}}}[5m])"),
+    )?;
+    let guest_bytes: f64 = guest
+        .first()
+        .and_then(|s| s["value"][1].as_str()?.parse().ok())
+        .context("no guest RAM series")?;
+    assert!(
+        (guest_bytes - (96 << 20) as f64).abs() < (96 << 20) as f64 * 0.05,
+        "guest RAM {guest_bytes}"
+    );
+    for q in [
+        format!("oomtrace_memcg_overhead_bytes{{{sel}}}"),
+        format!("oomtrace_memcg_class_bytes{{{sel},class=\"vcpu\"}}"),
+        format!("oomtrace_memcg_class_bytes{{pod=\"{UID}\",class=\"foreign\"}}"),
+        format!("oomtrace_memcg_limit_bytes{{pod=\"{UID}\"}}"),
+        "oomtrace_hook{hook=\"charge\"}".to_string(),
+        "oomtrace_resident_memory_bytes".to_string(),
+        "oomtrace_cpu_seconds_total".to_string(),
+        "oomtrace_dropped_events_total".to_string(),
+    ] {
+        let r = query(prom_port, &format!("max_over_time({q}[5m])"))?;
+        assert!(!r.is_empty(), "no series for {q}");
+    }
+    // OpenMetrics when asked for (Prometheus asks), the Prometheus text format otherwise.
+    let (code, om) = http_get(agent_port, "/metrics", Some("application/openmetrics-text"))?;
+    assert!(code == 200 && om.trim_end().ends_with("# EOF"), "{om}");
+    // promtool accepts the text exposition as served.
+    let (code, body) = http_get(agent_port, "/metrics", None)?;
+    assert_eq!(code, 200);
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(check.stdin.as_mut().context("stdin")?, body.as_bytes())?;
+    let out = check.wait_with_output()?;
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The kill directory: the row, the post-mortem, and (after --after) the cut capture.
+    let kills_dir = dir.join("kills");
+    let kill_dir = || -> Option<PathBuf> {
+        std::fs::read_dir(&kills_dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .next()
+    };
+    wait_until("the kill's capture", Duration::from_secs(15), || {
+        kill_dir().is_some_and(|d| d.join("capture.otr").exists())
+    })?;
+    let kd = kill_dir().context("kill directory")?;
+    let name = kd.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    assert!(name.ends_with("-default_vm1"), "{name}");
+    let pm = std::fs::read_to_string(kd.join("post-mortem.txt"))?;
+    assert!(
+        pm.contains("*** OOM KILL") && pm.contains("memhold"),
+        "{pm}"
+    );
+    let row: Value = serde_json::from_str(std::fs::read_to_string(kd.join("oom.json"))?.trim())?;
+    assert_eq!(row["victim_pid"], qemu_pid);
+    for f in ["oom.json", "post-mortem.txt", "capture.otr"] {
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(kd.join(f))?.permissions());
+        assert_eq!(mode & 0o777, 0o600, "{f} is {mode:o}");
+    }
+
+    // Push the flight recorder (1 MiB, 8 files) past the kill: threads that touch and free.
+    let flight = dir.join("flight.otr");
+    let kill_in_flight = || -> Result<bool> {
+        let mut files = oomtrace::agent::flight_files(&flight);
+        files.retain(|f| f.exists());
+        let args: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        let out = Command::new(oomtrace_bin()?)
+            .arg("report")
+            .args(&args)
+            .arg("--json")
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let summary: Value = text
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or(Value::Null);
+        Ok(summary["ooms"].as_array().is_some_and(|o| !o.is_empty()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while kill_in_flight()? {
+        if Instant::now() > deadline {
+            bail!("the flight recorder never rotated past the kill");
+        }
+        let mut churn = workload(
+            &container_s,
+            "churn",
+            &["a=48@400/free", "b=48@400/free"],
+            0,
+        )?;
+        touched(&mut churn, 2)?;
+        let _ = churn.wait();
+    }
+    let (code, report) = {
+        let out = Command::new(oomtrace_bin()?)
+            .arg("report")
+            .arg(kd.join("capture.otr"))
+            .output()?;
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(0));
+    assert!(
+        report.contains("*** OOM KILL")
+            && report.contains(
+                "memhold (a process foreign to KubeVirt in the pod of VM default/vm1) grew"
+            ),
+        "{report}"
+    );
+
+    // SIGTERM: a clean exit.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    let status = agent.0.wait()?;
+    assert!(status.success(), "agent exited with {status}");
+    drop(pod);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
