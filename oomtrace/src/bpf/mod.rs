@@ -1,6 +1,7 @@
 //! Loading and attaching the eBPF programs. Which program serves each hook (fentry, kprobe or
 //! tracepoint tier) is planned before loading from what this kernel has (`facts`, `plan`); the
 //! plan is recorded for `doctor`, the start line and captures.
+pub mod batch;
 pub mod facts;
 pub mod plan;
 
@@ -20,6 +21,9 @@ pub use plan::{Attach, GUEST_RAM_HOOK, HookChoice, Tier};
 use crate::{kernel_btf::KernelBtf, tracefs::Format};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oomtrace"));
+
+pub type ChargeMap = BpfHashMap<MapData, ChargeKey, ChargeValue>;
+pub type ChargeBatch = batch::BatchReader<ChargeKey, ChargeValue>;
 
 pub struct Options {
     pub filter: bool,
@@ -265,12 +269,18 @@ impl Probes {
         Ok(RingBuf::try_from(map)?)
     }
 
-    pub fn take_charges(&mut self) -> Result<BpfHashMap<MapData, ChargeKey, ChargeValue>> {
+    /// The charge map, and a second handle on it for batched reads (None: no fd to spare).
+    pub fn take_charges(&mut self) -> Result<(ChargeMap, Option<ChargeBatch>)> {
+        use std::os::fd::AsFd as _;
         let map = self
             .ebpf
             .take_map(m::CHARGES)
             .context("CHARGES map missing")?;
-        Ok(BpfHashMap::try_from(map)?)
+        let fd = match &map {
+            aya::maps::Map::HashMap(data) => data.fd().as_fd().try_clone_to_owned().ok(),
+            _ => None,
+        };
+        Ok((BpfHashMap::try_from(map)?, fd.map(batch::BatchReader::new)))
     }
 
     pub fn take_watched(&mut self) -> Result<BpfHashMap<MapData, u64, u8>> {

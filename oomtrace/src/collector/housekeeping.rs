@@ -12,14 +12,14 @@ impl Live {
     /// Whether a memcg belongs to what we watch. An id never seen may be a memcg made since the
     /// last rescan: look again once; if it is still not ours, the kernel is told to ignore it.
     pub(super) fn ours(&mut self, memcg_id: u64) -> bool {
-        if !self.filter || self.known_memcgs.contains(&memcg_id) {
+        if !self.filter || self.known_memcgs.contains_key(&memcg_id) {
             return true;
         }
         if self.ignored_memcgs.contains(&memcg_id) {
             return false;
         }
         self.rescan();
-        if self.known_memcgs.contains(&memcg_id) {
+        if self.known_memcgs.contains_key(&memcg_id) {
             return true;
         }
         if self.ignored_memcgs.len() >= MAX_IGNORED_MEMCGS {

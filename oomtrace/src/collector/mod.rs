@@ -1,7 +1,7 @@
 //! The live collector: loads the probes, keeps the memcg filter current, drains the ring buffer,
 //! sweeps the charge map for totals not yet sent, and feeds everything to the model.
 use std::{
-    collections::HashSet,
+    collections::{BTreeSet, HashMap, HashSet},
     io::Write,
     path::PathBuf,
     time::{Duration, Instant},
@@ -95,6 +95,8 @@ impl Default for Config {
 /// after the exit tracepoint on some kernels), then forgotten.
 const EXIT_GRACE: Duration = Duration::from_millis(1500);
 const TICK: Duration = Duration::from_millis(500);
+/// How often the whole memcg tree is walked (new pods are counted provisionally meanwhile).
+const FULL_RESCAN: Duration = Duration::from_secs(5);
 /// Verdicts "not ours" kept for the kernel filter (its map holds 64 Ki memcgs in all).
 const MAX_IGNORED_MEMCGS: usize = 32768;
 /// How often freed capacity is given back after threads were retired.
@@ -129,6 +131,10 @@ struct Live {
     root: PathBuf,
     filter: bool,
     charges: BpfHashMap<MapData, ChargeKey, ChargeValue>,
+    /// Batched reads of `charges` (None: the kernel refused them; then key by key).
+    charge_batch: Option<bpf::batch::BatchReader<ChargeKey, ChargeValue>>,
+    /// The last read of the charge map (its allocation is kept between sweeps).
+    charge_entries: Vec<(ChargeKey, ChargeValue)>,
     watched: BpfHashMap<MapData, u64, u8>,
     stats: PerCpuArray<MapData, u64>,
     guest_ram: BpfHashMap<MapData, u32, GuestRanges>,
@@ -139,7 +145,12 @@ struct Live {
     guest_registered: HashSet<u32>,
     /// Guest RAM mappings found and not registered yet (`register_guest_ram`).
     guest_ram_found: Vec<(u32, Vec<(u64, u64)>)>,
-    known_memcgs: HashSet<u64>,
+    /// Memcg id → its directory, and back.
+    known_memcgs: HashMap<u64, PathBuf>,
+    memcg_ids: HashMap<PathBuf, u64>,
+    /// Memcgs charged since the last tick: their usage (and their ancestors') is read again.
+    dirty_memcgs: HashSet<u64>,
+    last_rescan: Instant,
     /// Memcgs outside the target, told to the kernel as ignored.
     ignored_memcgs: HashSet<u64>,
     pending_exits: Vec<(Instant, u32)>,
@@ -161,9 +172,12 @@ struct Live {
 impl Live {
     /// Brings the memcg filter and the id → path table up to date with the cgroup filesystem.
     fn rescan(&mut self) {
+        self.last_rescan = Instant::now();
+        self.dirty_memcgs.clear();
         let now = cgroupfs::walk(&self.root);
         for (id, path) in &now {
-            if self.known_memcgs.insert(*id) {
+            if self.known_memcgs.insert(*id, path.clone()).is_none() {
+                self.memcg_ids.insert(path.clone(), *id);
                 if self.filter {
                     let _ = self.watched.insert(id, &1u8, 0);
                 }
@@ -176,16 +190,46 @@ impl Live {
         }
         let gone: Vec<u64> = self
             .known_memcgs
-            .iter()
+            .keys()
             .filter(|id| !now.contains_key(id))
             .copied()
             .collect();
         for id in gone {
-            self.known_memcgs.remove(&id);
+            if let Some(path) = self.known_memcgs.remove(&id) {
+                self.memcg_ids.remove(&path);
+            }
             if self.filter {
                 let _ = self.watched.remove(&id);
             }
             self.feed(ModelInput::MemcgGone { id });
+        }
+    }
+
+    /// At a tick: the whole tree every FULL_RESCAN (new and removed memcgs, every usage), else
+    /// only the usage of the memcgs charged since the last tick and their ancestors (whose
+    /// usage those charges moved). Walking and reading every memcg at every tick was most of
+    /// the collector's cost on an idle node with many pods.
+    fn refresh_memcgs(&mut self) {
+        if self.last_rescan.elapsed() >= FULL_RESCAN {
+            self.rescan();
+            return;
+        }
+        let mut paths = BTreeSet::new();
+        for id in std::mem::take(&mut self.dirty_memcgs) {
+            let Some(mut path) = self.known_memcgs.get(&id).cloned() else {
+                continue;
+            };
+            while path.starts_with(&self.root) && paths.insert(path.clone()) {
+                if !path.pop() {
+                    break;
+                }
+            }
+        }
+        for path in paths {
+            if let (Some(id), Some(u)) = (self.memcg_ids.get(&path), self.ctl.usage_limit(&path)) {
+                let id = *id;
+                self.feed(ModelInput::Usage { id, usage: u });
+            }
         }
     }
 
@@ -283,6 +327,7 @@ impl Live {
         }
         let tgid = match event {
             Event::Charge(c) => {
+                self.dirty_memcgs.insert(c.memcg_id);
                 // A new thread with a name its process did not have: the process may have
                 // exec'd or renamed itself since last read. A qemu still mapping its guest RAM:
                 // look again, before its vCPUs run. (Not for every new thread: a process that
@@ -365,15 +410,20 @@ impl Live {
         let mut readings = Vec::new();
         // Pairs of memcgs not (yet) known: ours after a rescan, or dropped.
         let mut foreign: Vec<ChargeKey> = Vec::new();
-        for item in self.charges.iter() {
-            let Ok((key, value)) = item else { continue };
+        let entries = self.read_charge_map();
+        for (key, value) in entries.iter().copied() {
             if !wanted(value.tgid) {
                 continue;
             }
-            if self.filter && !self.known_memcgs.contains(&key.memcg_id) {
+            // Nothing new: not fed, not recorded (an idle node's sweep costs no capture bytes).
+            if self.model.has_totals(key.tid, key.memcg_id, &value.totals) {
+                continue;
+            }
+            if self.filter && !self.known_memcgs.contains_key(&key.memcg_id) {
                 foreign.push(key);
                 continue;
             }
+            self.dirty_memcgs.insert(key.memcg_id);
             readings.push(Charge {
                 ts_ns: now,
                 tid: key.tid,
@@ -383,6 +433,7 @@ impl Live {
                 totals: value.totals,
             });
         }
+        self.charge_entries = entries;
         for key in foreign {
             if self.ours(key.memcg_id) {
                 continue; // read at the next sweep, now that the memcg is known
@@ -418,6 +469,26 @@ impl Live {
         });
         self.feed(ModelInput::Tick(now));
         Ok(())
+    }
+}
+
+impl Live {
+    /// Every entry of the kernel's charge map: in a few syscalls where the kernel allows
+    /// batched lookups (5.6+), else two per key.
+    pub(super) fn read_charge_map(&mut self) -> Vec<(ChargeKey, ChargeValue)> {
+        let mut entries = std::mem::take(&mut self.charge_entries);
+        if let Some(b) = self.charge_batch.as_mut() {
+            match b.read_all(&mut entries) {
+                Ok(()) => return entries,
+                Err(e) => {
+                    log::info!("batched reads of the charge map refused ({e}); reading key by key");
+                    self.charge_batch = None;
+                }
+            }
+        }
+        entries.clear();
+        entries.extend(self.charges.iter().filter_map(Result::ok));
+        entries
     }
 }
 
@@ -531,11 +602,14 @@ pub async fn run_observed(
     unsafe { libc::malloc_trim(0) };
     let ring = probes.take_ring()?;
     let clock = Clock::now();
+    let (charges, charge_batch) = probes.take_charges()?;
     let mut live = Live {
         root: root.unwrap_or_else(|| ctl.mount.clone()),
         ctl,
         filter,
-        charges: probes.take_charges()?,
+        charges,
+        charge_batch,
+        charge_entries: Vec::new(),
         watched: probes.take_watched()?,
         stats: probes.take_stats()?,
         guest_ram: probes.take_guest_ram()?,
@@ -543,7 +617,10 @@ pub async fn run_observed(
         qemu_pending: HashSet::new(),
         guest_registered: HashSet::new(),
         guest_ram_found: Vec::new(),
-        known_memcgs: HashSet::new(),
+        known_memcgs: HashMap::new(),
+        memcg_ids: HashMap::new(),
+        dirty_memcgs: HashSet::new(),
+        last_rescan: Instant::now(),
         ignored_memcgs: HashSet::new(),
         pending_exits: Vec::new(),
         model: Model::new(),
@@ -616,7 +693,7 @@ pub async fn run_observed(
                 if drain(ring.get_mut(), &mut live, out)? && oom_deadline.is_none() {
                     oom_deadline = cfg.stop_after_oom.map(|d| Instant::now() + d);
                 }
-                live.rescan();
+                live.refresh_memcgs();
                 live.retry_pending_qemus();
                 live.register_guest_ram(out)?;
                 live.probes.flush_logs();

@@ -111,13 +111,15 @@ impl Live {
     }
 
     /// Guest RAM bytes the kernel programs tagged so far for a process's live threads.
-    fn kernel_tagged_guest(&self, tgid: u32) -> i64 {
-        self.charges
+    fn kernel_tagged_guest(&mut self, tgid: u32) -> i64 {
+        let entries = self.read_charge_map();
+        let tagged = entries
             .iter()
-            .filter_map(Result::ok)
             .filter(|(_, v)| v.tgid == tgid)
             .map(|(_, v)| v.totals.guest.max(0))
-            .sum()
+            .sum();
+        self.charge_entries = entries;
+        tagged
     }
 
     /// The ranges into the kernel's GUEST_RAM map, and the fault hook attached (once).

@@ -64,8 +64,6 @@ struct ThreadState {
     /// When its totals last changed: the newest of a thread's (tid, memcg) pairs says where
     /// it charges now.
     last_ts: u64,
-    /// When the newest record or sweep reading applied to it was taken.
-    read_ts: u64,
     /// (total, guest) at past ticks.
     history: Series<(i64, i64)>,
 }
@@ -291,6 +289,14 @@ impl Model {
             })
     }
 
+    /// The model already holds exactly these totals for the pair (a sweep reading that would
+    /// change nothing).
+    pub fn has_totals(&self, tid: u32, memcg_id: u64, totals: &ChargeTotals) -> bool {
+        self.threads
+            .get(&(tid, memcg_id))
+            .is_some_and(|t| t.totals == *totals && !t.comm.is_empty())
+    }
+
     pub fn knows_thread(&self, tid: u32, memcg_id: u64) -> bool {
         self.threads.contains_key(&(tid, memcg_id))
     }
@@ -367,14 +373,11 @@ impl Model {
                 .or_default()
                 .push(c.memcg_id);
         }
-        // A record older than a reading already applied (a sweep read the kernel map while
-        // the record waited in the ring): its totals are out of date, and so may its name be.
-        let stale = self.threads.get(&key).is_some_and(|t| c.ts_ns < t.read_ts);
-        if c.tid == c.tgid && !stale {
+        if c.tid == c.tgid {
             self.learn_leader_comm(c.tgid, &c.comm);
         }
         let t = self.threads.get(&key)?;
-        let comm_changed = !c.comm.is_empty() && c.comm != t.comm && (!stale || t.comm.is_empty());
+        let comm_changed = !c.comm.is_empty() && c.comm != t.comm;
         if comm_changed || t.class.is_none() {
             // Only then: cloning the process facts for every record would dominate a replay.
             let info = self
@@ -389,11 +392,7 @@ impl Model {
                 t.set_class(&info);
             }
         }
-        if stale {
-            return None;
-        }
         let t = self.threads.entry(key).or_default();
-        t.read_ts = c.ts_ns;
         let delta = c.totals.total() - t.totals.total();
         if delta == 0 && t.totals == c.totals && !t.comm.is_empty() && !comm_changed {
             return None;

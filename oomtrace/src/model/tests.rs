@@ -485,21 +485,6 @@ fn the_oom_row_takes_the_kernels_invoker_name_and_memcg_not_a_remembered_pair() 
 }
 
 #[test]
-fn a_record_older_than_a_sweep_does_not_take_totals_back() {
-    let mut m = Model::new();
-    m.set_process_comm(10, "qemu-system-x86".into());
-    m.apply(&charge_at(5 * S, 11, 10, 1, "", 32 * MIB, 0));
-    // The record was emitted before the sweep read the map, and drained after it.
-    assert_eq!(
-        m.apply(&charge_at(4 * S, 11, 10, 1, "CPU 0/TCG", MIB, 0)),
-        None
-    );
-    let s = m.summary();
-    let t = s.threads.iter().find(|t| t.tid == 11).expect("thread 11");
-    assert_eq!((t.total, t.comm.as_str()), (32 * MIB, "CPU 0/TCG"));
-}
-
-#[test]
 fn guest_ram_found_at_discovery_moves_from_overhead_to_the_vcpus_first() {
     let mut m = Model::new();
     pod(&mut m, 300 << 20);
