@@ -24,6 +24,7 @@ pub mod printer;
 pub mod procfs;
 pub mod render;
 pub mod replay;
+pub mod runtime_state;
 pub mod scratch_cgroup;
 pub mod tracefs;
 pub mod workload;

@@ -234,6 +234,10 @@ enum Command {
         /// A thread's charge record is sent when its total moved by this many bytes.
         #[arg(long, default_value_t = 256 * 1024)]
         flush_bytes: i64,
+        /// Where the container runtime keeps its bundles, for pod names (repeatable; default:
+        /// containerd's, RKE2/k3s's and CRI-O's usual places).
+        #[arg(long = "runtime-state")]
+        runtime_state: Vec<PathBuf>,
     },
     /// What this kernel offers and which programs oomtrace will use.
     Doctor {
@@ -545,6 +549,7 @@ fn run(cli: Cli) -> Result<()> {
             after,
             cgroup,
             flush_bytes,
+            runtime_state,
         } => {
             let max_disk = parse_size_arg(&max_disk)
                 .filter(|v| *v >= 1 << 20)
@@ -562,6 +567,7 @@ fn run(cli: Cli) -> Result<()> {
                 after: duration_arg("--after", &after)?,
                 target: target_of(cgroup, None),
                 flush_bytes: positive_flush(flush_bytes)?,
+                runtime_roots: runtime_state,
             };
             drop(out);
             runtime()?.block_on(oomtrace::agent::run(cfg))?;

@@ -35,7 +35,9 @@ fn opt_bytes(v: Option<u64>) -> String {
 /// "/…/pod0b5e (pod 0b5e1c2d (burstable), VM default/vm1)": the path and who it belongs to.
 pub fn memcg_title(m: &MemcgView) -> String {
     let mut who = Vec::new();
-    if let Some(p) = &m.pod {
+    if let Some(name) = &m.pod_name {
+        who.push(format!("pod {name}"));
+    } else if let Some(p) = &m.pod {
         who.push(identity::describe(p));
     }
     if let Some(vm) = &m.vm {

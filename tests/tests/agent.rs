@@ -120,6 +120,22 @@ fn agent_keeps_every_kill_and_prometheus_scrapes_its_metrics() -> Result<()> {
         .context("top cgroup")?
         .to_path_buf();
 
+    // The pod's bundles as containerd's CRI plugin lays them out (a real containerd cannot run
+    // a CRI pod here: no CNI, no images), with the annotations it writes.
+    let bundles = work.join("containerd/io.containerd.runtime.v2.task/k8s.io");
+    let sandbox = bundles.join("4a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6071829");
+    std::fs::create_dir_all(&sandbox)?;
+    std::fs::write(
+        sandbox.join("config.json"),
+        format!(
+            r#"{{"ociVersion":"1.1.0","process":{{"args":["/pause"]}},"annotations":{{
+            "io.kubernetes.cri.container-type":"sandbox",
+            "io.kubernetes.cri.sandbox-id":"4a5b6c7d8e9f",
+            "io.kubernetes.cri.sandbox-name":"virt-launcher-vm1-x7k2p",
+            "io.kubernetes.cri.sandbox-namespace":"default",
+            "io.kubernetes.cri.sandbox-uid":"{UID}"}}}}"#
+        ),
+    )?;
     let agent_port = free_port()?;
     let dir = work.join("state");
     let mut agent = Command::new(oomtrace_bin()?)
@@ -129,6 +145,8 @@ fn agent_keeps_every_kill_and_prometheus_scrapes_its_metrics() -> Result<()> {
         .args(["--cgroup", &top_path.display().to_string()])
         .args(["--before", "1m", "--after", "2s", "--max-disk", "1M"])
         .args(["--flush-bytes", "4096"])
+        .arg("--runtime-state")
+        .arg(&bundles)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -182,7 +200,7 @@ fn agent_keeps_every_kill_and_prometheus_scrapes_its_metrics() -> Result<()> {
     let _ = (memhold.kill(), memhold.wait());
 
     // Prometheus saw the kill with the pod and VM labels, and the pod's series.
-    let sel = format!("pod=\"{UID}\",vm=\"vm1\",namespace=\"default\"");
+    let sel = "pod=\"virt-launcher-vm1-x7k2p\",vm=\"vm1\",namespace=\"default\"";
     wait_until("the kill in Prometheus", Duration::from_secs(20), || {
         query(prom_port, &format!("oomtrace_oom_kills_total{{{sel}}}"))
             .is_ok_and(|r| r.iter().any(|s| s["value"][1] == "1"))
@@ -208,8 +226,8 @@ fn agent_keeps_every_kill_and_prometheus_scrapes_its_metrics() -> Result<()> {
     for q in [
         format!("oomtrace_memcg_overhead_bytes{{{sel}}}"),
         format!("oomtrace_memcg_class_bytes{{{sel},class=\"vcpu\"}}"),
-        format!("oomtrace_memcg_class_bytes{{pod=\"{UID}\",class=\"foreign\"}}"),
-        format!("oomtrace_memcg_limit_bytes{{pod=\"{UID}\"}}"),
+        format!("oomtrace_memcg_class_bytes{{{sel},class=\"foreign\"}}"),
+        format!("oomtrace_memcg_limit_bytes{{{sel}}}"),
         "oomtrace_hook{hook=\"charge\"}".to_string(),
         "oomtrace_resident_memory_bytes".to_string(),
         "oomtrace_cpu_seconds_total".to_string(),

@@ -89,20 +89,25 @@ struct Seen {
     cpu_s: f64,
 }
 
-/// The pod labels of a memcg view: its pod UID (no API server: the name is not known here),
-/// the VM's namespace and name from the command lines. None for memcgs that are not a pod.
+/// The pod labels of a memcg view: the pod's namespace and name from the runtime's state (else
+/// the VM's namespace and the pod UID), the VM's name from the command lines. None for memcgs that are not a pod.
 fn pod_labels(v: &MemcgView) -> Option<PodLabels> {
     let pod = v.pod.as_ref()?;
     if pod.level != Level::Pod {
         return None;
     }
-    let (namespace, vm) = match v.vm.as_deref().map(|s| s.split_once('/')) {
+    let (vm_namespace, vm) = match v.vm.as_deref().map(|s| s.split_once('/')) {
         Some(Some((ns, name))) => (ns.to_string(), name.to_string()),
         _ => (String::new(), v.vm.clone().unwrap_or_default()),
     };
+    // The runtime's names when it told them; else the VM's namespace and the pod UID.
+    let (namespace, name) = match v.pod_name.as_deref().and_then(|p| p.split_once('/')) {
+        Some((ns, name)) => (ns.to_string(), name.to_string()),
+        None => (vm_namespace, pod.pod_uid.clone().unwrap_or_default()),
+    };
     Some(PodLabels {
         namespace,
-        pod: pod.pod_uid.clone().unwrap_or_default(),
+        pod: name,
         vm,
     })
 }

@@ -34,6 +34,8 @@ pub struct AgentConfig {
     pub after: Duration,
     pub target: Target,
     pub flush_bytes: i64,
+    /// Runtime bundle directories for pod names; empty: the usual places.
+    pub runtime_roots: Vec<PathBuf>,
 }
 
 /// The flight recorder's files, oldest first (those that exist).
@@ -116,6 +118,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         json: true,
         charges: false,
         flush_bytes: cfg.flush_bytes,
+        runtime_roots: if cfg.runtime_roots.is_empty() {
+            Config::default().runtime_roots
+        } else {
+            cfg.runtime_roots.clone()
+        },
         record: Some(RecordTo {
             path: flight.clone(),
             max_size: Some(per_file),

@@ -63,6 +63,8 @@ pub struct Config {
     pub status_line: bool,
     /// Use only this tier where a hook has it (tests, and kernels where one misbehaves).
     pub tier: Option<bpf::Tier>,
+    /// Where container runtimes keep their bundles (pod names).
+    pub runtime_roots: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -87,6 +89,10 @@ impl Default for Config {
             record: None,
             status_line: false,
             tier: None,
+            runtime_roots: crate::runtime_state::DEFAULT_ROOTS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
         }
     }
 }
@@ -151,6 +157,7 @@ struct Live {
     /// Memcgs charged since the last tick: their usage (and their ancestors') is read again.
     dirty_memcgs: HashSet<u64>,
     last_rescan: Instant,
+    runtime: crate::runtime_state::RuntimeState,
     /// Memcgs outside the target, told to the kernel as ignored.
     ignored_memcgs: HashSet<u64>,
     pending_exits: Vec<(Instant, u32)>,
@@ -173,6 +180,13 @@ impl Live {
     /// Brings the memcg filter and the id → path table up to date with the cgroup filesystem.
     fn rescan(&mut self) {
         self.last_rescan = Instant::now();
+        for p in self.runtime.scan_new() {
+            self.feed(ModelInput::PodNames {
+                pod_uid: p.pod_uid,
+                namespace: p.namespace,
+                name: p.name,
+            });
+        }
         self.dirty_memcgs.clear();
         let now = cgroupfs::walk(&self.root);
         for (id, path) in &now {
@@ -621,6 +635,7 @@ pub async fn run_observed(
         memcg_ids: HashMap::new(),
         dirty_memcgs: HashSet::new(),
         last_rescan: Instant::now(),
+        runtime: crate::runtime_state::RuntimeState::new(cfg.runtime_roots.clone()),
         ignored_memcgs: HashSet::new(),
         pending_exits: Vec::new(),
         model: Model::new(),

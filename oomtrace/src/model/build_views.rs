@@ -126,6 +126,11 @@ impl Model {
         Some(MemcgView {
             memcg: self.memcg_path(memcg_id),
             memcg_id,
+            pod_name: m
+                .identity
+                .as_ref()
+                .and_then(|p| self.pod_names.get(p.pod_uid.as_deref()?))
+                .map(|(ns, name)| format!("{ns}/{name}")),
             pod: m.identity.clone(),
             vm: vm.display_name(),
             usage: m.usage.map(|u| u.usage),
@@ -240,6 +245,7 @@ impl Model {
                 memcg: self.memcg_path(memcg_id),
                 memcg_id,
                 pod: None,
+                pod_name: None,
                 vm: None,
                 usage: None,
                 limit: None,

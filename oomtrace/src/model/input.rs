@@ -55,6 +55,12 @@ pub enum ModelInput {
     MemcgGone {
         id: u64,
     },
+    /// A pod's namespace and name, from the container runtime's state on the node.
+    PodNames {
+        pod_uid: String,
+        namespace: String,
+        name: String,
+    },
 }
 
 impl ModelInput {
@@ -122,6 +128,15 @@ impl Model {
                 self.set_guest_found(*tgid, *bytes);
                 None
             }
+            ModelInput::PodNames {
+                pod_uid,
+                namespace,
+                name,
+            } => {
+                self.pod_names
+                    .insert(pod_uid.clone(), (namespace.clone(), name.clone()));
+                None
+            }
             ModelInput::MemcgGone { id } => {
                 if let Some(m) = self.memcgs.get_mut(id) {
                     m.gone = true;
@@ -154,6 +169,15 @@ impl Model {
             if m.gone {
                 out.push(ModelInput::MemcgGone { id: *id });
             }
+        }
+        let mut pods: Vec<_> = self.pod_names.iter().collect();
+        pods.sort_unstable();
+        for (uid, (namespace, name)) in pods {
+            out.push(ModelInput::PodNames {
+                pod_uid: uid.clone(),
+                namespace: namespace.clone(),
+                name: name.clone(),
+            });
         }
         let mut processes: Vec<_> = self.processes.iter().collect();
         processes.sort_unstable_by_key(|(tgid, _)| **tgid);

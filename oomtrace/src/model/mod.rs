@@ -146,6 +146,8 @@ pub struct Model {
     quiet_charges: bool,
     budget_constants: budget::Constants,
     budget_ratio: f64,
+    /// Pod UID → (namespace, name), from the runtime's state.
+    pod_names: HashMap<String, (String, String)>,
     pub counters: Counters,
 }
 
@@ -161,6 +163,7 @@ impl Default for Model {
             quiet_charges: false,
             budget_constants: budget::KUBEVIRT_CURRENT,
             budget_ratio: 1.0,
+            pod_names: HashMap::default(),
             counters: Counters::default(),
         }
     }

@@ -67,6 +67,8 @@ pub struct MemcgView {
     pub memcg: String,
     pub memcg_id: u64,
     pub pod: Option<PodIdentity>,
+    /// "namespace/name" of the pod, from the container runtime's state on the node.
+    pub pod_name: Option<String>,
     /// "namespace/name" of the VM whose qemu charges here.
     pub vm: Option<String>,
     pub usage: Option<u64>,
