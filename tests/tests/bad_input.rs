@@ -255,3 +255,37 @@ fn forced_tier_the_kernel_refuses_names_the_hook_and_reason() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn agent_bad_conditions_are_one_line_errors() -> Result<()> {
+    let tmp = std::env::temp_dir().join(format!("oomtrace-agent-bad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let dir = tmp.join("state");
+    let dir_s = dir.display().to_string();
+    // The port is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?.to_string();
+    assert_one_line_error(
+        oomtrace(&["agent", "--dir", &dir_s, "--listen", &addr])?,
+        "cannot listen on",
+    )?;
+    // DIR is a file.
+    let file = tmp.join("a-file");
+    std::fs::write(&file, "x")?;
+    assert_one_line_error(
+        oomtrace(&["agent", "--dir", &file.display().to_string()])?,
+        "is not a directory",
+    )?;
+    // Durations and sizes people type wrong.
+    assert_one_line_error(
+        oomtrace(&["agent", "--dir", &dir_s, "--before", "ten minutes"])?,
+        "--before",
+    )?;
+    assert_one_line_error(
+        oomtrace(&["agent", "--dir", &dir_s, "--max-disk", "12k"])?,
+        "--max-disk",
+    )?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
