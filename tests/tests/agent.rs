@@ -239,6 +239,44 @@ fn agent_keeps_every_kill_and_prometheus_scrapes_its_metrics() -> Result<()> {
     // OpenMetrics when asked for (Prometheus asks), the Prometheus text format otherwise.
     let (code, om) = http_get(agent_port, "/metrics", Some("application/openmetrics-text"))?;
     assert!(code == 200 && om.trim_end().ends_with("# EOF"), "{om}");
+    // The shipped dashboard asks only for series the agent serves, and the DaemonSet passes
+    // only options the agent has.
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let dashboard = std::fs::read_to_string(deploy.join("grafana-dashboard.json"))?;
+    let names: std::collections::BTreeSet<&str> = dashboard
+        .match_indices("oomtrace_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|n| !n.starts_with("oomtrace_vm_pods"))
+        .collect();
+    assert!(names.len() >= 8, "{names:?}");
+    for n in &names {
+        assert!(
+            om.lines()
+                .any(|l| l.starts_with(&format!("{n}{{")) || l.starts_with(&format!("{n} "))),
+            "the dashboard asks for {n}, which the agent does not serve"
+        );
+    }
+    let manifest = std::fs::read_to_string(deploy.join("oomtrace.yaml"))?;
+    let help = Command::new(oomtrace_bin()?)
+        .args(["agent", "--help"])
+        .output()?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in manifest
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- --"))
+        .map(|f| f.split('=').next().unwrap_or(f))
+    {
+        assert!(
+            help.contains(&format!("--{flag}")),
+            "the DaemonSet passes --{flag}"
+        );
+    }
     // promtool accepts the text exposition as served.
     let (code, body) = http_get(agent_port, "/metrics", None)?;
     assert_eq!(code, 200);
