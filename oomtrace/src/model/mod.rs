@@ -405,20 +405,18 @@ impl Model {
         t.peak = t.peak.max(c.totals.total());
         t.last_ts = t.last_ts.max(c.ts_ns).max(1);
         let (comm, totals, class) = (t.comm.clone(), t.totals, t.class());
-        if self
-            .processes
-            .get(&c.tgid)
-            .is_some_and(|p| p.guest_found_left > 0)
-        {
-            // Guest RAM found at discovery that no thread held yet: charged after the reading
-            // the discovery was weighed against, or, in a replay of a rotated capture, by
-            // threads it has not met yet.
-            self.hand_out_guest_found(c.tgid, key);
-        }
+        let mut guest_left = false;
         if let Some(p) = self.processes.get_mut(&c.tgid) {
             p.last_ts = p.last_ts.max(c.ts_ns);
             p.total += delta;
             p.peak = p.peak.max(p.total);
+            guest_left = p.guest_found_left > 0;
+        }
+        if guest_left {
+            // Guest RAM found at discovery that no thread held yet: charged after the reading
+            // the discovery was weighed against, or, in a replay of a rotated capture, by
+            // threads it has not met yet.
+            self.hand_out_guest_found(c.tgid, key);
         }
         if self.quiet_charges {
             return None;
