@@ -364,6 +364,7 @@ fn run(cli: Cli) -> Result<()> {
                     path: output,
                     max_size,
                     keep,
+                    resume: false,
                 }),
                 status_line: true,
                 tier,

@@ -44,6 +44,98 @@ fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Re
     bail!("timed out waiting for {what}")
 }
 
+/// A running `oomtrace agent` (through `launcher`, e.g. setpriv), its stdout lines and its
+/// stderr kept, tracing `cgroup`, ready (its /healthz answered 200).
+struct AgentRun {
+    child: Killed,
+    port: u16,
+    lines: mpsc::Receiver<String>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl AgentRun {
+    fn start(
+        launcher: &[std::ffi::OsString],
+        dir: &Path,
+        cgroup: &Path,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let port = free_port()?;
+        let (program, before) = launcher.split_first().context("empty launcher")?;
+        let mut child = Command::new(program)
+            .args(before)
+            .args(["agent", "--dir"])
+            .arg(dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--cgroup", &cgroup.display().to_string()])
+            .args(["--flush-bytes", "4096"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start oomtrace agent")?;
+        let stdout = child.stdout.take().context("agent stdout")?;
+        let stderr = child.stderr.take().context("agent stderr")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = log.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("agent: {l}");
+                keep.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+            }
+        });
+        let mut child = Killed(child);
+        wait_until("/healthz", Duration::from_secs(30), || {
+            http_get(port, "/healthz", None).is_ok_and(|(c, _)| c == 200)
+                || child.0.try_wait().is_ok_and(|s| s.is_some())
+        })?;
+        if let Some(status) = child.0.try_wait()? {
+            bail!("the agent exited with {status}");
+        }
+        Ok(Self {
+            child,
+            port,
+            lines,
+            log,
+        })
+    }
+
+    /// The agent's log lines containing `text`.
+    fn logged(&self, text: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|l| l.contains(text))
+            .count()
+    }
+
+    /// A sample's value in the agent's /metrics (`name` with its labels as served).
+    fn metric(&self, name: &str) -> Option<f64> {
+        let (code, body) = http_get(self.port, "/metrics", None).ok()?;
+        if code != 200 {
+            return None;
+        }
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// SIGTERM, and the exit status.
+    fn stop(mut self) -> Result<std::process::ExitStatus> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.0.id() as i32, libc::SIGTERM) };
+        Ok(self.child.0.wait()?)
+    }
+}
+
 fn start_prometheus(dir: &Path, agent_port: u16) -> Result<(Killed, u16)> {
     let port = free_port()?;
     let config = dir.join("prometheus.yml");
@@ -136,34 +228,25 @@ fn agent_keeps_every_kill_and_prometheus_scrapes_its_metrics() -> Result<()> {
             "io.kubernetes.cri.sandbox-uid":"{UID}"}}}}"#
         ),
     )?;
-    let agent_port = free_port()?;
     let dir = work.join("state");
-    let mut agent = Command::new(oomtrace_bin()?)
-        .args(["agent", "--dir"])
-        .arg(&dir)
-        .args(["--listen", &format!("127.0.0.1:{agent_port}")])
-        .args(["--cgroup", &top_path.display().to_string()])
-        .args(["--before", "1m", "--after", "2s", "--max-disk", "1M"])
-        .args(["--flush-bytes", "4096"])
-        .arg("--runtime-state")
-        .arg(&bundles)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start oomtrace agent")?;
-    let stdout = agent.stdout.take().context("agent stdout")?;
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let mut agent = Killed(agent);
-    wait_until("/healthz", Duration::from_secs(30), || {
-        http_get(agent_port, "/healthz", None).is_ok_and(|(c, _)| c == 200)
-    })?;
+    let bundles_s = bundles.display().to_string();
+    let agent = AgentRun::start(
+        &[oomtrace_bin()?.into_os_string()],
+        &dir,
+        &top_path,
+        &[
+            "--before",
+            "1m",
+            "--after",
+            "2s",
+            "--max-disk",
+            "1M",
+            "--runtime-state",
+            &bundles_s,
+        ],
+    )?;
+    let agent_port = agent.port;
+    let lines = &agent.lines;
     let (_prom, prom_port) = start_prometheus(&work, agent_port)?;
 
     // The VM: a qemu stand-in whose vCPU writes 96 MiB of guest RAM; then memhold grows.
@@ -228,13 +311,28 @@ fn agent_keeps_every_kill_and_prometheus_scrapes_its_metrics() -> Result<()> {
         format!("oomtrace_memcg_class_bytes{{{sel},class=\"vcpu\"}}"),
         format!("oomtrace_memcg_class_bytes{{{sel},class=\"foreign\"}}"),
         format!("oomtrace_memcg_limit_bytes{{{sel}}}"),
-        "oomtrace_hook{hook=\"charge\"}".to_string(),
         "oomtrace_resident_memory_bytes".to_string(),
         "oomtrace_cpu_seconds_total".to_string(),
         "oomtrace_dropped_events_total".to_string(),
     ] {
         let r = query(prom_port, &format!("max_over_time({q}[5m])"))?;
         assert!(!r.is_empty(), "no series for {q}");
+    }
+    // The tier of every hook, as `doctor` chooses it on this kernel (off where no tier works).
+    let doctor: Value = serde_json::from_slice(
+        &Command::new(oomtrace_bin()?)
+            .args(["doctor", "--json"])
+            .output()?
+            .stdout,
+    )?;
+    let hooks = doctor["hooks"].as_array().context("doctor's hooks")?;
+    assert!(hooks.len() >= 5, "{doctor}");
+    for h in hooks {
+        let series = format!(
+            "oomtrace_hook_info{{hook={},tier={},target={}}}",
+            h["hook"], h["tier"], h["target"]
+        );
+        assert_eq!(agent.metric(&series), Some(1.0), "{series}");
     }
     // OpenMetrics when asked for (Prometheus asks), the Prometheus text format otherwise.
     let (code, om) = http_get(agent_port, "/metrics", Some("application/openmetrics-text"))?;
@@ -376,10 +474,145 @@ fn agent_keeps_every_kill_and_prometheus_scrapes_its_metrics() -> Result<()> {
     );
 
     // SIGTERM: a clean exit.
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
-    let status = agent.0.wait()?;
+    let status = agent.stop()?;
     assert!(status.success(), "agent exited with {status}");
+    drop(pod);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct Mounted(PathBuf);
+
+impl Mounted {
+    fn tmpfs(at: &Path, size: &str) -> Result<Self> {
+        std::fs::create_dir_all(at)?;
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "oomtrace-test",
+            ])
+            .arg(at)
+            .status()?
+            .success();
+        if !ok {
+            bail!("cannot mount a tmpfs at {}", at.display());
+        }
+        Ok(Self(at.to_path_buf()))
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Writes `path` until the file system is full, then gives `leave` bytes back.
+fn fill(path: &Path, leave: u64) -> Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path)?;
+    let chunk = vec![0x5au8; 16 << 10];
+    while f.write_all(&chunk).is_ok() {}
+    let len = f.metadata()?.len();
+    f.set_len(len.saturating_sub(leave))?;
+    Ok(())
+}
+
+/// DIR's disk fills up: the flight recorder stops with one log line and the `recording` metric
+/// at 0, tracing and metrics go on (a kill is still counted and printed), what was not recorded
+/// is counted; once there is room again it resumes in a new file, and every file it wrote
+/// still reads. SIGTERM ends it with 0.
+#[test]
+fn agent_on_a_full_disk_keeps_tracing_and_resumes_recording() -> Result<()> {
+    if !require_root("agent_on_a_full_disk_keeps_tracing_and_resumes_recording") {
+        return Ok(());
+    }
+    let _serial = serial();
+    ensure_debian(&[("/usr/bin/curl", "curl")])?;
+    let work = scratch("agent-full")?;
+    let dir = work.join("state");
+    let mount = Mounted::tmpfs(&dir, "2m")?;
+    let filler = dir.join("filler");
+    fill(&filler, 96 << 10)?;
+    let ctl = MemoryController::detect()?;
+    let top = format!("oomtrace-test-agent-full-{}", std::process::id());
+    let pod = ScratchCgroup::create(&ctl, &format!("{top}/pod"), 48 << 20)?;
+    let pod_s = pod.path.display().to_string();
+    let top_path = pod.path.parent().context("top cgroup")?.to_path_buf();
+    let agent = AgentRun::start(
+        &[oomtrace_bin()?.into_os_string()],
+        &dir,
+        &top_path,
+        &["--max-disk", "1M"],
+    )?;
+    assert_eq!(agent.metric("oomtrace_recording"), Some(1.0));
+
+    // Threads that touch and free until the recorder has filled the disk.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while agent.metric("oomtrace_recording") != Some(0.0) {
+        if Instant::now() > deadline {
+            bail!("the flight recorder never filled the disk");
+        }
+        let mut churn = workload(&pod_s, "churn", &["a=8@200/free", "b=8@200/free"], 0)?;
+        touched(&mut churn, 2)?;
+        let _ = churn.wait();
+    }
+    assert_eq!(agent.logged("recording stopped"), 1, "one line says it");
+    let events = agent.metric("oomtrace_events_total").context("events")?;
+
+    // Still tracing: a kill is printed and counted, the lost records are counted.
+    let mut memhold = workload(&pod_s, "memhold", &["memhold=0@80"], 120)?;
+    let line = agent
+        .lines
+        .recv_timeout(Duration::from_secs(30))
+        .context("no kill line while the recorder is stopped")?;
+    let kill: Value = serde_json::from_str(&line)?;
+    assert_eq!(kill["type"], "oom", "{line}");
+    let _ = memhold.wait();
+    wait_until("the kill counted", Duration::from_secs(10), || {
+        agent
+            .metric("oomtrace_events_total")
+            .is_some_and(|e| e > events)
+            && http_get(agent.port, "/metrics", None).is_ok_and(|(_, b)| {
+                b.lines()
+                    .any(|l| l.starts_with("oomtrace_oom_kills_total{"))
+            })
+    })?;
+    let unrecorded = agent
+        .metric("oomtrace_dropped_events_total{kind=\"unrecorded\"}")
+        .context("unrecorded")?;
+    assert!(unrecorded > 0.0, "nothing counted as unrecorded");
+    assert_eq!(agent.logged("recording stopped"), 1, "still one line");
+
+    // Room again: it resumes.
+    std::fs::remove_file(&filler)?;
+    wait_until("the recorder to resume", Duration::from_secs(30), || {
+        agent.metric("oomtrace_recording") == Some(1.0)
+    })?;
+    assert_eq!(agent.logged("recording resumed"), 1);
+    let status = agent.stop()?;
+    assert!(status.success(), "agent exited with {status}");
+
+    // Every file reads; the one cut short by the full disk ends in a torn frame, skipped.
+    let files = oomtrace::agent::flight_files(&dir.join("flight.otr"));
+    assert!(files.len() >= 2, "{files:?}");
+    for f in &files {
+        let out = Command::new(oomtrace_bin()?)
+            .arg("report")
+            .arg(f)
+            .output()?;
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    drop(mount);
     drop(pod);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())

@@ -1,4 +1,6 @@
-//! Project tasks: `setup` (install what is missing), `demo`, `test`. Run through `./x`.
+//! Project tasks: `setup` (install what is missing), `demo`, `test`, `dist`. Run through `./x`.
+mod dist;
+
 use std::{path::PathBuf, process::Command, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -25,6 +27,13 @@ enum Task {
     /// The kernel matrix: Debian 6.1, 6.12 and the newest backports kernel booted under qemu,
     /// every tier forced in turn, memcg OOMs and nested KVM inside each (needs root).
     VmTest,
+    /// The static binary (target/static/oomtrace, x86_64-unknown-linux-musl) and the agent's image
+    /// FROM scratch (podman; saved as target/static/oomtrace-<version>.oci.tar).
+    Dist {
+        /// Only the binary.
+        #[arg(long)]
+        no_image: bool,
+    },
     /// Set up, build (release), and measure oomtrace's costs into BENCHMARKS.md (needs root).
     /// Not part of the tests: it takes minutes and its numbers are for reading, not asserting.
     Bench {
@@ -39,7 +48,7 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("cannot run {cmd:?}"))?;
@@ -49,7 +58,7 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("cannot run {cmd:?}"))?;
@@ -200,7 +209,7 @@ fn setup() -> Result<String> {
     Ok(channel)
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -235,7 +244,7 @@ fn vm_test(ws: &std::path::Path, channel: &str) -> Result<Counts> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let ws = workspace();
+    let ws = workspace().canonicalize().unwrap_or_else(|_| workspace());
     match cli.task {
         Task::Setup => {
             setup()?;
@@ -282,6 +291,19 @@ fn main() -> Result<()> {
                 .arg(ws.join("BENCHMARKS.md"))
                 .args(["--pairs", &pairs.to_string(), "--churn", &churn.to_string()])
                 .current_dir(&ws))?;
+        }
+        Task::Dist { no_image } => {
+            let channel = setup()?;
+            let made = dist::dist(&ws, &channel, !no_image)?;
+            println!("xtask: static binary {}", made.binary.display());
+            if let Some(archive) = made.image_archive {
+                println!(
+                    "xtask: image {} (also {}), saved as {}",
+                    dist::IMAGE,
+                    dist::IMAGE_LATEST,
+                    archive.display()
+                );
+            }
         }
         Task::VmTest => {
             let channel = setup()?;

@@ -86,6 +86,7 @@ struct Seen {
     map_full: u64,
     decode: u64,
     skipped: u64,
+    unrecorded: u64,
     cpu_s: f64,
 }
 
@@ -210,7 +211,7 @@ impl Metrics {
         r.register("events", "Kernel events the agent read", m.events.clone());
         r.register(
             "dropped_events",
-            "Events lost, by kind (ring, rare, map_full, decode, skipped_runs)",
+            "Events lost, by kind (ring, rare, map_full, decode, skipped_runs; unrecorded: traced but not written while the flight recorder was stopped)",
             m.dropped.clone(),
         );
         r.register(
@@ -231,7 +232,7 @@ impl Metrics {
             m.rss.clone(),
         );
         r.register(
-            "hook",
+            "hook_info",
             "The tier serving each hook (1 per hook; tier off: not served)",
             m.hooks.clone(),
         );
@@ -318,6 +319,8 @@ impl Metrics {
             ("map_full", c.map_full, &mut s.map_full),
             ("decode", c.decode_errors, &mut s.decode),
             ("skipped_runs", c.skipped_runs, &mut s.skipped),
+            // Fed while the flight recorder was stopped: traced, in the metrics, not on disk.
+            ("unrecorded", at.unrecorded, &mut s.unrecorded),
         ] {
             self.dropped
                 .get_or_create(&KindLabels { kind: kind.into() })

@@ -127,6 +127,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             path: flight.clone(),
             max_size: Some(per_file),
             keep: FLIGHT_KEEP,
+            resume: true,
         }),
         ..Config::default()
     };

@@ -9,4 +9,4 @@ mod tests;
 
 pub use format::Header;
 pub use reader::Reader;
-pub use writer::Writer;
+pub use writer::{Writer, WriterStats};

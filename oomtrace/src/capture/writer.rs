@@ -138,22 +138,68 @@ impl Writer {
 
     fn rotate(&mut self, facts: &[ModelInput]) -> Result<()> {
         let _ = self.file.get_ref().sync_data();
-        if self.keep == 0 {
-            let _ = fs::remove_file(&self.path);
-        } else {
-            let _ = fs::remove_file(self.rotated(self.keep));
-            for n in (1..self.keep).rev() {
-                let _ = fs::rename(self.rotated(n), self.rotated(n + 1));
-            }
-            fs::rename(&self.path, self.rotated(1))
-                .with_context(|| format!("cannot rotate {}", self.path.display()))?;
-        }
+        self.shift_old_files()?;
         let file = create_private(&self.path)?;
         self.file = BufWriter::new(file);
         self.file_bytes = 0;
         self.header.sequence += 1;
         self.stats.files += 1;
         self.start_file(facts)
+    }
+
+    /// The current file becomes `.1`, `.1` becomes `.2`, ..., the oldest beyond `keep` goes.
+    fn shift_old_files(&self) -> Result<()> {
+        if self.keep == 0 {
+            let _ = fs::remove_file(&self.path);
+            return Ok(());
+        }
+        let _ = fs::remove_file(self.rotated(self.keep));
+        for n in (1..self.keep).rev() {
+            let _ = fs::rename(self.rotated(n), self.rotated(n + 1));
+        }
+        match fs::rename(&self.path, self.rotated(1)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot rotate {}", self.path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts a new file after the recording stopped (a full disk, say). It is written under a
+    /// temporary name first, so a failed attempt moves and removes nothing; then the files
+    /// before it rotate as usual and keep what they hold (the last may end in a torn frame,
+    /// which readers skip).
+    pub fn resume(
+        path: &Path,
+        header: Header,
+        max_size: Option<u64>,
+        keep: usize,
+        facts: &[ModelInput],
+    ) -> Result<Self> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".new");
+        let tmp = PathBuf::from(tmp);
+        let attempt = || -> Result<Self> {
+            let mut w = Self::create(&tmp, header, max_size, keep)?;
+            for f in facts {
+                w.push(f)?;
+            }
+            w.flush_block()?;
+            w.path = path.to_path_buf();
+            w.shift_old_files()?;
+            fs::rename(&tmp, path).with_context(|| {
+                format!("cannot rename {} to {}", tmp.display(), path.display())
+            })?;
+            Ok(w)
+        };
+        attempt().inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
+    }
+
+    /// The header the next file would carry (its sequence continues this recording's).
+    pub fn header(&self) -> &Header {
+        &self.header
     }
 
     /// Frames what is pending and syncs the file to disk.

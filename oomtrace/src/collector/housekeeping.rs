@@ -59,8 +59,7 @@ impl Live {
             }
             self.model.shrink();
             self.printer.shrink();
-            // SAFETY: malloc_trim only returns free heap memory to the OS.
-            unsafe { libc::malloc_trim(0) };
+            super::give_back_heap();
         }
     }
 

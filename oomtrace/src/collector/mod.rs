@@ -14,6 +14,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 mod housekeeping;
 mod processes;
+mod recording;
 
 use crate::{
     bpf::{self, HookChoice},
@@ -72,6 +73,8 @@ pub struct RecordTo {
     pub path: PathBuf,
     pub max_size: Option<u64>,
     pub keep: usize,
+    /// After a write error, try again in a new file (the agent) rather than end with the error.
+    pub resume: bool,
 }
 
 impl Default for Config {
@@ -165,8 +168,7 @@ struct Live {
     clock: Clock,
     cfg: Config,
     probes: bpf::Probes,
-    capture: Option<capture::Writer>,
-    capture_error: Option<anyhow::Error>,
+    recording: Option<recording::Recording>,
     last_trim: Instant,
     /// Rare-event drops already answered by a /proc scan for vanished threads.
     rare_drops_seen: u64,
@@ -249,30 +251,22 @@ impl Live {
 
     /// Everything the model learns goes through here, so a capture holds all of it.
     fn feed(&mut self, input: ModelInput) -> Option<Change> {
-        if let Some(w) = self.capture.as_mut()
-            && let Err(e) = w.push(&input)
-        {
-            // Keep tracing; say once why the capture stopped.
-            log::error!("capture stopped: {e:#}");
-            self.capture_error = Some(e);
-            self.capture = None;
+        if let Some(r) = self.recording.as_mut() {
+            r.push(&input);
         }
         self.model.feed(&input)
     }
 
     /// At every tick: frame what the capture holds, rotate if due, show the status line.
     fn capture_tick(&mut self) {
-        let Some(w) = self.capture.as_mut() else {
+        let Some(r) = self.recording.as_mut() else {
             return;
         };
         let model = &self.model;
-        if let Err(e) = w.tick(|| model.facts()) {
-            log::error!("capture stopped: {e:#}");
-            self.capture_error = Some(e);
-            self.capture = None;
-            return;
-        }
-        if self.cfg.status_line {
+        r.tick(|| model.facts());
+        if let Some(w) = r.writer()
+            && self.cfg.status_line
+        {
             let c = &self.model.counters;
             eprint!(
                 "\rrecording: {} events, {} records, {} written, file {}, drops {}/{}/{}   ",
@@ -571,6 +565,8 @@ pub struct TickInfo<'a> {
     pub hooks: &'a [HookChoice],
     /// Why the capture stopped, if it did.
     pub capture_error: Option<String>,
+    /// Inputs not recorded while the capture was stopped.
+    pub unrecorded: u64,
 }
 
 struct NoObserver;
@@ -612,8 +608,7 @@ pub async fn run_observed(
     let mut probes = bpf::load(&tracefs, &kbtf, cfg.tier, &opts)?;
     // The capability probe parsed the kernel's BTF for its fentry program (~20 MiB, freed):
     // give the heap back now rather than at the first housekeeping pass.
-    // SAFETY: malloc_trim only returns free heap memory to the OS.
-    unsafe { libc::malloc_trim(0) };
+    give_back_heap();
     let ring = probes.take_ring()?;
     let clock = Clock::now();
     let (charges, charge_batch) = probes.take_charges()?;
@@ -643,8 +638,7 @@ pub async fn run_observed(
         cfg: cfg.clone(),
         probes,
         printer: Printer::new(cfg.json, cfg.charges, pid_filter, filter, clock),
-        capture: None,
-        capture_error: None,
+        recording: None,
         last_trim: Instant::now(),
         rare_drops_seen: 0,
         last_gc: Instant::now(),
@@ -652,12 +646,7 @@ pub async fn run_observed(
     };
     if let Some(rec) = &cfg.record {
         let header = capture_header(&live.clock, &cfg.target, &live.probes.choices);
-        live.capture = Some(capture::Writer::create(
-            &rec.path,
-            header,
-            rec.max_size,
-            rec.keep,
-        )?);
+        live.recording = Some(recording::Recording::start(rec, header)?);
     }
     live.feed(ModelInput::Budget {
         profile: cfg.budget.0.name.to_string(),
@@ -722,7 +711,8 @@ pub async fn run_observed(
                     &TickInfo {
                         now_ns: output::monotonic_ns(),
                         hooks: &live.probes.choices,
-                        capture_error: live.capture_error.as_ref().map(|e| format!("{e:#}")),
+                        capture_error: live.recording.as_ref().and_then(|r| r.error()),
+                        unrecorded: live.recording.as_ref().map_or(0, |r| r.unrecorded),
                     },
                 )?;
                 if let Some(by) = cfg.by
@@ -745,8 +735,8 @@ pub async fn run_observed(
     if cfg.status_line {
         eprintln!();
     }
-    if let Some(w) = live.capture.take() {
-        let stats = w.finish()?;
+    if let Some(r) = live.recording.take() {
+        let stats = r.finish()?;
         if cfg.status_line {
             eprintln!(
                 "oomtrace: wrote {} records in {} ({} file{})",
@@ -757,9 +747,16 @@ pub async fn run_observed(
             );
         }
     }
-    if let Some(e) = live.capture_error.take() {
-        return Err(e.context("the capture file is incomplete"));
-    }
     out.flush().ok();
     Ok(summary)
+}
+
+/// Returns the heap's free pages to the OS. glibc keeps them until asked; musl's allocator (the
+/// static build) unmaps freed spans itself and has no such call.
+fn give_back_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap memory to the OS.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
