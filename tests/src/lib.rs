@@ -59,6 +59,69 @@ pub fn oomtrace_bin() -> Result<PathBuf> {
     .map_err(anyhow::Error::msg)
 }
 
+/// Capability numbers (linux/capability.h) of the names the DaemonSet may add.
+const CAPS: [(&str, u32); 6] = [
+    ("DAC_READ_SEARCH", 2),
+    ("SYS_PTRACE", 19),
+    ("SYS_ADMIN", 21),
+    ("SYS_RESOURCE", 24),
+    ("PERFMON", 38),
+    ("BPF", 39),
+];
+
+/// The capabilities deploy/oomtrace.yaml adds (after dropping ALL), with their numbers.
+pub fn manifest_caps() -> Result<Vec<(String, u32)>> {
+    let manifest = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/oomtrace.yaml"),
+    )?;
+    let line = manifest
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("add:"))
+        .context("the manifest adds no capabilities")?;
+    Ok(line
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(',')
+        .map(|c| c.trim().trim_matches('"').to_string())
+        .filter(|c| !c.is_empty())
+        .map(|name| {
+            let n = CAPS
+                .iter()
+                .find(|(c, _)| *c == name)
+                .map(|(_, n)| *n)
+                .with_context(|| format!("unknown capability {name} in the manifest"))?;
+            Ok((name, n))
+        })
+        .collect::<Result<_>>()?)
+}
+
+/// `./x dist` once per test process: the static binary (target/static/oomtrace) and, with
+/// `image`, the image and its OCI archive (target/static/oomtrace-<version>.oci.tar).
+pub fn dist(image: bool) -> Result<PathBuf> {
+    static DONE: Mutex<Option<bool>> = Mutex::new(None);
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if done.is_none_or(|with_image| image && !with_image) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["run", "--quiet", "-p", "xtask", "--", "dist"]);
+        if !image {
+            cmd.arg("--no-image");
+        }
+        let status = cmd
+            .current_dir(&workspace)
+            .status()
+            .context("cannot run ./x dist")?;
+        if !status.success() {
+            bail!("./x dist failed ({status})");
+        }
+        *done = Some(image);
+    }
+    Ok(workspace.join("target/static"))
+}
+
 /// A running `oomtrace tail --json`, its lines read on a thread.
 pub struct Tail {
     child: Child,

@@ -215,7 +215,7 @@ fn agent_keeps_every_kill_and_prometheus_scrapes_its_metrics() -> Result<()> {
     // The pod's bundles as containerd's CRI plugin lays them out (a real containerd cannot run
     // a CRI pod here: no CNI, no images), with the annotations it writes.
     let bundles = work.join("containerd/io.containerd.runtime.v2.task/k8s.io");
-    let sandbox = bundles.join("4a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6071829");
+    let sandbox = bundles.join("9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b1a0f9e8d");
     std::fs::create_dir_all(&sandbox)?;
     std::fs::write(
         sandbox.join("config.json"),
@@ -223,6 +223,24 @@ fn agent_keeps_every_kill_and_prometheus_scrapes_its_metrics() -> Result<()> {
             r#"{{"ociVersion":"1.1.0","process":{{"args":["/pause"]}},"annotations":{{
             "io.kubernetes.cri.container-type":"sandbox",
             "io.kubernetes.cri.sandbox-id":"4a5b6c7d8e9f",
+            "io.kubernetes.cri.sandbox-name":"virt-launcher-vm1-x7k2p",
+            "io.kubernetes.cri.sandbox-namespace":"default",
+            "io.kubernetes.cri.sandbox-uid":"{UID}"}}}}"#
+        ),
+    )?;
+    // The compute container's bundle: its directory is the id its cgroup is named with.
+    let compute = bundles.join(
+        CID.trim_start_matches("cri-containerd-")
+            .trim_end_matches(".scope"),
+    );
+    std::fs::create_dir_all(&compute)?;
+    std::fs::write(
+        compute.join("config.json"),
+        format!(
+            r#"{{"ociVersion":"1.1.0","process":{{"args":["/usr/bin/virt-launcher-monitor"]}},"annotations":{{
+            "io.kubernetes.cri.container-type":"container",
+            "io.kubernetes.cri.container-name":"compute",
+            "io.kubernetes.cri.sandbox-id":"9e8d7c6b5a4f",
             "io.kubernetes.cri.sandbox-name":"virt-launcher-vm1-x7k2p",
             "io.kubernetes.cri.sandbox-namespace":"default",
             "io.kubernetes.cri.sandbox-uid":"{UID}"}}}}"#
@@ -279,6 +297,15 @@ fn agent_keeps_every_kill_and_prometheus_scrapes_its_metrics() -> Result<()> {
     let kill: Value = serde_json::from_str(&line)?;
     assert_eq!(kill["type"], "oom", "{line}");
     assert_eq!(kill["victim_pid"], qemu_pid);
+    // The container's name, from its bundle, on the threads that charged in it.
+    let top = kill["post_mortem"]["top"]
+        .as_array()
+        .context("top threads")?;
+    assert!(
+        top.iter()
+            .any(|t| t["comm"] == "memhold" && t["container"] == "compute"),
+        "{line}"
+    );
     let _ = qemu.wait();
     let _ = (memhold.kill(), memhold.wait());
 
@@ -616,4 +643,245 @@ fn agent_on_a_full_disk_keeps_tracing_and_resumes_recording() -> Result<()> {
     drop(pod);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+fn cap_mask(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.trim().parse::<String>().ok())
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+}
+
+/// The image's files: the OCI archive unpacked layer by layer into `root`, and its config.
+fn unpack_image(archive: &Path, work: &Path, root: &Path) -> Result<Value> {
+    let oci = work.join("oci");
+    std::fs::create_dir_all(&oci)?;
+    std::fs::create_dir_all(root)?;
+    let untar = |file: &Path, into: &Path| -> Result<()> {
+        let ok = Command::new("tar")
+            .arg("-xf")
+            .arg(file)
+            .arg("-C")
+            .arg(into)
+            .status()?
+            .success();
+        if !ok {
+            bail!("cannot unpack {}", file.display());
+        }
+        Ok(())
+    };
+    untar(archive, &oci)?;
+    let blob = |digest: &Value| -> Result<PathBuf> {
+        let d = digest.as_str().context("digest")?;
+        let hex = d.strip_prefix("sha256:").context("sha256 digest")?;
+        Ok(oci.join("blobs/sha256").join(hex))
+    };
+    let index: Value = serde_json::from_slice(&std::fs::read(oci.join("index.json"))?)?;
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(blob(&index["manifests"][0]["digest"])?)?)?;
+    for layer in manifest["layers"].as_array().context("layers")? {
+        untar(&blob(&layer["digest"])?, root)?;
+    }
+    Ok(serde_json::from_slice(&std::fs::read(blob(
+        &manifest["config"]["digest"],
+    )?)?)?)
+}
+
+/// What ships: the image built by `./x dist` holds the static binary alone (no dynamic
+/// dependencies), and that binary, run as the DaemonSet runs it (root with exactly the
+/// manifest's capabilities, no new privileges), traces a real OOM kill of a qemu that runs as
+/// another user (uid 107, as KubeVirt's does): its guest RAM read from its smaps, the kill kept.
+#[test]
+fn agent_from_the_image_runs_with_the_manifests_capabilities() -> Result<()> {
+    if !require_root("agent_from_the_image_runs_with_the_manifests_capabilities") {
+        return Ok(());
+    }
+    let _serial = serial();
+    ensure_debian(&[
+        ("/usr/bin/curl", "curl"),
+        ("/usr/bin/setpriv", "util-linux"),
+    ])?;
+    let static_dir = tests::dist(true)?;
+    let work = scratch("agent-image")?;
+    let root = work.join("rootfs");
+    let config = unpack_image(
+        &static_dir.join(format!("oomtrace-{}.oci.tar", env!("CARGO_PKG_VERSION"))),
+        &work,
+        &root,
+    )?;
+    assert_eq!(
+        config["config"]["Entrypoint"][0], "/usr/bin/oomtrace",
+        "{config}"
+    );
+    let bin = root.join("usr/bin/oomtrace");
+    assert_eq!(
+        std::fs::read(&bin)?,
+        std::fs::read(static_dir.join("oomtrace"))?,
+        "the image's binary is the one ./x dist built"
+    );
+    let files: Vec<String> = walk(&root)
+        .iter()
+        .filter_map(|p| Some(p.strip_prefix(&root).ok()?.display().to_string()))
+        .collect();
+    assert_eq!(
+        files,
+        ["usr/bin/oomtrace"],
+        "FROM scratch: the binary alone"
+    );
+    let ldd = Command::new("ldd").arg(&bin).output()?;
+    let said =
+        String::from_utf8_lossy(&ldd.stdout).to_string() + &String::from_utf8_lossy(&ldd.stderr);
+    assert!(
+        said.contains("not a dynamic executable") || said.contains("statically linked"),
+        "ldd: {said}"
+    );
+    let headers = Command::new("readelf")
+        .args(["-ld", "-W"])
+        .arg(&bin)
+        .output()?;
+    let headers = String::from_utf8_lossy(&headers.stdout);
+    assert!(headers.contains("LOAD"), "{headers}");
+    assert!(
+        !headers.contains("INTERP") && !headers.contains("(NEEDED)"),
+        "an interpreter or shared libraries: {headers}"
+    );
+
+    // The manifest's capabilities, less those this machine does not give (its bounding set).
+    let own = std::fs::read_to_string("/proc/self/status")?;
+    let bounding = cap_mask(&own, "CapBnd:").context("CapBnd")?;
+    let mut keep = Vec::new();
+    let mut mask = 0u64;
+    for (name, n) in tests::manifest_caps()? {
+        if bounding & (1 << n) == 0 {
+            println!("NOTE: this machine does not give CAP_{name}; run without it");
+            continue;
+        }
+        keep.push(format!("+{}", name.to_lowercase()));
+        mask |= 1 << n;
+    }
+    let launcher: Vec<std::ffi::OsString> = vec![
+        "setpriv".into(),
+        "--inh-caps=-all".into(),
+        format!("--bounding-set=-all,{}", keep.join(",")).into(),
+        "--no-new-privs".into(),
+        "--".into(),
+        bin.clone().into_os_string(),
+    ];
+
+    let ctl = MemoryController::detect()?;
+    let top = format!("oomtrace-test-agent-image-{}", std::process::id());
+    let pod = ScratchCgroup::create(
+        &ctl,
+        &format!("{top}/kubepods/burstable/pod{UID}"),
+        128 << 20,
+    )?;
+    let container = pod.path.join(CID);
+    std::fs::create_dir(&container)?;
+    let container_s = container.display().to_string();
+    let top_path = pod
+        .path
+        .ancestors()
+        .nth(3)
+        .context("top cgroup")?
+        .to_path_buf();
+    let dir = work.join("state");
+    let agent = AgentRun::start(&launcher, &dir, &top_path, &["--after", "1s"])?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.child.0.id()))?;
+    assert_eq!(cap_mask(&status, "CapEff:"), Some(mask), "{status}");
+    assert_eq!(cap_mask(&status, "CapBnd:"), Some(mask), "{status}");
+
+    // qemu runs as uid 107: it joins its container's cgroup itself (the file is its own, as
+    // a delegated cgroup's would be), and the agent reads its /proc through its capabilities.
+    const QEMU_UID: u32 = 107;
+    for f in ["cgroup.procs", "tasks"] {
+        let p = container.join(f);
+        if p.exists() {
+            std::os::unix::fs::chown(&p, Some(QEMU_UID), Some(QEMU_UID))?;
+        }
+    }
+    let qemu_bin = work.join("qemu-bin");
+    std::fs::copy(oomtrace_bin()?, &qemu_bin)?;
+    std::fs::set_permissions(&work, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let extra = [
+        "-name",
+        "guest=default_vm1,debug-threads=on",
+        "-m",
+        "64M",
+        "-smp",
+        "1",
+    ];
+    let spec = Spec {
+        process: "qemu-system-x86",
+        cgroup: &container_s,
+        threads: &["CPU 0/TCG=64@300", "IO iothread1=4@40"],
+        hold_secs: 120,
+        arg0: Some("/usr/bin/qemu-system-x86_64"),
+        extra: &extra,
+        guest_ram_mib: 64,
+        ..Default::default()
+    };
+    let mut cmd = spec.command(&qemu_bin);
+    std::os::unix::process::CommandExt::uid(&mut cmd, QEMU_UID);
+    std::os::unix::process::CommandExt::gid(&mut cmd, QEMU_UID);
+    let mut qemu = Killed(
+        cmd.stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .context("cannot start the qemu stand-in")?,
+    );
+    let qemu_pid = qemu.0.id();
+    touched(&mut qemu.0, 2)?;
+    let sel =
+        format!("oomtrace_memcg_guest_bytes{{namespace=\"default\",pod=\"{UID}\",vm=\"vm1\"}}");
+    wait_until(
+        "the guest RAM in the metrics",
+        Duration::from_secs(15),
+        || {
+            agent
+                .metric(&sel)
+                .is_some_and(|g| (g - (64 << 20) as f64).abs() < (64 << 20) as f64 * 0.05)
+        },
+    )?;
+    let mut memhold = workload(&container_s, "memhold", &["memhold=0@80"], 120)?;
+    let line = agent
+        .lines
+        .recv_timeout(Duration::from_secs(30))
+        .context("no kill line")?;
+    let kill: Value = serde_json::from_str(&line)?;
+    assert_eq!(kill["victim_pid"], qemu_pid, "{line}");
+    assert_eq!(kill["post_mortem"]["memcg"]["vm"], "default/vm1", "{line}");
+    assert_eq!(kill["post_mortem"]["victim_guest"], 64 << 20, "{line}");
+    let _ = (memhold.kill(), memhold.wait());
+    let kills_dir = dir.join("kills");
+    wait_until("the kill's capture", Duration::from_secs(15), || {
+        std::fs::read_dir(&kills_dir)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .is_some_and(|e| e.path().join("capture.otr").exists())
+    })?;
+    let status = agent.stop()?;
+    assert!(status.success(), "agent exited with {status}");
+    drop(qemu);
+    drop(pod);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// Every file under `dir` (not directories), sorted.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
 }

@@ -289,3 +289,45 @@ fn agent_bad_conditions_are_one_line_errors() -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
+
+/// A DIR the agent cannot write (a read-only file system: the same for root as another owner's
+/// directory is without CAP_DAC_OVERRIDE) is a setting to fix: one line and exit 1, whether
+/// DIR/kills is missing or the flight recorder's file cannot be created.
+#[test]
+fn agent_dir_not_writable_is_one_line_error() -> Result<()> {
+    if !require_root("agent_dir_not_writable_is_one_line_error") {
+        return Ok(());
+    }
+    let tmp = std::env::temp_dir().join(format!("oomtrace-agent-ro-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let mount = |opts: &str| -> Result<()> {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "oomtrace-test"])
+            .arg(&tmp)
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "cannot mount a tmpfs at {}", tmp.display());
+        Ok(())
+    };
+    mount("size=1m,mode=0700")?;
+    let with_kills = tmp.join("with-kills");
+    std::fs::create_dir_all(with_kills.join("kills"))?;
+    std::fs::create_dir_all(tmp.join("empty"))?;
+    mount("remount,ro")?;
+    let result = (|| -> Result<()> {
+        for (dir, needle) in [
+            ("empty", "kills: Read-only file system"),
+            ("with-kills", "flight.otr: Read-only file system"),
+        ] {
+            let dir = tmp.join(dir).display().to_string();
+            let mut cmd = oomtrace(&["agent", "--dir", &dir, "--listen", "127.0.0.1:0"])?;
+            cmd.env_remove("RUST_LOG");
+            assert_one_line_error(cmd, needle)?;
+        }
+        Ok(())
+    })();
+    let _ = Command::new("umount").arg(&tmp).status();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}

@@ -16,7 +16,7 @@ use std::{collections::BTreeMap, process::Stdio, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
-use tests::{guest, oomtrace_bin, require_root, within};
+use tests::{guest, require_root, within};
 
 const MIB: i64 = 1 << 20;
 /// (thread or process name, MiB it touches).
@@ -38,7 +38,7 @@ const EXEC_JOIN_CID: &str = "cri-containerd-0f32894de86e.scope";
 const EXEC_JOIN_GUEST_MIB: u64 = 24;
 const EXEC_JOIN_LIMIT_MIB: u64 = 48;
 
-fn init_script(bin: &str, tiny_kvm: &str, modules: &[String]) -> String {
+fn init_script(bin: &str, caps: &str, tiny_kvm: &str, modules: &[String]) -> String {
     let touch = |name: &str, mib: i64| format!("{name}={mib}@400");
     let insmods: String = modules
         .iter()
@@ -51,6 +51,8 @@ mount -t tracefs none /sys/kernel/tracing 2>/dev/null
 mount -t cgroup2 none /sys/fs/cgroup
 echo +memory > /sys/fs/cgroup/cgroup.subtree_control
 B={bin}
+# The DaemonSet's privileges: root with exactly the manifest's capabilities, no new privileges.
+C="{caps}"
 echo "KERNEL: $(uname -r)"
 mount -t debugfs none /sys/kernel/debug 2>/dev/null
 echo "PREEMPT: $(cat /sys/kernel/debug/sched/preempt 2>/dev/null || echo unknown)"
@@ -60,9 +62,10 @@ wait_started() {{ i=0; while [ $i -lt 300 ] && ! grep -q '"start"' $1 && kill -0
 for T in {tiers}; do
   P=/sys/fs/cgroup/pod-$T
   mkdir $P; echo {limit}M > $P/memory.max
-  $B tail --cgroup /pod-$T --json --tier $T --flush-bytes 1048576 > /tmp/$T.out 2> /tmp/$T.err &
+  $C $B tail --cgroup /pod-$T --json --tier $T --flush-bytes 1048576 > /tmp/$T.out 2> /tmp/$T.err &
   TP=$!
   wait_started /tmp/$T.out $TP
+  echo "CAPS $T $(grep CapEff /proc/$TP/status)"
   if grep -q '"start"' /tmp/$T.out; then
     $B workload --process qemu-system-x86 --cgroup $P --thread "{kvm}" --thread "{io}" --hold 3600 &
     $B workload --process virt-launcher --cgroup $P --thread "{side}" --hold 3600 &
@@ -86,7 +89,7 @@ done
 # memcg, joins the pod's container, execs memhold; memhold grows until qemu is killed.
 R=/sys/fs/cgroup/execjoin; mkdir $R; echo +memory > $R/cgroup.subtree_control
 ln -s $B /tmp/memhold; ln -s $B /tmp/qemu-system-x86_64
-$B tail --cgroup /execjoin --json > /tmp/ej.out 2> /tmp/ej.err &
+$C $B tail --cgroup /execjoin --json > /tmp/ej.out 2> /tmp/ej.err &
 TP=$!
 wait_started /tmp/ej.out $TP
 for RUN in $(seq 0 {last_run}); do
@@ -113,10 +116,16 @@ echo "=== BEGIN execjoin"
 grep -E '"type":"(start|oom)"' /tmp/ej.out
 sed 's/^/STDERR: /' /tmp/ej.err | head -5
 echo "=== END execjoin"
+$C $B doctor --json > /tmp/doctor.json 2> /tmp/doctor.err
+echo "DOCTOR_RC: $?"
+echo "=== BEGIN doctor"
+cat /tmp/doctor.json; echo
+sed 's/^/STDERR: /' /tmp/doctor.err | head -5
+echo "=== END doctor"
 {insmods}ls /dev/kvm 2>&1 | sed 's/^/DEVKVM: /'
 if [ -e /dev/kvm ]; then
   P=/sys/fs/cgroup/pod-kvm; mkdir $P
-  $B tail --cgroup /pod-kvm --json --flush-bytes 1048576 > /tmp/kvm.out 2> /tmp/kvm.err &
+  $C $B tail --cgroup /pod-kvm --json --flush-bytes 1048576 > /tmp/kvm.out 2> /tmp/kvm.err &
   TP=$!
   wait_started /tmp/kvm.out $TP
   echo 1 > /sys/kernel/tracing/events/kvm/kvm_page_fault/enable
@@ -134,6 +143,7 @@ fi
 poweroff -f
 "#,
         tiers = TIERS.join(" "),
+        caps = caps,
         limit = POD_LIMIT_MIB,
         kvm = touch(TOUCHERS[0].0, TOUCHERS[0].1),
         io = touch(TOUCHERS[1].0, TOUCHERS[1].1),
@@ -192,6 +202,45 @@ fn final_of(charges: &[Value], name: &str) -> Option<i64> {
 }
 
 /// The exec-join runs: every run's `oom` row against that run's kernel report.
+/// `doctor` ran (with the DaemonSet's capabilities) and chose, hook by hook, the tiers that the
+/// exec-join scenario's `tail` (default tiers) traced with.
+fn doctor(console: &str) -> Vec<String> {
+    let rc = console
+        .lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix("DOCTOR_RC: "));
+    if rc != Some("0") {
+        return vec![format!(
+            "doctor exited with {rc:?}: {:?}",
+            block(console, "doctor")
+        )];
+    }
+    let Some(report) = block(console, "doctor")
+        .iter()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+    else {
+        return vec![format!("no doctor report: {:?}", block(console, "doctor"))];
+    };
+    let tail = rows(&block(console, "execjoin"), "start");
+    let tiers = |hooks: &Value| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = hooks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|h| (h["hook"].to_string(), h["tier"].to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    let chosen = tiers(&report["hooks"]);
+    let traced = tail.first().map(|t| tiers(&t["hooks"])).unwrap_or_default();
+    if chosen.len() < 5 || chosen != traced {
+        return vec![format!(
+            "doctor chose {chosen:?}, tail traced with {traced:?}"
+        )];
+    }
+    Vec::new()
+}
+
 fn exec_join(series: guest::Series, console: &str) -> Vec<String> {
     let lines = block(console, "execjoin");
     let ooms = rows(&lines, "oom");
@@ -255,10 +304,24 @@ fn exec_join(series: guest::Series, console: &str) -> Vec<String> {
     misses
 }
 
+/// setpriv keeping only the capabilities deploy/oomtrace.yaml adds (the guest's root has all).
+fn setpriv_command() -> Result<String> {
+    let caps: Vec<String> = tests::manifest_caps()?
+        .iter()
+        .map(|(name, _)| format!("+{}", name.to_lowercase()))
+        .collect();
+    Ok(format!(
+        "/usr/bin/setpriv --inh-caps=-all --bounding-set=-all,{} --no-new-privs --",
+        caps.join(",")
+    ))
+}
+
 fn boot(series: guest::Series) -> Result<String> {
     guest::ensure_tools()?;
     let kernel = guest::kernel(series)?;
-    let bin = oomtrace_bin()?;
+    // The shipped binary: static, as ./x dist builds it for the image.
+    let bin = tests::dist(false)?.join("oomtrace");
+    let setpriv = std::path::PathBuf::from("/usr/bin/setpriv");
     let tiny = std::path::PathBuf::from(env!("CARGO_BIN_EXE_tiny_kvm"));
     let modules = guest::kvm_modules(&kernel)?;
     let in_guest: Vec<String> = modules
@@ -273,13 +336,14 @@ fn boot(series: guest::Series) -> Result<String> {
         .collect();
     let init = init_script(
         &bin.display().to_string(),
+        &setpriv_command()?,
         &tiny.display().to_string(),
         &in_guest,
     );
     let initrd = guest::initramfs_with(
         &format!("matrix-{}", series.name()),
         &init,
-        &[bin.as_path(), tiny.as_path()],
+        &[bin.as_path(), tiny.as_path(), setpriv.as_path()],
         &files,
     )?;
     let out = std::process::Command::new("timeout")
@@ -312,6 +376,7 @@ fn matrix(series: guest::Series) -> Result<()> {
         .unwrap_or("unknown")
         .to_string();
     let fentry_lossy = preempt.contains("(full)") || preempt.contains("(lazy)");
+    let manifest_mask: u64 = tests::manifest_caps()?.iter().map(|(_, n)| 1u64 << n).sum();
     for tier in TIERS {
         let lines = block(&console, tier);
         let starts = rows(&lines, "start");
@@ -335,6 +400,15 @@ fn matrix(series: guest::Series) -> Result<()> {
             .and_then(|h| h.iter().find(|h| h["hook"] == "charge"))
             .context("charge hook in the start line")?;
         assert_eq!(charge["tier"], tier, "{charge}");
+        // It ran with exactly the DaemonSet's capabilities.
+        let cap_eff = console
+            .lines()
+            .find_map(|l| {
+                l.trim_end_matches('\r')
+                    .strip_prefix(&format!("CAPS {tier} CapEff:"))
+            })
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok());
+        assert_eq!(cap_eff, Some(manifest_mask), "{tier}: capabilities");
         let charges = rows(&lines, "charge");
         let counters: Value = lines
             .iter()
@@ -419,6 +493,7 @@ fn matrix(series: guest::Series) -> Result<()> {
         );
     }
     misses.extend(exec_join(series, &console));
+    misses.extend(doctor(&console));
     assert!(misses.is_empty(), "{misses:#?}");
     println!(
         "{}: charged MiB by tier: {:?}",

@@ -194,9 +194,18 @@ impl Probes {
             }
             if let Err(e) = attach_all(&mut self.ebpf, &choice.attach, &mut btf) {
                 if choice.required {
+                    let denied = format!("{e:#}").contains("Permission denied");
                     return Err(e.context(format!(
-                        "attaching the {} tier of the {} hook ({}) failed",
-                        choice.tier, choice.hook, choice.target
+                        "attaching the {} tier of the {} hook ({}) failed{}",
+                        choice.tier,
+                        choice.hook,
+                        choice.target,
+                        if denied {
+                            " (perf events need CAP_PERFMON, or CAP_SYS_ADMIN where \
+                             kernel.perf_event_paranoid is 3, as on Debian)"
+                        } else {
+                            ""
+                        }
                     )));
                 }
                 choice.tier = "off";
