@@ -40,6 +40,9 @@ pub fn memcg_title(m: &MemcgView) -> String {
     } else if let Some(p) = &m.pod {
         who.push(identity::describe(p));
     }
+    if let Some(c) = &m.container_name {
+        who.push(format!("container {c}"));
+    }
     if let Some(vm) = &m.vm {
         who.push(format!("VM {vm}"));
     }

@@ -29,6 +29,28 @@ pub struct PodNames {
     pub name: String,
 }
 
+/// What one bundle tells: its pod's names, and the container's name unless it is the sandbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bundle {
+    pub pod: PodNames,
+    pub container_name: Option<String>,
+}
+
+/// The container's name from an OCI config.json's annotations; None for a pod's sandbox.
+pub fn container_name(json: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let a = v.get("annotations")?;
+    let get = |k: &str| a.get(k)?.as_str();
+    if get("io.kubernetes.cri.container-type").is_some_and(|t| t != "container") {
+        return None;
+    }
+    get("io.kubernetes.cri.container-name")
+        .or_else(|| get("io.kubernetes.container.name"))
+        // CRI-O names its sandbox "POD".
+        .filter(|n| !n.is_empty() && *n != "POD")
+        .map(str::to_string)
+}
+
 /// The pod's names from an OCI config.json's annotations (containerd's CRI or CRI-O's).
 pub fn parse_config(json: &str) -> Option<PodNames> {
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
@@ -62,8 +84,9 @@ impl RuntimeState {
         }
     }
 
-    /// The names of pods whose bundles appeared since the last scan.
-    pub fn scan_new(&mut self) -> Vec<PodNames> {
+    /// The bundles that appeared since the last scan, by directory name (the container id, as
+    /// the cgroup names it).
+    pub fn scan_new(&mut self) -> Vec<(String, Bundle)> {
         let mut out = Vec::new();
         let mut read = 0;
         for root in &self.roots {
@@ -83,11 +106,19 @@ impl RuntimeState {
                 ]
                 .into_iter()
                 .find(|p| p.is_file());
-                if let Some(names) = config
-                    .and_then(|c| read_small(&c))
-                    .and_then(|t| parse_config(&t))
-                {
-                    out.push(names);
+                let Some(text) = config.and_then(|c| read_small(&c)) else {
+                    continue;
+                };
+                if let Some(pod) = parse_config(&text) {
+                    let id = e.file_name().to_string_lossy().into_owned();
+                    let container_name = container_name(&text);
+                    out.push((
+                        id,
+                        Bundle {
+                            pod,
+                            container_name,
+                        },
+                    ));
                 }
             }
         }
@@ -126,6 +157,18 @@ mod tests {
         let crio = r#"{"annotations":{"io.kubernetes.pod.uid":"u","io.kubernetes.pod.name":"p",
             "io.kubernetes.pod.namespace":"ns","io.kubernetes.container.name":"compute"}}"#;
         assert_eq!(parse_config(crio).map(|n| n.name), Some("p".into()));
+        assert_eq!(container_name(crio).as_deref(), Some("compute"));
+        assert_eq!(container_name(containerd), None, "a sandbox");
+        let compute = containerd
+            .replace("\"sandbox\"", "\"container\"")
+            .replace("{\"ociVersion", "{\"x\":0,\"ociVersion")
+            .replace(
+                "\"annotations\":{",
+                "\"annotations\":{\"io.kubernetes.cri.container-name\":\"compute\",",
+            );
+        assert_eq!(container_name(&compute).as_deref(), Some("compute"));
+        let crio_sandbox = crio.replace("compute", "POD");
+        assert_eq!(container_name(&crio_sandbox), None);
         assert_eq!(parse_config(r#"{"annotations":{}}"#), None);
         assert_eq!(parse_config("not json"), None);
     }

@@ -182,12 +182,18 @@ impl Live {
     /// Brings the memcg filter and the id → path table up to date with the cgroup filesystem.
     fn rescan(&mut self) {
         self.last_rescan = Instant::now();
-        for p in self.runtime.scan_new() {
+        for (id, b) in self.runtime.scan_new() {
             self.feed(ModelInput::PodNames {
-                pod_uid: p.pod_uid,
-                namespace: p.namespace,
-                name: p.name,
+                pod_uid: b.pod.pod_uid,
+                namespace: b.pod.namespace,
+                name: b.pod.name,
             });
+            if let Some(name) = b.container_name {
+                self.feed(ModelInput::ContainerName {
+                    container_id: id,
+                    name,
+                });
+            }
         }
         self.dirty_memcgs.clear();
         let now = cgroupfs::walk(&self.root);

@@ -131,6 +131,7 @@ impl Model {
                 .as_ref()
                 .and_then(|p| self.pod_names.get(p.pod_uid.as_deref()?))
                 .map(|(ns, name)| format!("{ns}/{name}")),
+            container_name: self.container_name(memcg_id),
             pod: m.identity.clone(),
             vm: vm.display_name(),
             usage: m.usage.map(|u| u.usage),
@@ -164,6 +165,7 @@ impl Model {
                     process: self.process_name(t.tgid, &t.comm),
                     class: t.class(),
                     memcg: self.memcg_path(*m),
+                    container: self.container_name(*m),
                     now: total,
                     peak: t.peak,
                     anon: t.totals.anon,
@@ -246,6 +248,7 @@ impl Model {
                 memcg_id,
                 pod: None,
                 pod_name: None,
+                container_name: None,
                 vm: None,
                 usage: None,
                 limit: None,

@@ -61,6 +61,11 @@ pub enum ModelInput {
         namespace: String,
         name: String,
     },
+    /// A container's name, by the id its cgroup is named with, from the runtime's state.
+    ContainerName {
+        container_id: String,
+        name: String,
+    },
 }
 
 impl ModelInput {
@@ -137,6 +142,11 @@ impl Model {
                     .insert(pod_uid.clone(), (namespace.clone(), name.clone()));
                 None
             }
+            ModelInput::ContainerName { container_id, name } => {
+                self.container_names
+                    .insert(container_id.clone(), name.clone());
+                None
+            }
             ModelInput::MemcgGone { id } => {
                 if let Some(m) = self.memcgs.get_mut(id) {
                     m.gone = true;
@@ -176,6 +186,14 @@ impl Model {
             out.push(ModelInput::PodNames {
                 pod_uid: uid.clone(),
                 namespace: namespace.clone(),
+                name: name.clone(),
+            });
+        }
+        let mut containers: Vec<_> = self.container_names.iter().collect();
+        containers.sort_unstable();
+        for (id, name) in containers {
+            out.push(ModelInput::ContainerName {
+                container_id: id.clone(),
                 name: name.clone(),
             });
         }

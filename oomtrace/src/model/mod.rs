@@ -148,6 +148,8 @@ pub struct Model {
     budget_ratio: f64,
     /// Pod UID → (namespace, name), from the runtime's state.
     pod_names: HashMap<String, (String, String)>,
+    /// Container id → name, from the runtime's state.
+    container_names: HashMap<String, String>,
     pub counters: Counters,
 }
 
@@ -164,6 +166,7 @@ impl Default for Model {
             budget_constants: budget::KUBEVIRT_CURRENT,
             budget_ratio: 1.0,
             pod_names: HashMap::default(),
+            container_names: HashMap::default(),
             counters: Counters::default(),
         }
     }
@@ -316,6 +319,18 @@ impl Model {
             Some(m) if !m.path.is_empty() => m.path.clone(),
             _ => format!("memcg#{id}"),
         }
+    }
+
+    /// The name of the container `id` is (or is inside), when the runtime told it.
+    fn container_name(&self, id: u64) -> Option<String> {
+        let cid = self
+            .memcgs
+            .get(&id)?
+            .identity
+            .as_ref()?
+            .container_id
+            .as_deref()?;
+        self.container_names.get(cid).cloned()
     }
 
     fn process_name(&self, tgid: u32, fallback: &str) -> String {

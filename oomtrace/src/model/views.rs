@@ -69,6 +69,8 @@ pub struct MemcgView {
     pub pod: Option<PodIdentity>,
     /// "namespace/name" of the pod, from the container runtime's state on the node.
     pub pod_name: Option<String>,
+    /// The container's name when this memcg is a container's (or inside one), from the runtime.
+    pub container_name: Option<String>,
     /// "namespace/name" of the VM whose qemu charges here.
     pub vm: Option<String>,
     pub usage: Option<u64>,
@@ -114,6 +116,8 @@ pub struct ThreadView {
     pub process: String,
     pub class: ThreadClass,
     pub memcg: String,
+    /// The container whose memcg this is, when the runtime told its name.
+    pub container: Option<String>,
     pub now: i64,
     pub peak: i64,
     pub anon: i64,
