@@ -14,6 +14,8 @@ use serde_json::Value;
 
 use crate::{cgroupfs::MemoryController, scratch_cgroup::ScratchCgroup};
 
+mod agent_cost;
+
 const GUEST_FILL_MIB: usize = 384;
 
 pub struct Options {
@@ -65,6 +67,27 @@ fn storm(cg: &str, mib: usize, rounds: usize) -> Result<f64> {
         .filter_map(|l| l.strip_prefix("ns_per_page ")?.parse().ok())
         .collect();
     Ok(stats(&v).1)
+}
+
+/// CPU seconds used so far, peak RSS and RSS of `pid` (from /proc).
+fn proc_usage(pid: u32) -> (f64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let cpu = stat
+        .rfind(')')
+        .map(|i| stat[i + 1..].split_whitespace().collect::<Vec<_>>())
+        .map_or(0.0, |f| {
+            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (t(11) + t(12)) / 100.0
+        });
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (cpu, kb("VmHWM:") * 1024, kb("VmRSS:") * 1024)
 }
 
 /// A running tracer: oomtrace `tail --json` (or bpftrace), started and ready.
@@ -138,26 +161,9 @@ impl Tracer {
         bail!("tracer: timed out")
     }
 
-    /// CPU seconds used so far and peak RSS (from /proc).
+    /// CPU seconds used so far, peak RSS and RSS (from /proc).
     fn usage(&self) -> (f64, u64, u64) {
-        let pid = self.child.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let cpu = stat
-            .rfind(')')
-            .map(|i| stat[i + 1..].split_whitespace().collect::<Vec<_>>())
-            .map_or(0.0, |f| {
-                let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-                (t(11) + t(12)) / 100.0
-            });
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let kb = |k: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(k))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        (cpu, kb("VmHWM:") * 1024, kb("VmRSS:") * 1024)
+        proc_usage(self.child.id())
     }
 
     /// SIGINT, then the summary line (oomtrace) or nothing (bpftrace).
@@ -621,6 +627,8 @@ pub fn run(opts: &Options) -> Result<()> {
             format!("**missed** by {:.0}%", (1.0 - eps / 5e6) * 100.0)
         }
     );
+    eprintln!("bench: the agent at rest and busy");
+    agent_cost::run(&root.path, &mut md, &mut raw)?;
     let _ = writeln!(md, "## Raw numbers\n\n```\n{raw}```");
     drop(root);
     std::fs::write(&opts.out, md)
