@@ -79,8 +79,7 @@ pub fn manifest_caps() -> Result<Vec<(String, u32)>> {
         .map(str::trim)
         .find_map(|l| l.strip_prefix("add:"))
         .context("the manifest adds no capabilities")?;
-    Ok(line
-        .trim()
+    line.trim()
         .trim_start_matches('[')
         .trim_end_matches(']')
         .split(',')
@@ -94,7 +93,7 @@ pub fn manifest_caps() -> Result<Vec<(String, u32)>> {
                 .with_context(|| format!("unknown capability {name} in the manifest"))?;
             Ok((name, n))
         })
-        .collect::<Result<_>>()?)
+        .collect()
 }
 
 /// `./x dist` once per test process: the static binary (target/static/oomtrace) and, with
