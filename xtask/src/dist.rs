@@ -51,11 +51,14 @@ pub fn dist(ws: &Path, channel: &str, image: bool) -> Result<Dist> {
     }
     let image_archive = if image {
         ensure_command("podman", "podman")?;
-        run(Command::new("podman")
-            .args(["build", "--quiet", "--file"])
-            .arg(ws.join("deploy/Containerfile"))
-            .args(["--tag", IMAGE, "--tag", IMAGE_LATEST])
-            .arg(&out))?;
+        // Its output is the image id: not worth a line.
+        output(
+            Command::new("podman")
+                .args(["build", "--quiet", "--file"])
+                .arg(ws.join("deploy/Containerfile"))
+                .args(["--tag", IMAGE, "--tag", IMAGE_LATEST])
+                .arg(&out),
+        )?;
         let archive = out.join(format!("oomtrace-{}.oci.tar", env!("CARGO_PKG_VERSION")));
         let _ = std::fs::remove_file(&archive);
         run(Command::new("podman")

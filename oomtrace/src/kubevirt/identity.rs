@@ -116,22 +116,20 @@ fn looks_like_uid(u: &str) -> bool {
 
 /// "cri-containerd-<id>.scope" → (containerd, id); cgroupfs: the bare id.
 fn container(comp: &str, systemd: bool) -> (Option<String>, String) {
-    if systemd {
-        let base = comp.strip_suffix(".scope").unwrap_or(comp);
-        for (prefix, runtime) in [
-            ("cri-containerd-", "containerd"),
-            ("crio-", "crio"),
-            ("docker-", "docker"),
-            ("containerd-", "containerd"),
-        ] {
-            if let Some(id) = base.strip_prefix(prefix) {
-                return (Some(runtime.to_string()), id.to_string());
-            }
+    // The runtime's scope name, also seen under cgroupfs-named pods (mixed set-ups); the bare id
+    // is what the runtime's state calls the container.
+    let base = comp.strip_suffix(".scope").unwrap_or(comp);
+    for (prefix, runtime) in [
+        ("cri-containerd-", "containerd"),
+        ("crio-", "crio"),
+        ("docker-", "docker"),
+        ("containerd-", "containerd"),
+    ] {
+        if let Some(id) = base.strip_prefix(prefix) {
+            return (Some(runtime.to_string()), id.to_string());
         }
-        (None, base.to_string())
-    } else {
-        (None, comp.to_string())
     }
+    (None, if systemd { base } else { comp }.to_string())
 }
 
 /// A short human name: "pod 968a06fb (burstable), container 0f32894de86e".

@@ -41,6 +41,43 @@ impl Model {
         vm
     }
 
+    /// Whether the VM budget belongs to this memcg: a pod's own memcg or one of its containers'
+    /// (KubeVirt's compute container), or, outside Kubernetes, the deepest memcg with a limit
+    /// that holds a qemu. Never an ancestor of the pod (kubepods, a QoS slice, the root, the
+    /// host's own memcgs), whatever runs below it.
+    fn holds_vm_budget(&self, memcg_id: u64) -> bool {
+        use crate::kubevirt::identity::Level;
+        let Some(m) = self.memcgs.get(&memcg_id) else {
+            return false;
+        };
+        if let Some(id) = &m.identity {
+            return matches!(id.level, Level::Pod | Level::Container);
+        }
+        let limited: Vec<(&str, u64)> = self
+            .memcgs
+            .iter()
+            .filter(|(_, c)| c.usage.is_some_and(|u| u.limit.is_some()) && !c.path.is_empty())
+            .map(|(id, c)| (c.path.as_str(), *id))
+            .collect();
+        self.processes_under(memcg_id).into_iter().any(|tgid| {
+            let Some(info) = self.processes.get(&tgid).and_then(|p| p.info.as_ref()) else {
+                return false;
+            };
+            if !classify_thread(&info.comm, info).is_qemu() {
+                return false;
+            }
+            let Some(at) = info.memcg.as_deref() else {
+                return false;
+            };
+            // The deepest limited memcg holding this qemu (ties: the lower id).
+            limited
+                .iter()
+                .filter(|(path, _)| is_ancestor(path, at))
+                .max_by_key(|(path, id)| (path.len(), std::cmp::Reverse(*id)))
+                .is_some_and(|(_, id)| *id == memcg_id)
+        })
+    }
+
     /// Guest RAM a qemu process already held when oomtrace started (capped at the guest size).
     pub(super) fn baseline_guest(&self, tgid: u32) -> i64 {
         let Some(info) = self.processes.get(&tgid).and_then(|p| p.info.as_ref()) else {
@@ -108,7 +145,7 @@ impl Model {
         let guest: i64 = now.guest.iter().sum();
         let total: i64 = now.total.iter().sum();
         let (budget, budget_profile) = match vm.guest_memory {
-            Some(g) => {
+            Some(g) if self.holds_vm_budget(memcg_id) => {
                 let shape = budget::VmShape {
                     guest_memory: g,
                     vcpus: vm.vcpus.unwrap_or(1),
@@ -121,7 +158,7 @@ impl Model {
                     Some(self.budget_constants.name),
                 )
             }
-            None => (Vec::new(), None),
+            _ => (Vec::new(), None),
         };
         Some(MemcgView {
             memcg: self.memcg_path(memcg_id),

@@ -595,3 +595,48 @@ fn views_do_not_depend_on_the_order_things_were_first_seen() {
     };
     assert_eq!(run(false), run(true));
 }
+
+#[test]
+fn the_vm_budget_belongs_to_the_pod_never_to_its_ancestors() {
+    let mut m = Model::new();
+    pod(&mut m, 600 << 20);
+    for (id, path) in [(2, "/kubepods/burstable"), (3, "/kubepods"), (4, "/")] {
+        m.set_memcg_path(id, path.into());
+    }
+    // The host's own tree, outside Kubernetes: a limited memcg holding a qemu, below another.
+    for (id, path, limit) in [
+        (5, "/host/vms", Some(900u64 << 20)),
+        (6, "/host", Some(8u64 << 30)),
+        (7, "/host/vms/vm2", None),
+    ] {
+        m.set_memcg_path(id, path.into());
+        m.set_usage(
+            id,
+            UsageLimit {
+                usage: 1 << 20,
+                limit,
+                peak: None,
+            },
+        );
+    }
+    m.set_process_info(10, qemu_info(true));
+    m.set_process_info(
+        20,
+        ProcessInfo {
+            memcg: Some("/host/vms/vm2".into()),
+            ..qemu_info(true)
+        },
+    );
+    m.apply(&charge_at(S, 11, 10, 1, "CPU 0/KVM", 100 * MIB, 100 * MIB));
+    m.apply(&charge_at(S, 21, 20, 7, "CPU 0/KVM", 100 * MIB, 100 * MIB));
+    let has_budget = |id| !m.memcg_view(id, 2 * S).unwrap().budget.is_empty();
+    assert!(has_budget(1), "the pod");
+    for id in [2, 3, 4] {
+        assert!(!has_budget(id), "memcg {id}: an ancestor of the pod");
+    }
+    assert!(
+        has_budget(5),
+        "outside Kubernetes: the deepest limited memcg holding qemu"
+    );
+    assert!(!has_budget(6) && !has_budget(7));
+}
