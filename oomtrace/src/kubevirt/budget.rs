@@ -99,8 +99,31 @@ pub fn compute(vm: &VmShape, k: &Constants, ratio: f64) -> Budget {
         ("virt-launcher", &[C::VirtLauncher], k.virt_launcher),
         ("virtqemud", &[C::Virtqemud], k.virtqemud),
         ("virtlogd", &[C::Virtlogd], k.virtlogd),
-        ("qemu overhead", &[C::Vcpu, C::Iothread, C::QemuOther], qemu),
-        ("not reserved", &[C::PodInfra, C::Foreign, C::Kernel], 0),
+        (
+            "qemu overhead",
+            &[
+                C::Vcpu,
+                C::Iothread,
+                C::QemuWorker,
+                C::Migration,
+                C::QemuOther,
+                C::Vhost,
+            ],
+            qemu,
+        ),
+        // Daemons a VM may bring (virtiofs, passt, a TPM) have no line in this formula.
+        (
+            "not reserved",
+            &[
+                C::Virtiofsd,
+                C::NetHelper,
+                C::Swtpm,
+                C::PodInfra,
+                C::Foreign,
+                C::Kernel,
+            ],
+            0,
+        ),
     ];
     let items: Vec<BudgetItem> = table
         .iter()

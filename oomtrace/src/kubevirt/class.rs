@@ -11,13 +11,27 @@ pub enum ThreadClass {
     Vcpu,
     /// qemu "IO <name>" threads, including "IO mon_iothread".
     Iothread,
-    /// qemu's main thread and its helpers (vnc_worker, worker threads, call_rcu, ...).
+    /// qemu's thread-pool `worker` threads: block I/O with aio=threads (the guest's disk writes
+    /// through the host page cache are charged here).
+    QemuWorker,
+    /// qemu's migration threads (live_migration, multifd send/recv, mig/..., return path).
+    Migration,
+    /// qemu's main thread and its other helpers (vnc_worker, call_rcu, ...).
     QemuOther,
+    /// `vhost-<qemu pid>`: in-kernel virtio (net, vsock) for the VM; a kernel thread charging
+    /// qemu's memcg before Linux 6.4, a thread of qemu since.
+    Vhost,
     VirtLauncher,
     VirtLauncherMonitor,
     /// virtqemud, or libvirtd on older KubeVirt.
     Virtqemud,
     Virtlogd,
+    /// virtiofsd: the shared-filesystem daemon of a VM with virtiofs.
+    Virtiofsd,
+    /// The user-mode network helpers: passt / pasta, slirp4netns.
+    NetHelper,
+    /// swtpm: the VM's software TPM.
+    Swtpm,
     /// The pod's own plumbing: pause, virt-tail, virt-freezer.
     PodInfra,
     /// Anything else in the pod: someone exec'd in (memhold, sh, a debugger, ...).
@@ -27,14 +41,20 @@ pub enum ThreadClass {
 }
 
 impl ThreadClass {
-    pub const ALL: [ThreadClass; 10] = [
+    pub const ALL: [ThreadClass; 16] = [
         Self::Vcpu,
         Self::Iothread,
+        Self::QemuWorker,
+        Self::Migration,
         Self::QemuOther,
+        Self::Vhost,
         Self::VirtLauncher,
         Self::VirtLauncherMonitor,
         Self::Virtqemud,
         Self::Virtlogd,
+        Self::Virtiofsd,
+        Self::NetHelper,
+        Self::Swtpm,
         Self::PodInfra,
         Self::Foreign,
         Self::Kernel,
@@ -44,11 +64,17 @@ impl ThreadClass {
         match self {
             Self::Vcpu => "vcpu",
             Self::Iothread => "iothread",
+            Self::QemuWorker => "qemu-worker",
+            Self::Migration => "migration",
             Self::QemuOther => "qemu-other",
+            Self::Vhost => "vhost",
             Self::VirtLauncher => "virt-launcher",
             Self::VirtLauncherMonitor => "virt-launcher-monitor",
             Self::Virtqemud => "virtqemud",
             Self::Virtlogd => "virtlogd",
+            Self::Virtiofsd => "virtiofsd",
+            Self::NetHelper => "net-helper",
+            Self::Swtpm => "swtpm",
             Self::PodInfra => "pod-infra",
             Self::Foreign => "foreign",
             Self::Kernel => "kernel",
@@ -63,11 +89,17 @@ impl ThreadClass {
     /// What a process of this class is, in a sentence.
     pub fn as_process(self) -> &'static str {
         match self {
-            Self::Vcpu | Self::Iothread | Self::QemuOther => "the VM's qemu",
+            Self::Vcpu | Self::Iothread | Self::QemuWorker | Self::Migration | Self::QemuOther => {
+                "the VM's qemu"
+            }
+            Self::Vhost => "the VM's vhost worker",
             Self::VirtLauncher => "KubeVirt's virt-launcher",
             Self::VirtLauncherMonitor => "KubeVirt's virt-launcher-monitor",
             Self::Virtqemud => "libvirt's daemon",
             Self::Virtlogd => "libvirt's log daemon",
+            Self::Virtiofsd => "the VM's virtiofs daemon",
+            Self::NetHelper => "the VM's user-mode network helper",
+            Self::Swtpm => "the VM's software TPM",
             Self::PodInfra => "pod infrastructure",
             Self::Foreign => "a process foreign to KubeVirt",
             Self::Kernel => "a kernel thread",
@@ -76,7 +108,10 @@ impl ThreadClass {
 
     /// Part of the qemu process (guest RAM lives here).
     pub fn is_qemu(self) -> bool {
-        matches!(self, Self::Vcpu | Self::Iothread | Self::QemuOther)
+        matches!(
+            self,
+            Self::Vcpu | Self::Iothread | Self::QemuWorker | Self::Migration | Self::QemuOther
+        )
     }
 }
 
@@ -97,12 +132,27 @@ enum Rule {
     QemuThreadPrefix(&'static str),
     /// A kernel thread's comm starts with this.
     KernelThreadPrefix(&'static str),
+    /// `vhost-<digits>`, a kernel thread or a thread of qemu.
+    Vhost,
 }
 
 /// First match wins; order matters (monitor before launcher, vCPU before other qemu threads).
 const TABLE: &[(Rule, ThreadClass)] = &[
     (Rule::QemuThreadPrefix("CPU "), ThreadClass::Vcpu),
     (Rule::QemuThreadPrefix("IO "), ThreadClass::Iothread),
+    (Rule::QemuThreadPrefix("worker"), ThreadClass::QemuWorker),
+    (
+        Rule::QemuThreadPrefix("live_migration"),
+        ThreadClass::Migration,
+    ),
+    (Rule::QemuThreadPrefix("multifd"), ThreadClass::Migration),
+    (Rule::QemuThreadPrefix("mig/"), ThreadClass::Migration),
+    (
+        Rule::QemuThreadPrefix("return path"),
+        ThreadClass::Migration,
+    ),
+    (Rule::QemuThreadPrefix("postcopy/"), ThreadClass::Migration),
+    (Rule::Vhost, ThreadClass::Vhost),
     (Rule::ProcessPrefix("qemu-system-"), ThreadClass::QemuOther),
     (Rule::Process("qemu-kvm"), ThreadClass::QemuOther),
     (
@@ -113,6 +163,11 @@ const TABLE: &[(Rule, ThreadClass)] = &[
     (Rule::Process("virtqemud"), ThreadClass::Virtqemud),
     (Rule::Process("libvirtd"), ThreadClass::Virtqemud),
     (Rule::Process("virtlogd"), ThreadClass::Virtlogd),
+    (Rule::Process("virtiofsd"), ThreadClass::Virtiofsd),
+    (Rule::ProcessPrefix("passt"), ThreadClass::NetHelper),
+    (Rule::Process("pasta"), ThreadClass::NetHelper),
+    (Rule::Process("slirp4netns"), ThreadClass::NetHelper),
+    (Rule::Process("swtpm"), ThreadClass::Swtpm),
     (Rule::Process("pause"), ThreadClass::PodInfra),
     (Rule::Process("virt-tail"), ThreadClass::PodInfra),
     (Rule::Process("virt-freezer"), ThreadClass::PodInfra),
@@ -177,6 +232,13 @@ pub fn classify(n: ThreadNames<'_>) -> ThreadClass {
             }
             Rule::Process(name) => names.iter().any(|p| process_matches(name, p)),
             Rule::ProcessPrefix(prefix) => names.iter().any(|p| p.starts_with(prefix)),
+            Rule::Vhost => {
+                let named = n
+                    .thread
+                    .strip_prefix("vhost-")
+                    .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+                named && (in_qemu || n.kernel_thread != Some(false) || !process_known)
+            }
             Rule::KernelThreadPrefix(prefix) => {
                 n.kernel_thread != Some(false)
                     && (n.thread.starts_with(prefix) || process.starts_with(prefix))
@@ -233,7 +295,11 @@ mod tests {
             ("CPU 1/TCG", ThreadClass::Vcpu),
             ("vnc_worker", ThreadClass::QemuOther),
             ("call_rcu", ThreadClass::QemuOther),
-            ("worker", ThreadClass::QemuOther),
+            ("worker", ThreadClass::QemuWorker),
+            ("live_migration", ThreadClass::Migration),
+            ("multifdsend_0", ThreadClass::Migration),
+            ("mig/src/send_1", ThreadClass::Migration),
+            ("vhost-4242", ThreadClass::Vhost),
         ] {
             assert_eq!(thread(comm, p), want, "{comm}");
         }
@@ -253,6 +319,10 @@ mod tests {
             ("qemu-kvm", ThreadClass::QemuOther),
             ("memhold", ThreadClass::Foreign),
             ("sh", ThreadClass::Foreign),
+            ("virtiofsd", ThreadClass::Virtiofsd),
+            ("passt.avx2", ThreadClass::NetHelper),
+            ("slirp4netns", ThreadClass::NetHelper),
+            ("swtpm", ThreadClass::Swtpm),
             ("kworker/u8:3", ThreadClass::Kernel),
             ("", ThreadClass::Foreign),
         ] {
@@ -317,6 +387,28 @@ mod tests {
             kernel_thread: Some(true),
         };
         assert_eq!(classify(odd), ThreadClass::Kernel);
+    }
+
+    #[test]
+    fn vhost_workers_are_the_kernel_threads_before_6_4_and_qemu_threads_since() {
+        let kthread = ThreadNames {
+            thread: "vhost-4242",
+            process: "vhost-4242",
+            exe: None,
+            kernel_thread: Some(true),
+        };
+        assert_eq!(classify(kthread), ThreadClass::Vhost);
+        assert_eq!(thread("vhost-4242", "qemu-system-x86"), ThreadClass::Vhost);
+        assert_eq!(classify_thread_comm("vhost-4242"), ThreadClass::Vhost);
+        // A user process that names a thread so is not a vhost worker.
+        let user = ThreadNames {
+            kernel_thread: Some(false),
+            process: "memhold",
+            ..kthread
+        };
+        assert_eq!(classify(user), ThreadClass::Foreign);
+        assert_eq!(thread("vhost-x", "qemu-system-x86"), ThreadClass::QemuOther);
+        assert_eq!(thread("worker", "virtqemud"), ThreadClass::Virtqemud);
     }
 
     #[test]
