@@ -850,7 +850,11 @@ fn agent_from_the_image_runs_with_the_manifests_capabilities() -> Result<()> {
     let kill: Value = serde_json::from_str(&line)?;
     assert_eq!(kill["victim_pid"], qemu_pid, "{line}");
     assert_eq!(kill["post_mortem"]["memcg"]["vm"], "default/vm1", "{line}");
-    assert_eq!(kill["post_mortem"]["victim_guest"], 64 << 20, "{line}");
+    let guest = kill["post_mortem"]["victim_guest"].as_i64().unwrap_or(0);
+    assert!(
+        tests::within(guest, 64 << 20, 5.0),
+        "victim guest RAM {guest}: {line}"
+    );
     let _ = (memhold.kill(), memhold.wait());
     let kills_dir = dir.join("kills");
     wait_until("the kill's capture", Duration::from_secs(15), || {
