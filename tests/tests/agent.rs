@@ -136,6 +136,23 @@ impl AgentRun {
     }
 }
 
+/// A pod-shaped memcg (kubepods/burstable/pod<UID>, limited) with its container's memcg under a
+/// scratch top: (the pod, the container's path, the top the agent watches).
+fn pod_cgroups(name: &str, limit: u64) -> Result<(ScratchCgroup, PathBuf, PathBuf)> {
+    let ctl = MemoryController::detect()?;
+    let top = format!("{name}-{}", std::process::id());
+    let pod = ScratchCgroup::create(&ctl, &format!("{top}/kubepods/burstable/pod{UID}"), limit)?;
+    let container = pod.path.join(CID);
+    std::fs::create_dir(&container)?;
+    let top_path = pod
+        .path
+        .ancestors()
+        .nth(3)
+        .context("top cgroup")?
+        .to_path_buf();
+    Ok((pod, container, top_path))
+}
+
 fn start_prometheus(dir: &Path, agent_port: u16) -> Result<(Killed, u16)> {
     let port = free_port()?;
     let config = dir.join("prometheus.yml");
@@ -195,22 +212,8 @@ fn agent_keeps_every_kill_and_prometheus_scrapes_its_metrics() -> Result<()> {
         ("/usr/bin/curl", "curl"),
     ])?;
     let work = scratch("agent")?;
-    let ctl = MemoryController::detect()?;
-    let top = format!("oomtrace-test-agent-{}", std::process::id());
-    let pod = ScratchCgroup::create(
-        &ctl,
-        &format!("{top}/kubepods/burstable/pod{UID}"),
-        160 << 20,
-    )?;
-    let container = pod.path.join(CID);
-    std::fs::create_dir(&container)?;
+    let (pod, container, top_path) = pod_cgroups("oomtrace-test-agent", 160 << 20)?;
     let container_s = container.display().to_string();
-    let top_path = pod
-        .path
-        .ancestors()
-        .nth(3)
-        .context("top cgroup")?
-        .to_path_buf();
 
     // The pod's bundles as containerd's CRI plugin lays them out (a real containerd cannot run
     // a CRI pod here: no CNI, no images), with the annotations it writes.
@@ -768,22 +771,8 @@ fn agent_from_the_image_runs_with_the_manifests_capabilities() -> Result<()> {
         bin.clone().into_os_string(),
     ];
 
-    let ctl = MemoryController::detect()?;
-    let top = format!("oomtrace-test-agent-image-{}", std::process::id());
-    let pod = ScratchCgroup::create(
-        &ctl,
-        &format!("{top}/kubepods/burstable/pod{UID}"),
-        128 << 20,
-    )?;
-    let container = pod.path.join(CID);
-    std::fs::create_dir(&container)?;
+    let (pod, container, top_path) = pod_cgroups("oomtrace-test-agent-image", 128 << 20)?;
     let container_s = container.display().to_string();
-    let top_path = pod
-        .path
-        .ancestors()
-        .nth(3)
-        .context("top cgroup")?
-        .to_path_buf();
     let dir = work.join("state");
     let agent = AgentRun::start(&launcher, &dir, &top_path, &["--after", "1s"])?;
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.child.0.id()))?;
