@@ -6,13 +6,14 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use oomtrace_common::{ChargeEvent, ChargeKey, ChargeTotals, ChargeValue, KIND_CHARGE, stat};
 
 use crate::{
+    charge_fn::memcg_id,
     globals::{self as g, get},
     maps::{
         CHARGES, EVENTS, GUEST_SEEN, IN_GUEST_FAULT, SEEN_THREADS, WATCHED, count, ctx_field,
@@ -86,6 +87,27 @@ pub fn memcg_lruvec_state_any(ctx: TracePointContext) -> u32 {
     if let Some((kind, bytes)) = classify(item, val as i64) {
         // SAFETY: as above.
         let id = unsafe { ctx.read_at::<u64>(get(&g::OFF_LRUVEC_ID) as usize) }.unwrap_or(0);
+        let _ = account(&ctx, kind, bytes, id);
+    }
+    0
+}
+
+/// The raw variant: the tracepoint's own arguments (memcg, item, val), no trace record filled.
+/// Its recursion guard is its own (a classic tracepoint program shares one per CPU with every
+/// other: since 7.0 tracepoint programs run preemptible, and a thread preempted inside any of
+/// them made the kernel skip every other one on that CPU).
+#[raw_tracepoint(tracepoint = "mod_memcg_lruvec_state")]
+pub fn memcg_lruvec_state_raw(ctx: RawTracePointContext) -> u32 {
+    let item = ctx.arg::<u64>(1) as i32;
+    let raw = ctx.arg::<u64>(2);
+    let val = if get(&g::LRUVEC_VAL_LONG) != 0 {
+        raw as i64
+    } else {
+        raw as i32 as i64
+    };
+    if let Some((kind, bytes)) = classify(item, val)
+        && let Some(id) = memcg_id(ctx.arg::<u64>(0))
+    {
         let _ = account(&ctx, kind, bytes, id);
     }
     0

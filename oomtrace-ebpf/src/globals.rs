@@ -13,6 +13,9 @@ global!(FLUSH_BYTES: i64 = 256 * 1024);
 global!(FLUSH_NS: u64 = 1_000_000_000);
 global!(PAGE_SIZE: i64 = 4096);
 global!(GUEST_TRACKING: u32 = 0);
+// 1: the raw mod_memcg_lruvec_state's `val` is a long (7.0+); 0: an int, whose upper half of
+// the raw argument is not its sign.
+global!(LRUVEC_VAL_LONG: u32 = 0);
 global!(ITEM_ANON: i32 = -1);
 global!(ITEM_FILE: i32 = -1);
 global!(ITEM_PAGETABLE: i32 = -1);

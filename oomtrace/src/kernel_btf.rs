@@ -74,7 +74,36 @@ pub struct KernelBtf {
     /// The HOOKED_FUNCTIONS present in vmlinux BTF (what fentry can attach to; module
     /// functions such as kvm's are in the module's split BTF, not here).
     pub functions: Vec<String>,
+    /// The RAW_TRACEPOINTS whose prototype here is the one their raw program reads.
+    #[serde(default)]
+    pub raw_tracepoints: Vec<String>,
+    /// mod_memcg_lruvec_state's `val` argument is a long (7.0+), not an int.
+    #[serde(default)]
+    pub lruvec_val_long: bool,
 }
+
+/// Tracepoints with a raw-tracepoint program, and the prototypes it reads its arguments by
+/// (`btf_trace_<name>`: a context pointer, then the TP_PROTO arguments; pointers by pointee).
+/// The memcg stat value became a long in 7.0 (LRUVEC_VAL_LONG tells the program).
+pub const RAW_TRACEPOINTS: &[(&str, &[&str])] = &[
+    (
+        "mod_memcg_lruvec_state",
+        &["void *", "mem_cgroup *", "int", "int"],
+    ),
+    (
+        "mod_memcg_lruvec_state",
+        &["void *", "mem_cgroup *", "int", "long int"],
+    ),
+    (
+        "page_fault_user",
+        &[
+            "void *",
+            "long unsigned int",
+            "pt_regs *",
+            "long unsigned int",
+        ],
+    ),
+];
 
 impl KernelBtf {
     /// Parsing the whole kernel BTF takes ~20 MiB for a moment; a short-lived child process
@@ -131,6 +160,7 @@ impl KernelBtf {
                 nr_kmem: offset("uncharge_gather", "nr_kmem").map_or(-1, |o| o as i64),
             })
         })();
+        let mut raw_tracepoints = Vec::new();
         let functions = HOOKED_FUNCTIONS
             .iter()
             .filter(|f| {
@@ -139,12 +169,23 @@ impl KernelBtf {
             })
             .map(|f| f.to_string())
             .collect();
+        let matched: Vec<&[&str]> = RAW_TRACEPOINTS
+            .iter()
+            .filter(|(name, proto)| raw_tp_params(&btf, name).is_some_and(|p| p == *proto))
+            .map(|(name, proto)| {
+                raw_tracepoints.push(name.to_string());
+                *proto
+            })
+            .collect();
+        let lruvec_val_long = matched.iter().any(|p| p.last() == Some(&"long int"));
         Ok(Self {
             items: ChargeItems::from_map(&node),
             memcg_id_path,
             task_memcg_path,
             uncharge_gather,
             functions,
+            raw_tracepoints,
+            lruvec_val_long,
         })
     }
 }
@@ -158,6 +199,38 @@ fn member_offset(btf: &Btf, name: &str, member: &str) -> Option<u64> {
         _ => None,
     })?;
     find_member(btf, &st, member, 0)
+}
+
+/// The parameter types of tracepoint `name`'s raw prototype (`btf_trace_<name>`, a typedef of
+/// a pointer to a function prototype), each as "int", "long unsigned int" or "<pointee> *".
+fn raw_tp_params(btf: &Btf, name: &str) -> Option<Vec<String>> {
+    let typedef = btf
+        .resolve_types_by_name(&format!("btf_trace_{name}"))
+        .ok()?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Typedef(t) => Some(t),
+            _ => None,
+        })?;
+    let Type::Ptr(ptr) = btf.resolve_chained_type(&typedef).ok()? else {
+        return None;
+    };
+    let Type::FuncProto(proto) = btf.resolve_chained_type(&ptr).ok()? else {
+        return None;
+    };
+    proto
+        .parameters
+        .iter()
+        .map(|p| match btf.resolve_chained_type(p).ok()? {
+            Type::Ptr(ptr) => Some(match btf.resolve_chained_type(&ptr) {
+                Ok(Type::Struct(s)) => format!("{} *", btf.resolve_name(&s).ok()?),
+                Ok(Type::Void) | Err(_) => "void *".to_string(),
+                Ok(_) => return None,
+            }),
+            Type::Int(i) => btf.resolve_name(&i).ok(),
+            _ => None,
+        })
+        .collect()
 }
 
 fn find_member(btf: &Btf, st: &btf_rs::Struct, member: &str, base_bits: u64) -> Option<u64> {

@@ -212,7 +212,7 @@ pub fn write_summary(out: &mut dyn Write, json: bool, s: &Summary) -> std::io::R
     if c.skipped_runs > 0 {
         writeln!(
             out,
-            "  {} fentry runs skipped by the kernel (program already active on the CPU): charges or OOM events lost; the kprobe tier does not lose them",
+            "  {} hook runs skipped by the kernel (a program already active on the CPU): charges or OOM events lost",
             c.skipped_runs
         )?;
     }

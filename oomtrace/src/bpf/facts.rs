@@ -126,6 +126,9 @@ pub fn probe_kernel_functions(
     }
 }
 
+/// Set (to anything): the tracepoint tier uses classic tracepoints even where raw ones serve.
+pub const CLASSIC_TRACEPOINTS: &str = "OOMTRACE_CLASSIC_TRACEPOINTS";
+
 /// Everything the planner needs. `probe`: ask the kernel (needs root); otherwise the fentry and
 /// kprobe tiers count as unavailable with that said.
 pub fn gather(
@@ -168,6 +171,12 @@ pub fn gather(
             "page_fault_user",
             &[("address", 8)],
         ),
+        raw_tracepoints: if std::env::var_os(CLASSIC_TRACEPOINTS).is_some() {
+            Default::default()
+        } else {
+            btf.map(|b| b.raw_tracepoints.iter().cloned().collect())
+                .unwrap_or_default()
+        },
         btf_functions,
         symbols,
         memcg_id_path: btf.is_some_and(|b| b.memcg_id_path.is_some()),

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, FExit, KProbe, TracePoint},
+    programs::{FEntry, FExit, KProbe, RawTracePoint, TracePoint},
 };
 use oomtrace_common::{ChargeKey, ChargeValue, GuestRanges, globals as g, maps as m, stat};
 
@@ -125,6 +125,7 @@ pub fn load(
         ),
         (g::FILTER_ON, filter),
         (g::GUEST_TRACKING, guest),
+        (g::LRUVEC_VAL_LONG, kbtf.lruvec_val_long as u32),
         (g::SELF_TGID, std::process::id()),
     ];
 
@@ -215,18 +216,24 @@ impl Probes {
         Ok(())
     }
 
-    /// Runs of the fentry/fexit programs the kernel skipped (a program already active on the
-    /// CPU: a thread preempted inside it): events lost, shown with the drops.
+    /// Runs of our attached programs the kernel skipped (a program already active on the CPU:
+    /// a thread preempted inside an fentry program, or a hook firing in an interrupt while
+    /// another program runs): events lost, shown with the drops. Every tier can lose them.
     pub fn skipped_runs(&self) -> u64 {
+        self.skipped_runs_by_program().iter().map(|(_, n)| n).sum()
+    }
+
+    /// The same, program by program (for the debug log: which hook lost what).
+    pub fn skipped_runs_by_program(&self) -> Vec<(&'static str, u64)> {
         self.choices
             .iter()
-            .filter(|c| c.tier == "fentry")
+            .filter(|c| c.tier != "off")
             .flat_map(|c| c.programs.iter())
             .filter_map(|name| {
                 let fd = self.ebpf.program(name)?.fd().ok()?;
-                recursion_misses(std::os::fd::AsFd::as_fd(fd))
+                Some((*name, recursion_misses(std::os::fd::AsFd::as_fd(fd))?))
             })
-            .sum()
+            .collect()
     }
 
     /// Attaches a lazy hook now; Ok(false) when this kernel cannot have it. Idempotent.
@@ -351,6 +358,11 @@ fn attach_all(ebpf: &mut Ebpf, attach: &[Attach], btf: &mut Option<aya::Btf>) ->
                 let p: &mut TracePoint = prog.try_into()?;
                 p.load()?;
                 p.attach(category, name)?;
+            }
+            Attach::RawTracepoint { name, .. } => {
+                let p: &mut RawTracePoint = prog.try_into()?;
+                p.load()?;
+                p.attach(name)?;
             }
             Attach::FEntry { function, .. } | Attach::FExit { function, .. } => {
                 if btf.is_none() {

@@ -37,6 +37,9 @@ pub struct KernelFacts {
     pub lruvec_fixed_layout: bool,
     /// exceptions:page_fault_user has `address` at offset 8.
     pub page_fault_user_layout: bool,
+    /// Tracepoints whose raw prototype (BTF) is what their raw program reads; empty when
+    /// classic tracepoints are asked for (OOMTRACE_CLASSIC_TRACEPOINTS).
+    pub raw_tracepoints: BTreeSet<String>,
     /// Hooked functions present in vmlinux BTF (fentry targets).
     pub btf_functions: BTreeSet<String>,
     /// Hooked function → its kallsyms symbol (kprobe targets; a compiler clone such as
@@ -58,6 +61,10 @@ pub enum Attach {
     Tracepoint {
         program: &'static str,
         category: &'static str,
+        name: &'static str,
+    },
+    RawTracepoint {
+        program: &'static str,
         name: &'static str,
     },
     FEntry {
@@ -82,6 +89,7 @@ impl Attach {
     pub fn program(&self) -> &'static str {
         match self {
             Attach::Tracepoint { program, .. }
+            | Attach::RawTracepoint { program, .. }
             | Attach::FEntry { program, .. }
             | Attach::FExit { program, .. }
             | Attach::KProbe { program, .. }
@@ -431,6 +439,32 @@ fn tracepoint_tier(hook: &Hook, t: &TracepointHook, k: &KernelFacts) -> Verdict 
     }
     let mut program = t.program;
     let mut note = "tracepoint present".to_string();
+    // The raw variant where this kernel's prototype is the one its program reads (the charge
+    // program also needs the memcg id path): no trace record is filled for it, and it has its
+    // own recursion guard, so a thread preempted in another of our programs (7.0+ runs them
+    // preemptible) does not make the kernel skip it.
+    let raw = t.also.is_none()
+        && k.raw_tracepoints.contains(t.name)
+        && (hook.hook != CHARGE_HOOK || k.memcg_id_path);
+    let raw_program = match hook.hook {
+        CHARGE_HOOK => Some("memcg_lruvec_state_raw"),
+        GUEST_RAM_HOOK => Some("guest_ram_fault_raw"),
+        _ => None,
+    };
+    if let (true, Some(program)) = (raw, raw_program) {
+        let mut note = format!("raw tracepoint {}: arguments read directly", t.name);
+        if hook.lazy {
+            note.push_str("; attached once a qemu guest RAM mapping is found");
+        }
+        return Ok((
+            target,
+            vec![Attach::RawTracepoint {
+                program,
+                name: t.name,
+            }],
+            note,
+        ));
+    }
     if hook.hook == CHARGE_HOOK {
         if k.lruvec_fixed_layout {
             note = "tracepoint; usual record layout: fields loaded directly".into();
@@ -595,6 +629,7 @@ mod tests {
             tracepoints: set(ALL_TRACEPOINTS),
             lruvec_fixed_layout: true,
             page_fault_user_layout: true,
+            raw_tracepoints: set(&["mod_memcg_lruvec_state", "page_fault_user"]),
             btf_functions: set(&[
                 "try_charge_memcg",
                 "__mem_cgroup_charge",
@@ -662,6 +697,27 @@ mod tests {
             2,
             "kvm_entry and kvm_page_fault"
         );
+    }
+
+    #[test]
+    fn raw_tracepoints_serve_where_their_prototype_matches_and_classic_ones_otherwise() {
+        let p = plan(&tracepoints_only(), None).expect("plan");
+        assert_eq!(hook(&p, "charge").programs, ["memcg_lruvec_state_raw"]);
+        assert_eq!(hook(&p, GUEST_RAM_HOOK).programs, ["guest_ram_fault_raw"]);
+        assert_eq!(hook(&p, "oom-victim").programs, ["oom_mark_victim"]);
+        // The raw charge program reads the memcg id through BTF offsets.
+        let mut no_path = tracepoints_only();
+        no_path.memcg_id_path = false;
+        let p = plan(&no_path, None).expect("plan");
+        assert_eq!(hook(&p, "charge").programs, ["memcg_lruvec_state"]);
+        assert_eq!(hook(&p, GUEST_RAM_HOOK).programs, ["guest_ram_fault_raw"]);
+        // A prototype that is not the one the program reads (or classic ones asked for).
+        let mut classic = tracepoints_only();
+        classic.raw_tracepoints.clear();
+        classic.lruvec_fixed_layout = false;
+        let p = plan(&classic, None).expect("plan");
+        assert_eq!(hook(&p, "charge").programs, ["memcg_lruvec_state_any"]);
+        assert_eq!(hook(&p, GUEST_RAM_HOOK).programs, ["guest_ram_fault"]);
     }
 
     #[test]

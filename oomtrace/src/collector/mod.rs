@@ -737,6 +737,11 @@ pub async fn run_observed(
     drain(ring.get_mut(), &mut live, out)?;
     live.sweep(out)?;
     live.tell_kills(observer)?;
+    for (program, n) in live.probes.skipped_runs_by_program() {
+        if n > 0 {
+            log::debug!("{program}: {n} runs skipped by the kernel");
+        }
+    }
     let summary = live.model.summary();
     if cfg.status_line {
         eprintln!();
