@@ -130,7 +130,13 @@ pub struct Tail {
 
 impl Tail {
     pub fn start(args: &[&str]) -> Result<Self> {
+        Self::start_with_env(args, &[])
+    }
+
+    /// `start` with environment variables set for oomtrace (variant switches).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let mut child = Command::new(oomtrace_bin()?)
+            .envs(env.iter().copied())
             .arg("tail")
             .arg("--json")
             .args(args)

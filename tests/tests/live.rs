@@ -22,6 +22,22 @@ fn attribution_matches_what_each_thread_touched_within_5_percent() -> Result<()>
     if !require_root("attribution_matches_what_each_thread_touched_within_5_percent") {
         return Ok(());
     }
+    attribution(&[], "memcg_lruvec_state_raw")
+}
+
+/// The classic tracepoint programs (the fallback where a raw prototype differs) attribute the same.
+#[test]
+fn attribution_with_classic_tracepoints_matches_too() -> Result<()> {
+    if !require_root("attribution_with_classic_tracepoints_matches_too") {
+        return Ok(());
+    }
+    attribution(
+        &[("OOMTRACE_CLASSIC_TRACEPOINTS", "1")],
+        "memcg_lruvec_state",
+    )
+}
+
+fn attribution(env: &[(&str, &str)], charge_program: &str) -> Result<()> {
     let _serial = serial();
     let ctl = MemoryController::detect()?;
     let cg = ScratchCgroup::create(
@@ -30,7 +46,17 @@ fn attribution_matches_what_each_thread_touched_within_5_percent() -> Result<()>
         1 << 30,
     )?;
     let path = cg.path.display().to_string();
-    let tail = Tail::start(&["--cgroup", &path])?;
+    let tail = Tail::start_with_env(&["--cgroup", &path], env)?;
+    let start = tail
+        .seen
+        .iter()
+        .find(|v| v["type"] == "start")
+        .context("start line")?;
+    let charge = start["hooks"]
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h["hook"] == "charge"))
+        .context("charge hook in the start line")?;
+    assert_eq!(charge["programs"][0], charge_program, "{charge}");
 
     let mut qemu = workload(
         &path,
