@@ -86,7 +86,7 @@ for T in {tiers}; do
   grep -E '"type":"oom"' /tmp/$T.out
   grep -E '"type":"charge".*"comm":"(CPU 0/KVM|IO iothread1|virt-launcher|virtlogd)"' /tmp/$T.out
   grep -v 'runs skipped' /tmp/$T.err | sed 's/^/STDERR: /' | head -5
-  grep 'runs skipped' /tmp/$T.err | sed "s/^/SKIPPED $T: /"
+  grep 'runs skipped' /tmp/$T.err | sed "s/^/HOOK_SKIPS $T: /"
   echo "=== END $T"
 done
 # kubectl exec's shape, {runs} runs on the default tiers: a shell charges in the runtime's
@@ -441,7 +441,7 @@ fn matrix(series: guest::Series) -> Result<()> {
             .and_then(|c| serde_json::from_str(c).ok())
             .with_context(|| format!("{tier}: no summary counters: {lines:?}"))?;
         println!("{}: {tier}: counters {counters}", series.name());
-        let skipped = format!("SKIPPED {tier}: ");
+        let skipped = format!("HOOK_SKIPS {tier}: ");
         for l in console
             .lines()
             .filter_map(|l| l.strip_prefix(skipped.as_str()))
