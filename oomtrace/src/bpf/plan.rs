@@ -151,6 +151,8 @@ struct TracepointHook {
     program: &'static str,
     /// A second tracepoint the hook needs (kvm_entry ends what kvm_page_fault starts).
     also: Option<(&'static str, &'static str, &'static str)>,
+    /// The raw-tracepoint program, used where the kernel's prototype is the one it reads.
+    raw: Option<&'static str>,
 }
 
 struct Hook {
@@ -210,6 +212,7 @@ const HOOKS: &[Hook] = &[
             name: "mod_memcg_lruvec_state",
             program: "memcg_lruvec_state",
             also: None,
+            raw: Some("memcg_lruvec_state_raw"),
         }),
         without: "",
     },
@@ -238,6 +241,7 @@ const HOOKS: &[Hook] = &[
             name: "mark_victim",
             program: "oom_mark_victim",
             also: None,
+            raw: None,
         }),
         without: "",
     },
@@ -251,6 +255,7 @@ const HOOKS: &[Hook] = &[
             name: "sched_process_exit",
             program: "sched_exit",
             also: None,
+            raw: None,
         }),
         without: "",
     },
@@ -264,6 +269,7 @@ const HOOKS: &[Hook] = &[
             name: "sched_process_exec",
             program: "sched_exec",
             also: None,
+            raw: None,
         }),
         without: "a thread's name after exec is learned from its next charge record",
     },
@@ -277,6 +283,7 @@ const HOOKS: &[Hook] = &[
             name: "mm_vmscan_memcg_reclaim_begin",
             program: "memcg_reclaim_begin",
             also: None,
+            raw: None,
         }),
         without: "reclaim at the limit is not shown",
     },
@@ -290,6 +297,7 @@ const HOOKS: &[Hook] = &[
             name: "mm_vmscan_memcg_reclaim_end",
             program: "memcg_reclaim_end",
             also: None,
+            raw: None,
         }),
         without: "reclaim at the limit is not shown",
     },
@@ -310,6 +318,7 @@ const HOOKS: &[Hook] = &[
             name: "kvm_page_fault",
             program: "kvm_page_fault",
             also: Some(("kvm", "kvm_entry", "kvm_entry")),
+            raw: None,
         }),
         without: "kvm not loaded: KVM guest RAM is told apart by thread class only",
     },
@@ -323,6 +332,7 @@ const HOOKS: &[Hook] = &[
             name: "page_fault_user",
             program: "guest_ram_fault",
             also: None,
+            raw: Some("guest_ram_fault_raw"),
         }),
         without: "TCG guest RAM is told apart by thread class only",
     },
@@ -443,15 +453,10 @@ fn tracepoint_tier(hook: &Hook, t: &TracepointHook, k: &KernelFacts) -> Verdict 
     // program also needs the memcg id path): no trace record is filled for it, and it has its
     // own recursion guard, so a thread preempted in another of our programs (7.0+ runs them
     // preemptible) does not make the kernel skip it.
-    let raw = t.also.is_none()
+    if let Some(program) = t.raw
         && k.raw_tracepoints.contains(t.name)
-        && (hook.hook != CHARGE_HOOK || k.memcg_id_path);
-    let raw_program = match hook.hook {
-        CHARGE_HOOK => Some("memcg_lruvec_state_raw"),
-        GUEST_RAM_HOOK => Some("guest_ram_fault_raw"),
-        _ => None,
-    };
-    if let (true, Some(program)) = (raw, raw_program) {
+        && (hook.hook != CHARGE_HOOK || k.memcg_id_path)
+    {
         let mut note = format!("raw tracepoint {}: arguments read directly", t.name);
         if hook.lazy {
             note.push_str("; attached once a qemu guest RAM mapping is found");
