@@ -74,6 +74,33 @@ struct Counts {
     failed: u64,
     skipped: u64,
     ok: bool,
+    /// Names of the failed tests, printed again at the end: CI shows only the tail of a long run.
+    failed_names: Vec<String>,
+}
+
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.skipped += other.skipped;
+        self.ok &= other.ok;
+        self.failed_names.extend(other.failed_names);
+    }
+
+    /// The closing lines of a run; an error when anything failed.
+    fn finish(&self) -> Result<()> {
+        for name in &self.failed_names {
+            println!("xtask: FAILED {name}");
+        }
+        println!(
+            "tests: {} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.skipped
+        );
+        if self.failed > 0 || !self.ok {
+            bail!("tests failed");
+        }
+        Ok(())
+    }
 }
 
 /// Runs cargo test, passing its output through, and adds up libtest's "test result" lines and our
@@ -102,6 +129,11 @@ fn run_tests(cmd: &mut Command) -> Result<Counts> {
             counts.failed += num("failed");
         } else if line.starts_with("SKIPPED ") {
             counts.skipped += 1;
+        } else if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.strip_suffix(" ... FAILED"))
+        {
+            counts.failed_names.push(name.to_string());
         }
     }
     counts.ok = child.wait()?.success();
@@ -307,14 +339,7 @@ fn main() -> Result<()> {
         }
         Task::VmTest => {
             let channel = setup()?;
-            let counts = vm_test(&ws, &channel)?;
-            println!(
-                "tests: {} passed, {} failed, {} skipped",
-                counts.passed, counts.failed, counts.skipped
-            );
-            if counts.failed > 0 || !counts.ok {
-                bail!("tests failed");
-            }
+            vm_test(&ws, &channel)?.finish()?;
         }
         Task::Test => {
             let channel = setup()?;
@@ -329,23 +354,15 @@ fn main() -> Result<()> {
             let mut counts = run_tests(
                 Command::new("cargo")
                     .arg(format!("+{channel}"))
-                    .args(["test", "--", "--show-output", "--skip", "vm_matrix_"])
+                    // Every test binary runs even when one fails: a run reports all failures.
+                    .args(["test", "--no-fail-fast", "--"])
+                    .args(["--show-output", "--skip", "vm_matrix_"])
                     .current_dir(&ws),
             )?;
-            let matrix = vm_test(&ws, &channel)?;
-            counts.passed += matrix.passed;
-            counts.failed += matrix.failed;
-            counts.skipped += matrix.skipped;
-            counts.ok &= matrix.ok;
+            counts.add(vm_test(&ws, &channel)?);
             println!("xtask: tests took {:.0} s", start.elapsed().as_secs_f64());
             // One plain closing line for the whole run (cargo's last line is a crate's own count).
-            println!(
-                "tests: {} passed, {} failed, {} skipped",
-                counts.passed, counts.failed, counts.skipped
-            );
-            if counts.failed > 0 || !counts.ok {
-                bail!("tests failed");
-            }
+            counts.finish()?;
         }
     }
     Ok(())
