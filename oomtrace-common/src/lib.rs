@@ -218,6 +218,7 @@ pub mod globals {
     pub const PAGE_SIZE: &str = "PAGE_SIZE";
     pub const GUEST_TRACKING: &str = "GUEST_TRACKING";
     pub const LRUVEC_VAL_LONG: &str = "LRUVEC_VAL_LONG";
+    pub const EXIT_GROUP_DEAD_ARG: &str = "EXIT_GROUP_DEAD_ARG";
     pub const ITEM_ANON: &str = "ITEM_ANON";
     pub const ITEM_FILE: &str = "ITEM_FILE";
     pub const ITEM_PAGETABLE: &str = "ITEM_PAGETABLE";

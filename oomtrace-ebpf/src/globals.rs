@@ -16,6 +16,8 @@ global!(GUEST_TRACKING: u32 = 0);
 // 1: the raw mod_memcg_lruvec_state's `val` is a long (7.0+); 0: an int, whose upper half of
 // the raw argument is not its sign.
 global!(LRUVEC_VAL_LONG: u32 = 0);
+// 1: the raw sched_process_exit has a `bool group_dead` argument (6.16+).
+global!(EXIT_GROUP_DEAD_ARG: u32 = 0);
 global!(ITEM_ANON: i32 = -1);
 global!(ITEM_FILE: i32 = -1);
 global!(ITEM_PAGETABLE: i32 = -1);

@@ -1,6 +1,9 @@
 //! vmscan memcg reclaim begin/end: a charge hit the memcg limit. Only threads already seen charging
 //! a watched memcg are tracked.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use oomtrace_common::{KIND_RECLAIM, ReclaimEvent};
 
 use crate::{
@@ -10,18 +13,45 @@ use crate::{
 
 #[tracepoint]
 pub fn memcg_reclaim_begin(_ctx: TracePointContext) -> u32 {
-    let (tid, _) = current_ids();
-    if SEEN_THREADS.get_ptr(&tid).is_some() {
-        let _ = RECLAIM_START.insert(&tid, &now_ns(), 0);
-    }
+    reclaim_began();
+    0
+}
+
+/// The raw variant reads no argument: any prototype serves.
+#[raw_tracepoint(tracepoint = "mm_vmscan_memcg_reclaim_begin")]
+pub fn memcg_reclaim_begin_raw(_ctx: RawTracePointContext) -> u32 {
+    reclaim_began();
     0
 }
 
 #[tracepoint]
 pub fn memcg_reclaim_end(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from this kernel's tracefs format.
+    let nr: u64 = unsafe { ctx.read_at(get(&g::OFF_RECLAIM_NR) as usize) }.unwrap_or(0);
+    reclaim_ended(nr);
+    0
+}
+
+/// The raw variant: (unsigned long nr_reclaimed, ...).
+#[raw_tracepoint(tracepoint = "mm_vmscan_memcg_reclaim_end")]
+pub fn memcg_reclaim_end_raw(ctx: RawTracePointContext) -> u32 {
+    reclaim_ended(ctx.arg::<u64>(0));
+    0
+}
+
+#[inline(always)]
+fn reclaim_began() {
+    let (tid, _) = current_ids();
+    if SEEN_THREADS.get_ptr(&tid).is_some() {
+        let _ = RECLAIM_START.insert(&tid, &now_ns(), 0);
+    }
+}
+
+#[inline(always)]
+fn reclaim_ended(nr_reclaimed: u64) {
     let (tid, tgid) = current_ids();
     let Some(start) = RECLAIM_START.get_ptr(&tid) else {
-        return 0;
+        return;
     };
     // SAFETY: pointer from a successful lookup of this thread's own key.
     let start = unsafe { *start };
@@ -32,8 +62,6 @@ pub fn memcg_reclaim_end(ctx: TracePointContext) -> u32 {
         None => 0,
     };
     let now = now_ns();
-    // SAFETY: offset from this kernel's tracefs format.
-    let nr_reclaimed: u64 = unsafe { ctx.read_at(get(&g::OFF_RECLAIM_NR) as usize) }.unwrap_or(0);
     let event = ReclaimEvent {
         kind: KIND_RECLAIM,
         tid,
@@ -46,5 +74,4 @@ pub fn memcg_reclaim_end(ctx: TracePointContext) -> u32 {
         comm: current_comm(),
     };
     send(&event);
-    0
 }

@@ -80,11 +80,17 @@ pub struct KernelBtf {
     /// mod_memcg_lruvec_state's `val` argument is a long (7.0+), not an int.
     #[serde(default)]
     pub lruvec_val_long: bool,
+    /// sched_process_exit has a `bool group_dead` argument (6.16+).
+    #[serde(default)]
+    pub exit_group_dead_arg: bool,
 }
 
-/// Tracepoints with a raw-tracepoint program, and the prototypes it reads its arguments by
-/// (`btf_trace_<name>`: a context pointer, then the TP_PROTO arguments; pointers by pointee).
-/// The memcg stat value became a long in 7.0 (LRUVEC_VAL_LONG tells the program).
+/// Tracepoints with a raw-tracepoint program that reads arguments, and the prototypes it reads
+/// them by (`btf_trace_<name>`: a context pointer, then the TP_PROTO arguments; pointers by
+/// pointee, typedefs by name). A prototype matches when it starts so: arguments added at the end
+/// are not read. The memcg stat value became a long in 7.0 (LRUVEC_VAL_LONG tells the program);
+/// sched_process_exit gained group_dead in 6.16 (EXIT_GROUP_DEAD_ARG). Programs that read no
+/// argument need no entry.
 pub const RAW_TRACEPOINTS: &[(&str, &[&str])] = &[
     (
         "mod_memcg_lruvec_state",
@@ -93,6 +99,16 @@ pub const RAW_TRACEPOINTS: &[(&str, &[&str])] = &[
     (
         "mod_memcg_lruvec_state",
         &["void *", "mem_cgroup *", "int", "long int"],
+    ),
+    ("sched_process_exit", &["void *", "task_struct *", "bool"]),
+    ("sched_process_exit", &["void *", "task_struct *"]),
+    (
+        "sched_process_exec",
+        &["void *", "task_struct *", "pid_t", "linux_binprm *"],
+    ),
+    (
+        "mm_vmscan_memcg_reclaim_end",
+        &["void *", "long unsigned int"],
     ),
     (
         "page_fault_user",
@@ -169,15 +185,23 @@ impl KernelBtf {
             })
             .map(|f| f.to_string())
             .collect();
-        let matched: Vec<&[&str]> = RAW_TRACEPOINTS
-            .iter()
-            .filter(|(name, proto)| raw_tp_params(&btf, name).is_some_and(|p| p == *proto))
-            .map(|(name, proto)| {
+        // The first entry that matches a tracepoint is its prototype here (longer ones first).
+        let mut matched: Vec<(&str, &[&str])> = Vec::new();
+        for (name, proto) in RAW_TRACEPOINTS {
+            if matched.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            if raw_tp_params(&btf, name).is_some_and(|p| {
+                p.len() >= proto.len() && p.iter().zip(proto.iter()).all(|(a, b)| a == b)
+            }) {
                 raw_tracepoints.push(name.to_string());
-                *proto
-            })
-            .collect();
-        let lruvec_val_long = matched.iter().any(|p| p.last() == Some(&"long int"));
+                matched.push((name, proto));
+            }
+        }
+        let proto_of = |n: &str| matched.iter().find(|(m, _)| *m == n).map(|(_, p)| *p);
+        let lruvec_val_long =
+            proto_of("mod_memcg_lruvec_state").is_some_and(|p| p.last() == Some(&"long int"));
+        let exit_group_dead_arg = proto_of("sched_process_exit").is_some_and(|p| p.len() == 3);
         Ok(Self {
             items: ChargeItems::from_map(&node),
             memcg_id_path,
@@ -186,6 +210,7 @@ impl KernelBtf {
             functions,
             raw_tracepoints,
             lruvec_val_long,
+            exit_group_dead_arg,
         })
     }
 }
@@ -228,6 +253,8 @@ fn raw_tp_params(btf: &Btf, name: &str) -> Option<Vec<String>> {
                 Ok(_) => return None,
             }),
             Type::Int(i) => btf.resolve_name(&i).ok(),
+            // By the typedef's own name (pid_t, gfp_t): what the program reads is that type.
+            Type::Typedef(t) => btf.resolve_name(&t).ok(),
             _ => None,
         })
         .collect()

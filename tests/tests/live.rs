@@ -146,11 +146,26 @@ fn oom_kill_names_the_invoker_and_victim_the_kernel_names() -> Result<()> {
         60,
     )?;
     let oom = tail.wait_for(Duration::from_secs(30), |v| v["type"] == "oom")?;
+    let victim = oom["victim_pid"].as_u64().context("victim_pid")? as u32;
+    // The rarer hooks run too: the invoker reclaimed at the limit before the kill, and the
+    // victim's last thread ends its process (group_dead, where the kernel passes it: 6.16+).
+    let reclaimed = |v: &Value| v["type"] == "reclaim" && v["tid"] == oom["invoker_tid"];
+    assert!(
+        tail.seen.iter().any(reclaimed),
+        "no reclaim row of the invoker before the kill"
+    );
+    let group_dead = std::fs::read_to_string(
+        "/sys/kernel/tracing/events/sched/sched_process_exit/format",
+    )
+    .is_ok_and(|f| f.contains("group_dead"));
+    tail.wait_for(Duration::from_secs(10), |v| {
+        v["type"] == "exit" && v["pid"] == victim && (!group_dead || v["group_dead"] == true)
+    })
+    .context("the victim's exit")?;
     std::thread::sleep(Duration::from_millis(500));
     let summary = tail.stop()?;
     let _ = (qemu.kill(), memhold.kill(), qemu.wait(), memhold.wait());
 
-    let victim = oom["victim_pid"].as_u64().context("victim_pid")? as u32;
     let kernel = kernel_oom_report(victim)?;
     assert_eq!(
         victim,

@@ -171,12 +171,10 @@ pub fn gather(
             "page_fault_user",
             &[("address", 8)],
         ),
-        raw_tracepoints: if std::env::var_os(CLASSIC_TRACEPOINTS).is_some() {
-            Default::default()
-        } else {
-            btf.map(|b| b.raw_tracepoints.iter().cloned().collect())
-                .unwrap_or_default()
-        },
+        raw_tracepoints: btf
+            .map(|b| b.raw_tracepoints.iter().cloned().collect())
+            .unwrap_or_default(),
+        classic_only: std::env::var_os(CLASSIC_TRACEPOINTS).is_some(),
         btf_functions,
         symbols,
         memcg_id_path: btf.is_some_and(|b| b.memcg_id_path.is_some()),

@@ -126,6 +126,7 @@ pub fn load(
         (g::FILTER_ON, filter),
         (g::GUEST_TRACKING, guest),
         (g::LRUVEC_VAL_LONG, kbtf.lruvec_val_long as u32),
+        (g::EXIT_GROUP_DEAD_ARG, kbtf.exit_group_dead_arg as u32),
         (g::SELF_TGID, std::process::id()),
     ];
 

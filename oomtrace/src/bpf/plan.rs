@@ -37,9 +37,10 @@ pub struct KernelFacts {
     pub lruvec_fixed_layout: bool,
     /// exceptions:page_fault_user has `address` at offset 8.
     pub page_fault_user_layout: bool,
-    /// Tracepoints whose raw prototype (BTF) is what their raw program reads; empty when
-    /// classic tracepoints are asked for (OOMTRACE_CLASSIC_TRACEPOINTS).
+    /// Tracepoints whose raw prototype (BTF) is what their raw program reads.
     pub raw_tracepoints: BTreeSet<String>,
+    /// Classic tracepoint programs only, as asked for (OOMTRACE_CLASSIC_TRACEPOINTS).
+    pub classic_only: bool,
     /// Hooked functions present in vmlinux BTF (fentry targets).
     pub btf_functions: BTreeSet<String>,
     /// Hooked function → its kallsyms symbol (kprobe targets; a compiler clone such as
@@ -151,8 +152,21 @@ struct TracepointHook {
     program: &'static str,
     /// A second tracepoint the hook needs (kvm_entry ends what kvm_page_fault starts).
     also: Option<(&'static str, &'static str, &'static str)>,
-    /// The raw-tracepoint program, used where the kernel's prototype is the one it reads.
-    raw: Option<&'static str>,
+    /// The raw-tracepoint programs, used where the kernel's prototype is the one they read.
+    raw: Option<RawVariant>,
+}
+
+/// Raw-tracepoint programs of a tracepoint hook: no trace record is filled for them, and each
+/// has its own recursion guard, where the classic tracepoint (and kprobe) programs of a CPU
+/// share one. Since 7.0 tracepoint programs run preemptible, so a thread preempted inside a
+/// classic program made the kernel skip every other one on that CPU meanwhile.
+struct RawVariant {
+    program: &'static str,
+    /// The raw program of the hook's second tracepoint (`also`).
+    also: Option<&'static str>,
+    /// Reads the tracepoint's arguments: then only where the kernel's BTF prototype is the one
+    /// it reads (kernel_btf::RAW_TRACEPOINTS). One that reads none serves on every kernel.
+    reads_args: bool,
 }
 
 struct Hook {
@@ -212,7 +226,11 @@ const HOOKS: &[Hook] = &[
             name: "mod_memcg_lruvec_state",
             program: "memcg_lruvec_state",
             also: None,
-            raw: Some("memcg_lruvec_state_raw"),
+            raw: Some(RawVariant {
+                program: "memcg_lruvec_state_raw",
+                also: None,
+                reads_args: true,
+            }),
         }),
         without: "",
     },
@@ -255,7 +273,11 @@ const HOOKS: &[Hook] = &[
             name: "sched_process_exit",
             program: "sched_exit",
             also: None,
-            raw: None,
+            raw: Some(RawVariant {
+                program: "sched_exit_raw",
+                also: None,
+                reads_args: true,
+            }),
         }),
         without: "",
     },
@@ -269,7 +291,11 @@ const HOOKS: &[Hook] = &[
             name: "sched_process_exec",
             program: "sched_exec",
             also: None,
-            raw: None,
+            raw: Some(RawVariant {
+                program: "sched_exec_raw",
+                also: None,
+                reads_args: true,
+            }),
         }),
         without: "a thread's name after exec is learned from its next charge record",
     },
@@ -283,7 +309,11 @@ const HOOKS: &[Hook] = &[
             name: "mm_vmscan_memcg_reclaim_begin",
             program: "memcg_reclaim_begin",
             also: None,
-            raw: None,
+            raw: Some(RawVariant {
+                program: "memcg_reclaim_begin_raw",
+                also: None,
+                reads_args: false,
+            }),
         }),
         without: "reclaim at the limit is not shown",
     },
@@ -297,7 +327,11 @@ const HOOKS: &[Hook] = &[
             name: "mm_vmscan_memcg_reclaim_end",
             program: "memcg_reclaim_end",
             also: None,
-            raw: None,
+            raw: Some(RawVariant {
+                program: "memcg_reclaim_end_raw",
+                also: None,
+                reads_args: true,
+            }),
         }),
         without: "reclaim at the limit is not shown",
     },
@@ -318,7 +352,11 @@ const HOOKS: &[Hook] = &[
             name: "kvm_page_fault",
             program: "kvm_page_fault",
             also: Some(("kvm", "kvm_entry", "kvm_entry")),
-            raw: None,
+            raw: Some(RawVariant {
+                program: "kvm_page_fault_raw",
+                also: Some("kvm_entry_raw"),
+                reads_args: false,
+            }),
         }),
         without: "kvm not loaded: KVM guest RAM is told apart by thread class only",
     },
@@ -332,7 +370,11 @@ const HOOKS: &[Hook] = &[
             name: "page_fault_user",
             program: "guest_ram_fault",
             also: None,
-            raw: Some("guest_ram_fault_raw"),
+            raw: Some(RawVariant {
+                program: "guest_ram_fault_raw",
+                also: None,
+                reads_args: true,
+            }),
         }),
         without: "TCG guest RAM is told apart by thread class only",
     },
@@ -442,34 +484,49 @@ fn companions(
 fn tracepoint_tier(hook: &Hook, t: &TracepointHook, k: &KernelFacts) -> Verdict {
     let has = |c: &str, n: &str| k.tracepoints.contains(&format!("{c}:{n}"));
     let target = format!("{}:{}", t.category, t.name);
-    if !has(t.category, t.name) {
-        return Err(format!(
-            "tracepoint {target} is not available on this kernel"
+    for (c, n) in [(t.category, t.name)]
+        .into_iter()
+        .chain(t.also.map(|(c, n, _)| (c, n)))
+    {
+        if !has(c, n) {
+            return Err(format!(
+                "tracepoint {c}:{n} is not available on this kernel"
+            ));
+        }
+    }
+    let lazy = if hook.lazy {
+        "; attached once a qemu guest RAM mapping is found"
+    } else {
+        ""
+    };
+    // The raw variant where this kernel's prototype is the one its program reads (the charge
+    // program also needs the memcg id path).
+    if let Some(raw) = &t.raw
+        && !k.classic_only
+        && (!raw.reads_args || k.raw_tracepoints.contains(t.name))
+        && (hook.hook != CHARGE_HOOK || k.memcg_id_path)
+    {
+        let mut attach = Vec::new();
+        if let (Some((_, name, _)), Some(program)) = (t.also, raw.also) {
+            attach.push(Attach::RawTracepoint { program, name });
+        }
+        attach.push(Attach::RawTracepoint {
+            program: raw.program,
+            name: t.name,
+        });
+        let how = if raw.reads_args {
+            "arguments read directly"
+        } else {
+            "reads no argument"
+        };
+        return Ok((
+            target,
+            attach,
+            format!("raw tracepoint {}: {how}{lazy}", t.name),
         ));
     }
     let mut program = t.program;
-    let mut note = "tracepoint present".to_string();
-    // The raw variant where this kernel's prototype is the one its program reads (the charge
-    // program also needs the memcg id path): no trace record is filled for it, and it has its
-    // own recursion guard, so a thread preempted in another of our programs (7.0+ runs them
-    // preemptible) does not make the kernel skip it.
-    if let Some(program) = t.raw
-        && k.raw_tracepoints.contains(t.name)
-        && (hook.hook != CHARGE_HOOK || k.memcg_id_path)
-    {
-        let mut note = format!("raw tracepoint {}: arguments read directly", t.name);
-        if hook.lazy {
-            note.push_str("; attached once a qemu guest RAM mapping is found");
-        }
-        return Ok((
-            target,
-            vec![Attach::RawTracepoint {
-                program,
-                name: t.name,
-            }],
-            note,
-        ));
-    }
+    let mut note = format!("tracepoint present{lazy}");
     if hook.hook == CHARGE_HOOK {
         if k.lruvec_fixed_layout {
             note = "tracepoint; usual record layout: fields loaded directly".into();
@@ -478,23 +535,15 @@ fn tracepoint_tier(hook: &Hook, t: &TracepointHook, k: &KernelFacts) -> Verdict 
             note = "tracepoint; unusual record layout: fields read with a helper (slower)".into();
         }
     }
-    if hook.hook == GUEST_RAM_HOOK {
-        if !k.page_fault_user_layout {
-            return Err(format!("{target} has an unexpected layout"));
-        }
-        note = "tracepoint; attached once a qemu guest RAM mapping is found".into();
+    if hook.hook == GUEST_RAM_HOOK && !k.page_fault_user_layout {
+        return Err(format!("{target} has an unexpected layout"));
     }
     let mut attach = Vec::new();
-    if let Some((c, n, p)) = t.also {
-        if !has(c, n) {
-            return Err(format!(
-                "tracepoint {c}:{n} is not available on this kernel"
-            ));
-        }
+    if let Some((category, name, program)) = t.also {
         attach.push(Attach::Tracepoint {
-            program: p,
-            category: c,
-            name: n,
+            program,
+            category,
+            name,
         });
     }
     attach.push(Attach::Tracepoint {
@@ -634,7 +683,14 @@ mod tests {
             tracepoints: set(ALL_TRACEPOINTS),
             lruvec_fixed_layout: true,
             page_fault_user_layout: true,
-            raw_tracepoints: set(&["mod_memcg_lruvec_state", "page_fault_user"]),
+            raw_tracepoints: set(&[
+                "mod_memcg_lruvec_state",
+                "page_fault_user",
+                "sched_process_exit",
+                "sched_process_exec",
+                "mm_vmscan_memcg_reclaim_end",
+            ]),
+            classic_only: false,
             btf_functions: set(&[
                 "try_charge_memcg",
                 "__mem_cgroup_charge",
@@ -716,13 +772,53 @@ mod tests {
         let p = plan(&no_path, None).expect("plan");
         assert_eq!(hook(&p, "charge").programs, ["memcg_lruvec_state"]);
         assert_eq!(hook(&p, GUEST_RAM_HOOK).programs, ["guest_ram_fault_raw"]);
-        // A prototype that is not the one the program reads (or classic ones asked for).
-        let mut classic = tracepoints_only();
-        classic.raw_tracepoints.clear();
-        classic.lruvec_fixed_layout = false;
-        let p = plan(&classic, None).expect("plan");
+        // A prototype that is not the one the program reads: the classic program, but raw ones
+        // that read no argument serve anyway.
+        let mut unknown = tracepoints_only();
+        unknown.raw_tracepoints.clear();
+        unknown.lruvec_fixed_layout = false;
+        let p = plan(&unknown, None).expect("plan");
         assert_eq!(hook(&p, "charge").programs, ["memcg_lruvec_state_any"]);
         assert_eq!(hook(&p, GUEST_RAM_HOOK).programs, ["guest_ram_fault"]);
+        assert_eq!(hook(&p, "thread-exit").programs, ["sched_exit"]);
+        assert_eq!(
+            hook(&p, "reclaim-begin").programs,
+            ["memcg_reclaim_begin_raw"]
+        );
+        assert_eq!(
+            hook(&p, "guest-fault").programs,
+            ["kvm_entry_raw", "kvm_page_fault_raw"]
+        );
+        // Classic ones asked for: every hook.
+        let mut classic = tracepoints_only();
+        classic.classic_only = true;
+        let p = plan(&classic, None).expect("plan");
+        for c in &p {
+            for a in &c.attach {
+                assert!(!matches!(a, Attach::RawTracepoint { .. }), "{}", c.hook);
+            }
+        }
+        assert_eq!(
+            hook(&p, "guest-fault").programs,
+            ["kvm_entry", "kvm_page_fault"]
+        );
+    }
+
+    #[test]
+    fn every_frequent_tracepoint_hook_is_raw_where_its_prototype_matches() {
+        // Only oom:mark_victim stays classic: it runs once per kill and reads a dozen fields of
+        // its record.
+        let p = plan(&tracepoints_only(), None).expect("plan");
+        for (h, programs) in [
+            ("thread-exit", &["sched_exit_raw"][..]),
+            ("exec", &["sched_exec_raw"]),
+            ("reclaim-begin", &["memcg_reclaim_begin_raw"]),
+            ("reclaim-end", &["memcg_reclaim_end_raw"]),
+            ("guest-fault", &["kvm_entry_raw", "kvm_page_fault_raw"]),
+            ("oom-victim", &["oom_mark_victim"]),
+        ] {
+            assert_eq!(hook(&p, h).programs, programs, "{h}");
+        }
     }
 
     #[test]
