@@ -123,6 +123,37 @@ impl MemoryController {
         Ok(self.mount.join(rel.trim_start_matches('/')))
     }
 
+    /// The kernel's pressure counters of a memcg: v1 memory.failcnt and memory.oom_control; v2
+    /// memory.events and memory.pressure (PSI; v1 has none).
+    pub fn pressure(&self, full: &Path) -> Option<Pressure> {
+        let read = |f: &str| fs::read_to_string(full.join(f)).ok();
+        match self.version {
+            Version::V1 => Some(Pressure {
+                limit_hits: read("memory.failcnt")?.trim().parse().ok()?,
+                oom_kills: read("memory.oom_control").and_then(|t| keyed(&t, "oom_kill")),
+                ..Pressure::default()
+            }),
+            Version::V2 => {
+                let events = read("memory.events")?;
+                let psi = read("memory.pressure");
+                let psi_total = |kind: &str| {
+                    psi.as_deref()?
+                        .lines()
+                        .find(|l| l.starts_with(kind))?
+                        .split_whitespace()
+                        .find_map(|f| f.strip_prefix("total=")?.parse().ok())
+                };
+                Some(Pressure {
+                    limit_hits: keyed(&events, "max")?,
+                    high: keyed(&events, "high"),
+                    oom_kills: keyed(&events, "oom_kill"),
+                    some_us: psi_total("some "),
+                    full_us: psi_total("full "),
+                })
+            }
+        }
+    }
+
     pub fn usage_limit(&self, full: &Path) -> Option<UsageLimit> {
         let read = |f: &str| fs::read_to_string(full.join(f)).ok();
         let (usage, limit, peak) = match self.version {
@@ -168,6 +199,28 @@ pub fn parse_limit(text: &str) -> Option<u64> {
         return None;
     }
     t.parse::<u64>().ok().filter(|v| *v < (1u64 << 62))
+}
+
+/// `key value` lines (memory.events, memory.oom_control): the value of `key`.
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// A memcg's pressure, as the kernel counts it (all cumulative since the memcg was made).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Pressure {
+    /// Times usage hit the limit: v1 memory.failcnt, v2 memory.events `max`.
+    pub limit_hits: u64,
+    /// v2 memory.events `high`: times usage went over memory.high. None on v1.
+    pub high: Option<u64>,
+    /// OOM kills in this memcg: v1 memory.oom_control `oom_kill` (4.13+), v2 memory.events.
+    pub oom_kills: Option<u64>,
+    /// PSI (v2 memory.pressure): µs during which some task / all tasks stalled on memory.
+    pub some_us: Option<u64>,
+    pub full_us: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -70,7 +70,27 @@ pub fn memcg_line(out: &mut dyn Write, m: &MemcgView) -> io::Result<()> {
         m.headroom.map_or_else(|| "-".into(), bytes),
         bytes(m.guest),
         bytes(m.overhead),
-    )
+    )?;
+    if let Some(p) = &m.pressure {
+        let window = format!("{:.0} s", p.window_s);
+        let kills = p
+            .oom_kills
+            .map_or_else(String::new, |k| format!(", {k} OOM kill(s)"));
+        let stalled = match (p.stalled_some_60s, p.stalled_full_60s) {
+            (Some(some), full) => format!(
+                "; stalled on memory {:.0}% (some) / {} (full) of the last {window}",
+                some * 100.0,
+                full.map_or_else(|| "-".into(), |f| format!("{:.0}%", f * 100.0))
+            ),
+            (None, _) => "; no stall times (PSI: cgroup v2 only)".to_string(),
+        };
+        writeln!(
+            out,
+            "  pressure: limit hit {} times ({} in the last {window}){kills}{stalled}",
+            p.limit_hits, p.limit_hits_60s
+        )?;
+    }
+    Ok(())
 }
 
 fn class_table(out: &mut dyn Write, m: &MemcgView) -> io::Result<()> {

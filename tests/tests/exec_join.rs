@@ -151,6 +151,38 @@ fn one_run(
             within(victim_guest, guest_rss as i64, 5.0),
             format!("victim guest RAM {victim_guest} vs smaps Rss {guest_rss}"),
         );
+        // The pod's pressure as the kernel counts it, read after the kill: the post-mortem's
+        // reading (the last before the kill) cannot be ahead of it.
+        let kernel_hits: Option<u64> = match ctl.version {
+            Version::V1 => std::fs::read_to_string(pod.join("memory.failcnt"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok()),
+            Version::V2 => std::fs::read_to_string(pod.join("memory.events"))
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("max ")?.trim().parse().ok())
+                }),
+        };
+        let pressure = &pm["memcg"]["pressure"];
+        check(
+            kernel_hits.is_some_and(|k| k > 0)
+                && pressure["limit_hits"]
+                    .as_u64()
+                    .zip(kernel_hits)
+                    .is_some_and(|(ours, k)| ours <= k),
+            format!(
+                "limit hits {} vs the kernel's {kernel_hits:?} after the kill",
+                pressure["limit_hits"]
+            ),
+        );
+        check(
+            (ctl.version == Version::V1) == pressure["stalled_some_60s"].is_null(),
+            format!(
+                "stall share {} on {:?}",
+                pressure["stalled_some_60s"], ctl.version
+            ),
+        );
         if kinvoker.comm == "memhold" {
             // The shell is memhold now: it is named and blamed as memhold, nothing as "sh".
             check(

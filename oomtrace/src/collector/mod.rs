@@ -206,9 +206,7 @@ impl Live {
                 let path = self.ctl.display_path(path);
                 self.feed(ModelInput::MemcgPath { id: *id, path });
             }
-            if let Some(u) = self.ctl.usage_limit(path) {
-                self.feed(ModelInput::Usage { id: *id, usage: u });
-            }
+            self.read_usage(*id, path);
         }
         let gone: Vec<u64> = self
             .known_memcgs
@@ -248,10 +246,24 @@ impl Live {
             }
         }
         for path in paths {
-            if let (Some(id), Some(u)) = (self.memcg_ids.get(&path), self.ctl.usage_limit(&path)) {
-                let id = *id;
-                self.feed(ModelInput::Usage { id, usage: u });
+            if let Some(id) = self.memcg_ids.get(&path).copied() {
+                self.read_usage(id, &path);
             }
+        }
+    }
+
+    /// A memcg's usage and limit; with a limit, also its pressure counters when they moved
+    /// (the OOM post-mortem says how long the pod struggled before the kill).
+    fn read_usage(&mut self, id: u64, path: &std::path::Path) {
+        let Some(u) = self.ctl.usage_limit(path) else {
+            return;
+        };
+        self.feed(ModelInput::Usage { id, usage: u });
+        if u.limit.is_some()
+            && let Some(p) = self.ctl.pressure(path)
+            && self.model.pressure_of(id) != Some(p)
+        {
+            self.feed(ModelInput::Pressure { id, pressure: p });
         }
     }
 

@@ -141,6 +141,25 @@ impl Model {
             (Some(h), Some(r)) if r > 0.0 => Some(h.max(0) as f64 / r),
             _ => None,
         };
+        let pressure = m.pressure.map(|p| {
+            let (t0, then) = m
+                .pressure_history
+                .at(now_ns, WINDOW_LONG_NS)
+                .unwrap_or((now_ns, &p));
+            let window_us = now_ns.saturating_sub(t0) / 1000;
+            let share = |now: Option<u64>, then: Option<u64>| {
+                let d = now?.checked_sub(then?)?;
+                (window_us >= 1_000_000).then(|| (d as f64 / window_us as f64).min(1.0))
+            };
+            views::PressureView {
+                limit_hits: p.limit_hits,
+                limit_hits_60s: p.limit_hits.saturating_sub(then.limit_hits),
+                oom_kills: p.oom_kills,
+                stalled_some_60s: share(p.some_us, then.some_us),
+                stalled_full_60s: share(p.full_us, then.full_us),
+                window_s: window_us as f64 / 1e6,
+            }
+        });
         let vm = self.vm_facts(memcg_id);
         let guest: i64 = now.guest.iter().sum();
         let total: i64 = now.total.iter().sum();
@@ -174,6 +193,7 @@ impl Model {
             usage: m.usage.map(|u| u.usage),
             limit,
             headroom,
+            pressure,
             rate_10s,
             rate_60s,
             time_to_limit_s,
@@ -290,6 +310,7 @@ impl Model {
                 usage: None,
                 limit: None,
                 headroom: None,
+                pressure: None,
                 rate_10s: None,
                 rate_60s: None,
                 time_to_limit_s: None,

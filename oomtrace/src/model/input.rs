@@ -66,6 +66,11 @@ pub enum ModelInput {
         container_id: String,
         name: String,
     },
+    /// A memcg's pressure counters, read with its usage.
+    Pressure {
+        id: u64,
+        pressure: crate::cgroupfs::Pressure,
+    },
 }
 
 impl ModelInput {
@@ -147,6 +152,10 @@ impl Model {
                     .insert(container_id.clone(), name.clone());
                 None
             }
+            ModelInput::Pressure { id, pressure } => {
+                self.set_pressure(*id, *pressure);
+                None
+            }
             ModelInput::MemcgGone { id } => {
                 if let Some(m) = self.memcgs.get_mut(id) {
                     m.gone = true;
@@ -175,6 +184,12 @@ impl Model {
             }
             if let Some(u) = m.usage {
                 out.push(ModelInput::Usage { id: *id, usage: u });
+            }
+            if let Some(p) = m.pressure {
+                out.push(ModelInput::Pressure {
+                    id: *id,
+                    pressure: p,
+                });
             }
             if m.gone {
                 out.push(ModelInput::MemcgGone { id: *id });

@@ -126,6 +126,8 @@ struct MemcgState {
     usage: Option<UsageLimit>,
     identity: Option<PodIdentity>,
     usage_history: Series<u64>,
+    pressure: Option<crate::cgroupfs::Pressure>,
+    pressure_history: Series<crate::cgroupfs::Pressure>,
     /// This memcg and everything below it, per class, at each tick.
     classes: Series<ClassVec>,
     class_peak: ClassVec,
@@ -204,6 +206,15 @@ impl Model {
 
     pub fn set_usage(&mut self, id: u64, usage: UsageLimit) {
         self.memcgs.entry(id).or_default().usage = Some(usage);
+    }
+
+    pub fn set_pressure(&mut self, id: u64, pressure: crate::cgroupfs::Pressure) {
+        self.memcgs.entry(id).or_default().pressure = Some(pressure);
+    }
+
+    /// The pressure last fed for `id`: the collector feeds only readings that changed.
+    pub fn pressure_of(&self, id: u64) -> Option<crate::cgroupfs::Pressure> {
+        self.memcgs.get(&id)?.pressure
     }
 
     pub fn memcg_ids(&self) -> impl Iterator<Item = u64> + '_ {
@@ -762,6 +773,9 @@ impl Model {
             }
             if let Some(u) = m.usage {
                 m.usage_history.record(now_ns, u.usage);
+            }
+            if let Some(p) = m.pressure {
+                m.pressure_history.record(now_ns, p);
             }
         }
     }

@@ -640,3 +640,54 @@ fn the_vm_budget_belongs_to_the_pod_never_to_its_ancestors() {
     );
     assert!(!has_budget(6) && !has_budget(7));
 }
+
+#[test]
+fn pressure_is_the_kernels_counters_and_their_growth_over_the_window() {
+    use crate::cgroupfs::Pressure;
+    let mut m = Model::new();
+    pod(&mut m, 600 << 20);
+    let p = |hits, some_s: u64| Pressure {
+        limit_hits: hits,
+        oom_kills: Some(0),
+        some_us: Some(some_s * 1_000_000),
+        full_us: Some(some_s * 500_000),
+        ..Pressure::default()
+    };
+    m.feed(&ModelInput::Pressure {
+        id: 1,
+        pressure: p(10, 0),
+    });
+    m.tick(0);
+    m.feed(&ModelInput::Pressure {
+        id: 1,
+        pressure: p(46, 4),
+    });
+    m.tick(10 * S);
+    let v = m.memcg_view(1, 10 * S).unwrap().pressure.unwrap();
+    assert_eq!((v.limit_hits, v.limit_hits_60s), (46, 36));
+    assert_eq!(v.stalled_some_60s, Some(0.4));
+    assert_eq!(v.stalled_full_60s, Some(0.2));
+    assert_eq!(v.window_s, 10.0);
+    // v1: no PSI, so no stall share, never a 0 presented as measured.
+    m.feed(&ModelInput::Pressure {
+        id: 1,
+        pressure: Pressure {
+            some_us: None,
+            full_us: None,
+            ..p(50, 0)
+        },
+    });
+    let v = m.memcg_view(1, 10 * S).unwrap().pressure.unwrap();
+    assert_eq!(v.stalled_some_60s, None);
+    // A memcg whose pressure was never read has none.
+    m.set_memcg_path(9, "/other".into());
+    m.set_usage(
+        9,
+        UsageLimit {
+            usage: 1,
+            limit: None,
+            peak: None,
+        },
+    );
+    assert!(m.memcg_view(9, 10 * S).unwrap().pressure.is_none());
+}

@@ -62,6 +62,24 @@ pub struct BudgetView {
     pub over: bool,
 }
 
+/// The kernel's pressure counters of a memcg, and how they moved in the last 60 s (or since
+/// oomtrace first read them).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PressureView {
+    /// Charges that hit the limit (v1 memory.failcnt: each failed attempt, before reclaim; v2
+    /// memory.events `max`), in total and in the window.
+    pub limit_hits: u64,
+    pub limit_hits_60s: u64,
+    /// OOM kills the kernel counted in this memcg (null where it does not count them).
+    pub oom_kills: Option<u64>,
+    /// Share of the window during which some task / all tasks of the memcg stalled on memory
+    /// (PSI, cgroup v2; null on v1, which has none).
+    pub stalled_some_60s: Option<f64>,
+    pub stalled_full_60s: Option<f64>,
+    /// Seconds the window covers (60, or less when first read later).
+    pub window_s: f64,
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct MemcgView {
     pub memcg: String,
@@ -76,6 +94,8 @@ pub struct MemcgView {
     pub usage: Option<u64>,
     pub limit: Option<u64>,
     pub headroom: Option<i64>,
+    /// The kernel's pressure counters (null when they were not read).
+    pub pressure: Option<PressureView>,
     /// Usage growth in bytes per second over the last 10 s and 60 s.
     pub rate_10s: Option<f64>,
     pub rate_60s: Option<f64>,
@@ -257,6 +277,20 @@ pub fn sentence(
         ));
     }
     let (v_comm, v_class, v_rss, v_guest) = victim;
+    let pressure = memcg.pressure.as_ref().and_then(|p| {
+        let window = format!("{:.0} s", p.window_s);
+        match p.stalled_some_60s {
+            Some(some) if some >= 0.005 => Some(format!(
+                " Before the kill {scope} spent {:.0}% of the last {window} stalled on memory.",
+                some * 100.0
+            )),
+            _ if p.limit_hits_60s > 0 => Some(format!(
+                " Before the kill {scope} hit its limit {} times in the last {window}.",
+                p.limit_hits_60s
+            )),
+            _ => None,
+        }
+    });
     if v_class.is_qemu() && v_guest > 0 {
         s.push_str(&format!(
             "; {v_comm} (guest RAM {}) was killed.",
@@ -268,6 +302,9 @@ pub fn sentence(
             v_class.as_process(),
             mib(v_rss)
         ));
+    }
+    if let Some(p) = pressure {
+        s.push_str(&p);
     }
     s
 }
