@@ -154,10 +154,9 @@ fn oom_kill_names_the_invoker_and_victim_the_kernel_names() -> Result<()> {
         tail.seen.iter().any(reclaimed),
         "no reclaim row of the invoker before the kill"
     );
-    let group_dead = std::fs::read_to_string(
-        "/sys/kernel/tracing/events/sched/sched_process_exit/format",
-    )
-    .is_ok_and(|f| f.contains("group_dead"));
+    let group_dead =
+        std::fs::read_to_string("/sys/kernel/tracing/events/sched/sched_process_exit/format")
+            .is_ok_and(|f| f.contains("group_dead"));
     tail.wait_for(Duration::from_secs(10), |v| {
         v["type"] == "exit" && v["pid"] == victim && (!group_dead || v["group_dead"] == true)
     })
