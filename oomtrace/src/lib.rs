@@ -27,4 +27,5 @@ pub mod replay;
 pub mod runtime_state;
 pub mod scratch_cgroup;
 pub mod tracefs;
+pub mod visible;
 pub mod workload;

@@ -616,7 +616,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = std::io::stdout().flush();
-            eprintln!("oomtrace: {e:#}");
+            // An error can quote a path or name another tenant chose.
+            let e = format!("{e:#}");
+            eprintln!("oomtrace: {}", oomtrace::visible::Visible(&e));
             ExitCode::FAILURE
         }
     }

@@ -235,7 +235,7 @@ pub fn export(file: &Path, format: ExportFormat, out: &mut dyn Write) -> Result<
 
 fn warn_all(warnings: &[String]) {
     for w in warnings {
-        eprintln!("oomtrace: warning: {w}");
+        eprintln!("oomtrace: warning: {}", crate::visible::Visible(w));
     }
 }
 

@@ -4,7 +4,10 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::model::{Change, Summary};
+use crate::{
+    model::{Change, Summary},
+    visible::Visible,
+};
 
 /// Clock conversion: eBPF timestamps are CLOCK_MONOTONIC nanoseconds.
 #[derive(Clone, Copy, Debug)]
@@ -106,11 +109,11 @@ fn thread_columns(
     format!(
         "{:>9.3}s {:<28} {:>7}/{:<7} {:<16} {:<16}",
         clock.since_start(ts_ns),
-        short_path(memcg),
+        Visible(&short_path(memcg)),
         pid,
         tid,
-        comm,
-        process
+        Visible(comm),
+        Visible(process)
     )
 }
 
@@ -128,13 +131,13 @@ pub fn text_line(clock: &Clock, change: &Change) -> String {
             "{:>9.3}s *** OOM KILL in {} (usage {}): invoked by \"{}\" tid {} of {} pid {}; \
              killed {} pid {} (anon-rss {}, file-rss {}, shmem-rss {}); oomtrace saw the victim charge {} anon",
             clock.since_start(o.ts_ns),
-            o.memcg,
+            Visible(&o.memcg),
             usage_limit(o.usage, o.limit),
-            o.invoker_comm,
+            Visible(&o.invoker_comm),
             o.invoker_tid,
-            o.invoker_process,
+            Visible(&o.invoker_process),
             o.invoker_pid,
-            o.victim_comm,
+            Visible(&o.victim_comm),
             o.victim_pid,
             bytes(o.victim_anon_rss_kb as i64 * 1024),
             bytes(o.victim_file_rss_kb as i64 * 1024),
@@ -162,11 +165,11 @@ pub fn text_line(clock: &Clock, change: &Change) -> String {
         Change::Exec(e) => format!(
             "{} exec'd (was \"{}\"){}",
             thread_columns(clock, e.ts_ns, &e.memcg, e.pid, e.tid, &e.comm, &e.comm),
-            e.old_comm,
+            Visible(&e.old_comm),
             if e.memcg.is_empty() {
                 String::new()
             } else {
-                format!(" in memcg {}", e.memcg)
+                format!(" in memcg {}", Visible(&e.memcg))
             },
         ),
         Change::Exit(e) => format!(
@@ -227,7 +230,7 @@ pub fn write_summary(out: &mut dyn Write, json: bool, s: &Summary) -> std::io::R
             out,
             "  {:>7} {:<16} charged {:>11} now, peak {:>11} (anon {}, file {}, kernel {}, guest {})",
             p.pid,
-            p.process,
+            Visible(&p.process),
             bytes(p.total),
             bytes(p.peak),
             bytes(p.anon),
@@ -240,7 +243,12 @@ pub fn write_summary(out: &mut dyn Write, json: bool, s: &Summary) -> std::io::R
         writeln!(
             out,
             "  OOM kill in {}: invoker \"{}\" (tid {}, {}), victim {} pid {}",
-            o.memcg, o.invoker_comm, o.invoker_tid, o.invoker_process, o.victim_comm, o.victim_pid
+            Visible(&o.memcg),
+            Visible(&o.invoker_comm),
+            o.invoker_tid,
+            Visible(&o.invoker_process),
+            Visible(&o.victim_comm),
+            o.victim_pid
         )?;
     }
     Ok(())

@@ -8,6 +8,7 @@ use crate::{
     kubevirt::identity,
     model::views::{MemcgView, PostMortem, ProcessView, Snapshot, ThreadView},
     output::bytes,
+    visible::{Visible, visible},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -36,20 +37,20 @@ fn opt_bytes(v: Option<u64>) -> String {
 pub fn memcg_title(m: &MemcgView) -> String {
     let mut who = Vec::new();
     if let Some(name) = &m.pod_name {
-        who.push(format!("pod {name}"));
+        who.push(format!("pod {}", Visible(name)));
     } else if let Some(p) = &m.pod {
-        who.push(identity::describe(p));
+        who.push(visible(&identity::describe(p)).into_owned());
     }
     if let Some(c) = &m.container_name {
-        who.push(format!("container {c}"));
+        who.push(format!("container {}", Visible(c)));
     }
     if let Some(vm) = &m.vm {
-        who.push(format!("VM {vm}"));
+        who.push(format!("VM {}", Visible(vm)));
     }
     if who.is_empty() {
-        m.memcg.clone()
+        visible(&m.memcg).into_owned()
     } else {
-        format!("{} ({})", m.memcg, who.join(", "))
+        format!("{} ({})", Visible(&m.memcg), who.join(", "))
     }
 }
 
@@ -154,7 +155,7 @@ fn process_table(out: &mut dyn Write, ps: &[ProcessView], n: usize) -> io::Resul
             out,
             "  {:>7} {:<16} {:<22} {:>11} {:>11} {:>11} {:>11}",
             p.pid,
-            p.process,
+            Visible(&p.process),
             p.class.name(),
             bytes(p.now),
             bytes(p.peak),
@@ -176,8 +177,8 @@ fn thread_table(out: &mut dyn Write, ts: &[ThreadView], n: usize) -> io::Result<
             out,
             "  {:>7} {:<16} {:<16} {:<22} {:>11} {:>11} {:>11}",
             t.tid,
-            t.comm,
-            t.process,
+            Visible(&t.comm),
+            Visible(&t.process),
             t.class.name(),
             bytes(t.now),
             signed(t.last_10s),
@@ -206,7 +207,7 @@ pub fn snapshot(out: &mut dyn Write, s: &Snapshot, by: By, since_start_s: f64) -
 
 /// The post-mortem block printed under an OOM line.
 pub fn post_mortem(out: &mut dyn Write, pm: &PostMortem) -> io::Result<()> {
-    writeln!(out, "  {}", pm.sentence)?;
+    writeln!(out, "  {}", Visible(&pm.sentence))?;
     write!(out, "  ")?;
     memcg_line(out, &pm.memcg)?;
     class_table(out, &pm.memcg)?;

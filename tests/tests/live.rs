@@ -239,3 +239,58 @@ fn a_memcg_made_after_start_is_counted_from_its_first_page() -> Result<()> {
     assert!(within(anon, bytes, 5.0), "anon {anon} vs touched {bytes}");
     Ok(())
 }
+
+/// Thread and cgroup names belong to other tenants: in tail's text output their control
+/// characters are escapes, never raw bytes that would drive the operator's terminal.
+#[test]
+fn hostile_thread_and_cgroup_names_are_escaped_in_text_output() -> Result<()> {
+    if !require_root("hostile_thread_and_cgroup_names_are_escaped_in_text_output") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let ctl = MemoryController::detect()?;
+    let cg = ScratchCgroup::create(
+        &ctl,
+        &format!(
+            "oomtrace-test-evil-{}/pod\x1b]0;owned\x07",
+            std::process::id()
+        ),
+        1 << 30,
+    )?;
+    let path = cg.path.display().to_string();
+    let mut tail = std::process::Command::new(tests::oomtrace_bin()?)
+        .args(["tail", "--cgroup", &path])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = tail.stderr.take().context("tail stderr")?;
+    let mut err_lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    // "oomtrace: tracing via ...; Ctrl-C to stop" once the hooks are attached.
+    err_lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("Ctrl-C"))
+        .context("tail did not start")?;
+    let evil = "\x1b[2J\x1b[31mEVIL\r";
+    let mut w = workload(&path, "evil", &[&format!("{evil}=8@64")], 20)?;
+    touched(&mut w, 1)?;
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(tail.id() as i32, libc::SIGINT) };
+    let out = tail.wait_with_output()?;
+    let _ = (w.kill(), w.wait());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(r"\x1b[2J\x1b[31mEVIL\r"),
+        "the thread's name, escaped: {text}"
+    );
+    assert!(
+        text.contains(r"pod\x1b]0;owned\x07"),
+        "the cgroup's name, escaped: {text}"
+    );
+    assert!(
+        !text.bytes().any(|b| b == 0x1b || b == b'\r' || b == 0x07),
+        "a raw control byte reached the terminal: {text:?}"
+    );
+    Ok(())
+}

@@ -152,7 +152,11 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<usize> {
             if opts.json {
                 writeln!(out, "{}", serde_json::to_string(&e)?)?;
             } else {
-                render::text(out, found, &e)?;
+                // The report's fields are other tenants' text: escaped on the way out.
+                let mut text = Vec::new();
+                render::text(&mut text, found, &e)?;
+                let text = String::from_utf8_lossy(&text);
+                out.write_all(crate::visible::visible_lines(&text).as_bytes())?;
             }
             Ok(())
         };
