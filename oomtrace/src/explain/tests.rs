@@ -332,3 +332,27 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn names_quoted_from_a_log_reach_the_text_output_escaped() {
+    let log = SEED3.replace("memhold", "mem\x1b[2Jhold\u{202e}");
+    let dir = std::env::temp_dir().join(format!("oomtrace-explain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("evil.log");
+    std::fs::write(&file, log).unwrap();
+    let opts = super::Options {
+        source: super::Source::File(file.display().to_string()),
+        json: false,
+        hints: Hints::default(),
+    };
+    let mut out = Vec::new();
+    super::run(&opts, &mut out).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains(r"mem\x1b[2Jhold\u{202e}"), "{text}");
+    assert!(
+        !text.contains('\x1b') && !text.contains('\u{202e}'),
+        "{text}"
+    );
+    assert!(text.lines().count() > 5, "its own line ends kept: {text}");
+}
