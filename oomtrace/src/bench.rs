@@ -126,7 +126,13 @@ impl Tracer {
     }
 
     fn oomtrace(args: &[&str]) -> Result<Self> {
+        Self::oomtrace_with_env(args, &[])
+    }
+
+    /// `oomtrace` with environment variables set for it (variant switches).
+    fn oomtrace_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let mut cmd = Command::new(exe()?);
+        cmd.envs(env.iter().copied());
         cmd.args(["tail", "--json"]).args(args);
         Self::spawn(&mut cmd, "\"type\":\"start\"", Duration::from_secs(30))?
             .context("oomtrace tail did not start")
@@ -265,11 +271,20 @@ pub fn run(opts: &Options) -> Result<()> {
 
     // 1. Page-fault storm: untraced vs oomtrace vs the bpftrace one-liner, interleaved.
     let (mut base, mut ours, mut peer) = (Vec::new(), Vec::new(), Vec::new());
+    // The same collector with the classic tracepoint programs (what 6.x without a matching
+    // BTF prototype runs): what the raw ones cost or save.
+    let mut classic = Vec::new();
     let mut bpftrace_missing = false;
     for i in 0..opts.pairs {
         base.push(storm(&cg, opts.storm_mib, 3)?);
         let t = Tracer::oomtrace(&["--cgroup", &cg])?;
         ours.push(storm(&cg, opts.storm_mib, 3)?);
+        t.stop()?;
+        let t = Tracer::oomtrace_with_env(
+            &["--cgroup", &cg],
+            &[(crate::bpf::facts::CLASSIC_TRACEPOINTS, "1")],
+        )?;
+        classic.push(storm(&cg, opts.storm_mib, 3)?);
         t.stop()?;
         match Tracer::bpftrace()? {
             Some(b) => {
@@ -280,22 +295,26 @@ pub fn run(opts: &Options) -> Result<()> {
         }
         let _ = writeln!(
             raw,
-            "storm pair {i}: untraced {:.1} ns/page, oomtrace {:.1}, bpftrace {}",
+            "storm pair {i}: untraced {:.1} ns/page, oomtrace {:.1}, classic {:.1}, bpftrace {}",
             base[i],
             ours[i],
+            classic[i],
             peer.get(i).map_or("-".into(), |v| format!("{v:.1}"))
         );
     }
     let (bmin, bmed, bmax) = stats(&base);
     let (omin, omed, omax) = stats(&ours);
+    let (cmin, cmed, cmax) = stats(&classic);
     let ratio = omed / bmed;
+    let classic_ratio = cmed / bmed;
     let _ = writeln!(
         md,
         "## 1. Overhead on a page-fault storm\n\n{} MiB of fresh anonymous pages per round (THP off), 3 rounds per run, in a watched memcg; \
          {} interleaved runs of each variant; ns per page (min / median / max).\n\n\
          | variant | min | median | max | ratio to untraced | goal | result |\n|---|---|---|---|---|---|---|\n\
          | untraced | {bmin:.0} | {bmed:.0} | {bmax:.0} | 1.00x | | |\n\
-         | oomtrace tail --cgroup (tracepoint tier) | {omin:.0} | {omed:.0} | {omax:.0} | {ratio:.2}x | ≤ 1.10x | {} |",
+         | oomtrace tail --cgroup (tracepoint tier, raw tracepoint programs) | {omin:.0} | {omed:.0} | {omax:.0} | {ratio:.2}x | ≤ 1.10x | {} |\n\
+         | the same with the classic tracepoint programs (OOMTRACE_CLASSIC_TRACEPOINTS=1) | {cmin:.0} | {cmed:.0} | {cmax:.0} | {classic_ratio:.2}x | | |",
         opts.storm_mib,
         opts.pairs,
         if ratio <= 1.10 {
