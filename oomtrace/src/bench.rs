@@ -343,7 +343,7 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     let _ = writeln!(
         md,
-        "\nThe fentry tier (goal ≤ 1.05x) is not built yet: nothing to measure.\n"
+        "\nThe function tiers (fentry, kprobe) cannot load on this kernel: not measured here.\n"
     );
 
     // 2. Page-cache writes.
