@@ -21,6 +21,7 @@ pub mod offline;
 pub mod output;
 pub mod perfetto;
 pub mod printer;
+pub mod private_file;
 pub mod procfs;
 pub mod render;
 pub mod replay;

@@ -1,6 +1,6 @@
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use oomtrace::{
     collector::{self, Config, RecordTo, Target},
@@ -410,10 +410,7 @@ fn run(cli: Cli) -> Result<()> {
             output,
         } => match output {
             Some(path) => {
-                let mut f = std::io::BufWriter::new(
-                    std::fs::File::create(&path)
-                        .with_context(|| format!("cannot create {}", path.display()))?,
-                );
+                let mut f = std::io::BufWriter::new(oomtrace::private_file::create(&path)?);
                 offline::export(&file, format, &mut f)?;
                 f.flush()?;
             }

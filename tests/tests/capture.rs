@@ -210,6 +210,29 @@ fn recorded_oom_replays_to_the_live_totals_and_exports_to_perfetto() -> Result<(
         &pb.display().to_string(),
     ])?;
     assert_eq!(code, 0, "{stderr}");
+    // Files that hold other tenants' names: 0600, and never written through a planted symlink.
+    for made in [Path::new(&f), pb.as_path()] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(made)?.permissions());
+        assert_eq!(mode & 0o777, 0o600, "{} is {mode:o}", made.display());
+    }
+    let victim = dir.join("not-yours");
+    std::fs::write(&victim, "precious")?;
+    let planted = dir.join("planted.perfetto-trace");
+    std::os::unix::fs::symlink(&victim, &planted)?;
+    let (code, _, stderr) = run(&[
+        "export",
+        &f,
+        "--format",
+        "perfetto",
+        "-o",
+        &planted.display().to_string(),
+    ])?;
+    assert_eq!(code, 1, "a symlink at -o is refused: {stderr}");
+    assert!(
+        stderr.contains("symlink") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim)?, "precious");
     let check = Command::new("python3")
         .args(["-c", PERFETTO_CHECK])
         .arg(&pb)

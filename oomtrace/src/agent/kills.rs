@@ -4,7 +4,7 @@
 //! model had at its start, so `report` reads it alone, long after the recorder rotated past it.
 use std::{
     io::Write as _,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
@@ -68,13 +68,7 @@ fn subject(row: &OomRow) -> String {
 
 /// A new file, 0600, never through a symlink.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+    let mut f = crate::private_file::create_new(path)?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot write {}", path.display()))

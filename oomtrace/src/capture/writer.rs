@@ -28,20 +28,6 @@ pub struct WriterStats {
     pub files: u32,
 }
 
-/// A capture holds other tenants' process names and command lines: created 0600, and never
-/// through a symlink (O_NOFOLLOW on the last component).
-fn create_private(path: &Path) -> Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .with_context(|| format!("cannot create capture file {}", path.display()))
-}
-
 pub struct Writer {
     path: PathBuf,
     file: BufWriter<File>,
@@ -56,7 +42,7 @@ pub struct Writer {
 
 impl Writer {
     pub fn create(path: &Path, header: Header, max_size: Option<u64>, keep: usize) -> Result<Self> {
-        let file = create_private(path)?;
+        let file = crate::private_file::create(path)?;
         let mut w = Self {
             path: path.to_path_buf(),
             file: BufWriter::new(file),
@@ -139,7 +125,7 @@ impl Writer {
     fn rotate(&mut self, facts: &[ModelInput]) -> Result<()> {
         let _ = self.file.get_ref().sync_data();
         self.shift_old_files()?;
-        let file = create_private(&self.path)?;
+        let file = crate::private_file::create(&self.path)?;
         self.file = BufWriter::new(file);
         self.file_bytes = 0;
         self.header.sequence += 1;
