@@ -18,22 +18,20 @@ fn options() -> OpenOptions {
 
 /// Creates `path`, or truncates the file already there (not a symlink).
 pub fn create(path: &Path) -> Result<File> {
-    options()
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .with_context(|| {
-            format!(
-                "cannot create {} (a symlink there is refused)",
-                path.display()
-            )
-        })
+    said(options().create(true).truncate(true).open(path), path)
 }
 
 /// Creates `path`, which must not exist yet.
 pub fn create_new(path: &Path) -> Result<File> {
-    options()
-        .create_new(true)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))
+    said(options().create_new(true).open(path), path)
+}
+
+fn said(opened: std::io::Result<File>, path: &Path) -> Result<File> {
+    match opened {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(anyhow::anyhow!(
+            "{} is a symlink: oomtrace does not write through one; remove it or choose another path",
+            path.display()
+        )),
+        other => other.with_context(|| format!("cannot create {}", path.display())),
+    }
 }
