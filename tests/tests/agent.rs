@@ -291,8 +291,27 @@ fn agent_keeps_every_kill_and_prometheus_scrapes_its_metrics() -> Result<()> {
     })?;
     let qemu_pid = qemu.id();
     touched(&mut qemu, 2)?;
-    // Scraped at least once with the VM's guest RAM in it.
-    std::thread::sleep(Duration::from_secs(4));
+    // Scraped at least once with the VM's guest RAM in it (a fixed sleep lost that race under
+    // load: guest RAM 0 in a clean-clone run).
+    let guest_sel = "pod=\"virt-launcher-vm1-x7k2p\",vm=\"vm1\",namespace=\"default\"";
+    wait_until(
+        "the VM's guest RAM in Prometheus",
+        Duration::from_secs(60),
+        || {
+            query(
+                prom_port,
+                &format!("oomtrace_memcg_guest_bytes{{{guest_sel}}}"),
+            )
+            .is_ok_and(|r| {
+                r.iter().any(|s| {
+                    s["value"][1]
+                        .as_str()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| v > (90 << 20) as f64)
+                })
+            })
+        },
+    )?;
     let mut memhold = workload(&container_s, "memhold", &["memhold=0@80"], 120)?;
     let line = lines
         .recv_timeout(Duration::from_secs(30))
