@@ -201,14 +201,11 @@ fn recorded_oom_replays_to_the_live_totals_and_exports_to_perfetto() -> Result<(
     // Perfetto: decoded by Perfetto's own generated bindings.
     python_with_perfetto()?;
     let pb = dir.join("scenario.perfetto-trace");
-    let (code, _, stderr) = run(&[
-        "export",
-        &f,
-        "--format",
-        "perfetto",
-        "-o",
-        &pb.display().to_string(),
-    ])?;
+    let export_to = |to: &Path| {
+        let to = to.display().to_string();
+        run(&["export", &f, "--format", "perfetto", "-o", &to])
+    };
+    let (code, _, stderr) = export_to(&pb)?;
     assert_eq!(code, 0, "{stderr}");
     // Files that hold other tenants' names: 0600, and never written through a planted symlink.
     for made in [Path::new(&f), pb.as_path()] {
@@ -219,14 +216,7 @@ fn recorded_oom_replays_to_the_live_totals_and_exports_to_perfetto() -> Result<(
     std::fs::write(&victim, "precious")?;
     let planted = dir.join("planted.perfetto-trace");
     std::os::unix::fs::symlink(&victim, &planted)?;
-    let (code, _, stderr) = run(&[
-        "export",
-        &f,
-        "--format",
-        "perfetto",
-        "-o",
-        &planted.display().to_string(),
-    ])?;
+    let (code, _, stderr) = export_to(&planted)?;
     assert_eq!(code, 1, "a symlink at -o is refused: {stderr}");
     assert!(
         stderr.contains("symlink") && stderr.lines().count() == 1,
