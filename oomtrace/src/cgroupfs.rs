@@ -10,6 +10,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
+use crate::memory_stat::{MemoryStat, keyed};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Version {
     V1,
@@ -154,6 +156,18 @@ impl MemoryController {
         }
     }
 
+    /// What kind of memory the memcg holds: memory.stat (and v1's memory.kmem.usage_in_bytes).
+    pub fn memory_stat(&self, full: &Path) -> Option<MemoryStat> {
+        let text = fs::read_to_string(full.join("memory.stat")).ok()?;
+        let kmem = match self.version {
+            Version::V1 => fs::read_to_string(full.join("memory.kmem.usage_in_bytes"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok()),
+            Version::V2 => None,
+        };
+        MemoryStat::parse(self.version, &text, kmem)
+    }
+
     pub fn usage_limit(&self, full: &Path) -> Option<UsageLimit> {
         let read = |f: &str| fs::read_to_string(full.join(f)).ok();
         let (usage, limit, peak) = match self.version {
@@ -199,14 +213,6 @@ pub fn parse_limit(text: &str) -> Option<u64> {
         return None;
     }
     t.parse::<u64>().ok().filter(|v| *v < (1u64 << 62))
-}
-
-/// `key value` lines (memory.events, memory.oom_control): the value of `key`.
-fn keyed(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok())?
-    })
 }
 
 /// A memcg's pressure, as the kernel counts it (all cumulative since the memcg was made).

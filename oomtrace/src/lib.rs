@@ -16,6 +16,7 @@ pub mod guest_kit;
 pub mod kernel_btf;
 pub mod kubevirt;
 pub mod load;
+pub mod memory_stat;
 pub mod model;
 pub mod offline;
 pub mod output;

@@ -91,7 +91,37 @@ pub fn memcg_line(out: &mut dyn Write, m: &MemcgView) -> io::Result<()> {
             p.limit_hits, p.limit_hits_60s
         )?;
     }
+    if let Some(k) = &m.kinds {
+        kinds_line(out, k)?;
+    }
     Ok(())
+}
+
+/// "  kinds (memcg's memory.stat): anon 1.2 GiB (THP 0 B), page cache 300 MiB (clean 200 MiB,
+/// dirty 90 MiB, writeback 10 MiB), shmem 0 B, sock -, kernel 12 MiB (slab …); 60 s: page
+/// cache +250 MiB". A kind the kernel does not count for a memcg is "-".
+fn kinds_line(out: &mut dyn Write, k: &crate::model::kinds::KindsView) -> io::Result<()> {
+    let b = |kind: &str| opt_bytes(k.bytes(kind));
+    let grew = k.grew_most.map_or_else(String::new, |(kind, d)| {
+        format!("; grew most in {:.0} s: {kind} {}", k.window_s, signed(d))
+    });
+    writeln!(
+        out,
+        "  kinds (the memcg's memory.stat): anon {} (THP {}), page cache {} (clean {}, dirty {}, writeback {}), shmem {}, sock {}, kernel {} (slab {}, page tables {}, KVM page tables {}, stacks {}){grew}",
+        b("anon"),
+        b("anon_thp"),
+        b("page_cache"),
+        b("page_cache_clean"),
+        b("page_cache_dirty"),
+        b("page_cache_writeback"),
+        b("shmem"),
+        b("sock"),
+        b("kernel"),
+        b("slab"),
+        b("pagetables"),
+        b("sec_pagetables"),
+        b("kernel_stack"),
+    )
 }
 
 fn class_table(out: &mut dyn Write, m: &MemcgView) -> io::Result<()> {
@@ -125,19 +155,21 @@ fn budget_table(out: &mut dyn Write, m: &MemcgView) -> io::Result<()> {
     }
     writeln!(
         out,
-        "  {:<22} {:>11} {:>11}   (KubeVirt's overhead reservation, {})",
+        "  {:<22} {:>11} {:>11} {:>11}   (KubeVirt's overhead reservation, {}; reclaimable: clean page cache, not counted against it)",
         "budget item",
         "reserved",
         "held",
+        "reclaimable",
         m.budget_profile.unwrap_or("?")
     )?;
     for b in &m.budget {
         writeln!(
             out,
-            "  {:<22} {:>11} {:>11}{}",
+            "  {:<22} {:>11} {:>11} {:>11}{}",
             b.item,
             bytes(b.reserved as i64),
             bytes(b.observed),
+            bytes(b.reclaimable),
             if b.over { "  OVER" } else { "" }
         )?;
     }

@@ -35,6 +35,15 @@ struct ClassLabels {
     class: String,
 }
 
+/// A kind of memory of a pod memcg (memory.stat): anon, page_cache_dirty, sock, ...
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemoryKindLabels {
+    namespace: String,
+    pod: String,
+    vm: String,
+    kind: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KillLabels {
     namespace: String,
@@ -64,6 +73,7 @@ pub struct Metrics {
     guest: Family<PodLabels, Gauge>,
     overhead: Family<PodLabels, Gauge>,
     class_bytes: Family<ClassLabels, Gauge>,
+    kind_bytes: Family<MemoryKindLabels, Gauge>,
     time_to_limit: Family<PodLabels, FloatGauge>,
     kills: Family<KillLabels, Counter>,
     events: Counter,
@@ -151,6 +161,7 @@ impl Metrics {
             guest: Family::default(),
             overhead: Family::default(),
             class_bytes: Family::default(),
+            kind_bytes: Family::default(),
             time_to_limit: Family::default(),
             kills: Family::default(),
             events: Counter::default(),
@@ -196,6 +207,12 @@ impl Metrics {
             "Bytes charged to the pod by thread class since oomtrace started",
             Unit::Bytes,
             m.class_bytes.clone(),
+        );
+        r.register_with_unit(
+            "memcg_kind",
+            "Bytes the pod's memcg holds by kind of memory, from its memory.stat (a kind the kernel does not count is absent)",
+            Unit::Bytes,
+            m.kind_bytes.clone(),
         );
         r.register_with_unit(
             "memcg_time_to_limit",
@@ -282,6 +299,7 @@ impl Metrics {
             f.clear();
         }
         self.class_bytes.clear();
+        self.kind_bytes.clear();
         self.time_to_limit.clear();
         for v in model.memcg_views(at.now_ns) {
             let Some(l) = pod_labels(&v) else {
@@ -307,6 +325,18 @@ impl Metrics {
                         class: c.class.name().to_string(),
                     })
                     .set(c.now);
+            }
+            for k in v.kinds.iter().flat_map(|k| &k.kinds) {
+                if let Some(b) = k.bytes {
+                    self.kind_bytes
+                        .get_or_create(&MemoryKindLabels {
+                            namespace: l.namespace.clone(),
+                            pod: l.pod.clone(),
+                            vm: l.vm.clone(),
+                            kind: k.kind.to_string(),
+                        })
+                        .set(clamp(b));
+                }
             }
         }
         let c = &model.counters;

@@ -106,6 +106,8 @@ const EXIT_GRACE: Duration = Duration::from_millis(1500);
 const TICK: Duration = Duration::from_millis(500);
 /// How often the whole memcg tree is walked (new pods are counted provisionally meanwhile).
 const FULL_RESCAN: Duration = Duration::from_secs(5);
+/// A limited memcg's memory.stat is read at most this often (it is the costliest of its files).
+const STAT_EVERY: Duration = Duration::from_secs(1);
 /// Verdicts "not ours" kept for the kernel filter (its map holds 64 Ki memcgs in all).
 const MAX_IGNORED_MEMCGS: usize = 32768;
 /// How often freed capacity is given back after threads were retired.
@@ -159,6 +161,8 @@ struct Live {
     memcg_ids: HashMap<PathBuf, u64>,
     /// Memcgs charged since the last tick: their usage (and their ancestors') is read again.
     dirty_memcgs: HashSet<u64>,
+    /// When each limited memcg's memory.stat was last read (at most once a second each).
+    stat_read_at: HashMap<u64, Instant>,
     last_rescan: Instant,
     runtime: crate::runtime_state::RuntimeState,
     /// Memcgs outside the target, told to the kernel as ignored.
@@ -206,7 +210,7 @@ impl Live {
                 let path = self.ctl.display_path(path);
                 self.feed(ModelInput::MemcgPath { id: *id, path });
             }
-            self.read_usage(*id, path);
+            self.read_usage(*id, path, true);
         }
         let gone: Vec<u64> = self
             .known_memcgs
@@ -221,6 +225,7 @@ impl Live {
             if self.filter {
                 let _ = self.watched.remove(&id);
             }
+            self.stat_read_at.remove(&id);
             self.feed(ModelInput::MemcgGone { id });
         }
     }
@@ -247,23 +252,38 @@ impl Live {
         }
         for path in paths {
             if let Some(id) = self.memcg_ids.get(&path).copied() {
-                self.read_usage(id, &path);
+                self.read_usage(id, &path, false);
             }
         }
     }
 
     /// A memcg's usage and limit; with a limit, also its pressure counters when they moved
-    /// (the OOM post-mortem says how long the pod struggled before the kill).
-    fn read_usage(&mut self, id: u64, path: &std::path::Path) {
+    /// (the OOM post-mortem says how long the pod struggled before the kill), and what kind of
+    /// memory it holds (memory.stat: at most once a second, and at every full rescan, which
+    /// an OOM kill forces).
+    fn read_usage(&mut self, id: u64, path: &std::path::Path, full_rescan: bool) {
         let Some(u) = self.ctl.usage_limit(path) else {
             return;
         };
         self.feed(ModelInput::Usage { id, usage: u });
-        if u.limit.is_some()
-            && let Some(p) = self.ctl.pressure(path)
+        if u.limit.is_none() {
+            return;
+        }
+        if let Some(p) = self.ctl.pressure(path)
             && self.model.pressure_of(id) != Some(p)
         {
             self.feed(ModelInput::Pressure { id, pressure: p });
+        }
+        let due = full_rescan
+            || self
+                .stat_read_at
+                .get(&id)
+                .is_none_or(|t| t.elapsed() >= STAT_EVERY);
+        if due && let Some(stat) = self.ctl.memory_stat(path) {
+            self.stat_read_at.insert(id, Instant::now());
+            if self.model.memory_stat_of(id) != Some(stat) {
+                self.feed(ModelInput::MemoryStat { id, stat });
+            }
         }
     }
 
@@ -647,6 +667,7 @@ pub async fn run_observed(
         known_memcgs: HashMap::new(),
         memcg_ids: HashMap::new(),
         dirty_memcgs: HashSet::new(),
+        stat_read_at: HashMap::new(),
         last_rescan: Instant::now(),
         runtime: crate::runtime_state::RuntimeState::new(cfg.runtime_roots.clone()),
         ignored_memcgs: HashSet::new(),

@@ -109,7 +109,7 @@ impl Model {
             {
                 let class = classify_thread(&info.comm, info);
                 let total = i64::try_from(anon + other).unwrap_or(i64::MAX);
-                held.add(class, total, self.baseline_guest(tgid));
+                held.add(class, total, self.baseline_guest(tgid), 0);
             }
         }
         held
@@ -160,6 +160,10 @@ impl Model {
                 window_s: window_us as f64 / 1e6,
             }
         });
+        let kinds = m
+            .stat
+            .as_ref()
+            .map(|s| super::kinds::kinds_view(s, &m.stat_history, now_ns));
         let vm = self.vm_facts(memcg_id);
         let guest: i64 = now.guest.iter().sum();
         let total: i64 = now.total.iter().sum();
@@ -172,8 +176,9 @@ impl Model {
                 };
                 let b = budget::compute(&shape, &self.budget_constants, self.budget_ratio);
                 let held = self.held_by_class(memcg_id, &now);
+                let clean = m.stat.as_ref().map_or(0.0, super::kinds::clean_share);
                 (
-                    views::budget_views(&b, &held),
+                    views::budget_views(&b, &held, clean),
                     Some(self.budget_constants.name),
                 )
             }
@@ -194,6 +199,7 @@ impl Model {
             limit,
             headroom,
             pressure,
+            kinds,
             rate_10s,
             rate_60s,
             time_to_limit_s,
@@ -311,6 +317,7 @@ impl Model {
                 limit: None,
                 headroom: None,
                 pressure: None,
+                kinds: None,
                 rate_10s: None,
                 rate_60s: None,
                 time_to_limit_s: None,

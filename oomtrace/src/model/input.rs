@@ -71,6 +71,11 @@ pub enum ModelInput {
         id: u64,
         pressure: crate::cgroupfs::Pressure,
     },
+    /// What kind of memory a memcg holds (its memory.stat), read with its usage.
+    MemoryStat {
+        id: u64,
+        stat: crate::memory_stat::MemoryStat,
+    },
 }
 
 impl ModelInput {
@@ -156,6 +161,10 @@ impl Model {
                 self.set_pressure(*id, *pressure);
                 None
             }
+            ModelInput::MemoryStat { id, stat } => {
+                self.memcgs.entry(*id).or_default().stat = Some(*stat);
+                None
+            }
             ModelInput::MemcgGone { id } => {
                 if let Some(m) = self.memcgs.get_mut(id) {
                     m.gone = true;
@@ -190,6 +199,9 @@ impl Model {
                     id: *id,
                     pressure: p,
                 });
+            }
+            if let Some(stat) = m.stat {
+                out.push(ModelInput::MemoryStat { id: *id, stat });
             }
             if m.gone {
                 out.push(ModelInput::MemcgGone { id: *id });

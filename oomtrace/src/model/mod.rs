@@ -4,6 +4,7 @@
 mod build_views;
 mod history;
 pub mod input;
+pub mod kinds;
 mod oom;
 mod rows;
 #[cfg(test)]
@@ -104,7 +105,7 @@ struct ProcessState {
     retired: ChargeTotals,
     /// The same per memcg and class: an exited thread's pages stay with the process until the
     /// process ends, so they stay in the class views until then.
-    retired_by: HashMap<(u64, ThreadClass), (i64, i64)>,
+    retired_by: HashMap<(u64, ThreadClass), (i64, i64, i64)>,
     /// Guest RAM among the retired totals (as each thread counted it when it was forgotten).
     retired_guest: i64,
     /// Its last thread exited: the retired buckets go with its last forgotten thread.
@@ -128,6 +129,8 @@ struct MemcgState {
     usage_history: Series<u64>,
     pressure: Option<crate::cgroupfs::Pressure>,
     pressure_history: Series<crate::cgroupfs::Pressure>,
+    stat: Option<crate::memory_stat::MemoryStat>,
+    stat_history: Series<crate::memory_stat::MemoryStat>,
     /// This memcg and everything below it, per class, at each tick.
     classes: Series<ClassVec>,
     class_peak: ClassVec,
@@ -210,6 +213,11 @@ impl Model {
 
     pub fn set_pressure(&mut self, id: u64, pressure: crate::cgroupfs::Pressure) {
         self.memcgs.entry(id).or_default().pressure = Some(pressure);
+    }
+
+    /// The memory.stat last fed for `id`: the collector feeds only readings that changed.
+    pub fn memory_stat_of(&self, id: u64) -> Option<crate::memory_stat::MemoryStat> {
+        self.memcgs.get(&id)?.stat
     }
 
     /// The pressure last fed for `id`: the collector feeds only readings that changed.
@@ -689,6 +697,7 @@ impl Model {
                 let b = p.retired_by.entry((key.1, t.class())).or_default();
                 b.0 += t.totals.total();
                 b.1 += guest;
+                b.2 += t.totals.file;
                 p.live_threads = p.live_threads.saturating_sub(1);
                 if p.dead && p.live_threads == 0 {
                     // Its pages were uncharged at its exit (by its own last thread, mostly).
@@ -745,14 +754,19 @@ impl Model {
             // A process whose last thread exited holds nothing any more; its exit uncharges
             // land on whichever of its threads ran the teardown.
             if !dead.contains(&t.tgid) {
-                own.entry(*memcg)
-                    .or_default()
-                    .add(t.class(), t.totals.total(), t.guest());
+                own.entry(*memcg).or_default().add(
+                    t.class(),
+                    t.totals.total(),
+                    t.guest(),
+                    t.totals.file,
+                );
             }
         }
         for p in self.processes.values().filter(|p| !p.dead) {
-            for ((memcg, class), (total, guest)) in &p.retired_by {
-                own.entry(*memcg).or_default().add(*class, *total, *guest);
+            for ((memcg, class), (total, guest, file)) in &p.retired_by {
+                own.entry(*memcg)
+                    .or_default()
+                    .add(*class, *total, *guest, *file);
             }
         }
         // Roll each memcg's own bytes up into every known ancestor.
@@ -776,6 +790,9 @@ impl Model {
             }
             if let Some(p) = m.pressure {
                 m.pressure_history.record(now_ns, p);
+            }
+            if let Some(s) = m.stat {
+                m.stat_history.record(now_ns, s);
             }
         }
     }

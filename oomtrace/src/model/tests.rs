@@ -691,3 +691,102 @@ fn pressure_is_the_kernels_counters_and_their_growth_over_the_window() {
     );
     assert!(m.memcg_view(9, 10 * S).unwrap().pressure.is_none());
 }
+
+fn file_charge(ts: u64, tid: u32, tgid: u32, comm: &str, file: i64) -> Event {
+    Event::Charge(Charge {
+        ts_ns: ts,
+        tid,
+        tgid,
+        memcg_id: 1,
+        comm: comm.into(),
+        totals: ChargeTotals {
+            file,
+            ..Default::default()
+        },
+    })
+}
+
+#[test]
+fn clean_page_cache_does_not_break_the_budget_dirty_page_cache_does() {
+    use crate::memory_stat::MemoryStat;
+    let mut m = Model::new();
+    pod(&mut m, 600 << 20);
+    m.set_process_info(10, qemu_info(true));
+    let stat = |dirty: u64, writeback: u64| MemoryStat {
+        anon: 10 * MIB as u64,
+        file: 300 * MIB as u64,
+        file_lru: 300 * MIB as u64,
+        file_dirty: dirty,
+        file_writeback: writeback,
+        ..MemoryStat::default()
+    };
+    m.feed(&ModelInput::MemoryStat {
+        id: 1,
+        stat: MemoryStat {
+            file: 0,
+            file_lru: 0,
+            ..stat(0, 0)
+        },
+    });
+    m.tick(0);
+    // qemu's thread-pool workers write the guest's disk through the host page cache.
+    m.apply(&file_charge(S, 12, 10, "worker", 300 * MIB));
+    let qemu_row = |m: &Model| {
+        let v = m.memcg_view(1, 10 * S).unwrap();
+        v.budget
+            .into_iter()
+            .find(|b| b.item == "qemu overhead")
+            .unwrap()
+    };
+    // All of it written back: clean, reclaimable, within the reservation.
+    m.feed(&ModelInput::MemoryStat {
+        id: 1,
+        stat: stat(0, 0),
+    });
+    m.tick(10 * S);
+    let b = qemu_row(&m);
+    assert_eq!(
+        (b.observed, b.reclaimable, b.over),
+        (300 * MIB, 300 * MIB, false)
+    );
+    let k = m.memcg_view(1, 10 * S).unwrap().kinds.unwrap();
+    assert_eq!(k.bytes("page_cache"), Some(300 << 20));
+    assert_eq!(k.reclaimable, 300 << 20);
+    assert_eq!(k.grew_most, Some(("page_cache", 300 * MIB)));
+    assert_eq!(k.bytes("sock"), None, "not counted: null, not 0");
+    // Still dirty or under writeback: not reclaimable, over the reservation.
+    m.feed(&ModelInput::MemoryStat {
+        id: 1,
+        stat: stat(200 * MIB as u64, 50 * MIB as u64),
+    });
+    let b = qemu_row(&m);
+    assert_eq!((b.reclaimable, b.over), (50 * MIB, true));
+    // The post-mortem says what the pod held and that page cache grew.
+    pod(&mut m, 768 << 20);
+    let Some(Change::Oom(o)) = m.apply(&Event::OomVictim(OomVictim {
+        ts_ns: 11 * S,
+        invoker_tid: 12,
+        invoker_tgid: 10,
+        invoker_comm: "worker".into(),
+        victim_pid: 10,
+        victim_comm: "qemu-system-x86".into(),
+        total_vm_kb: 0,
+        anon_rss_kb: 10 << 10,
+        file_rss_kb: 0,
+        shmem_rss_kb: 0,
+        pgtables_kb: 0,
+        uid: 0,
+        oom_score_adj: 0,
+    })) else {
+        panic!()
+    };
+    let s = o.post_mortem.unwrap().sentence;
+    assert!(
+        s.contains(
+            "At the kill the pod held anon 10.0 MiB, page cache 300.0 MiB (dirty 200.0 MiB, under \
+             writeback 50.0 MiB); 50.0 MiB of it was clean page cache (reclaimable). Page cache \
+             grew most in the last 11 s (+300.0 MiB, dirty +200.0 MiB)."
+        ),
+        "{s}"
+    );
+}

@@ -13,19 +13,23 @@ pub const WINDOW_LONG_NS: u64 = 60_000_000_000;
 pub struct ClassVec {
     pub total: [i64; ThreadClass::ALL.len()],
     pub guest: [i64; ThreadClass::ALL.len()],
+    /// Of `total`: page cache and shmem the class's threads charged.
+    pub file: [i64; ThreadClass::ALL.len()],
 }
 
 impl ClassVec {
-    pub fn add(&mut self, class: ThreadClass, total: i64, guest: i64) {
+    pub fn add(&mut self, class: ThreadClass, total: i64, guest: i64, file: i64) {
         let i = class.index();
         self.total[i] += total;
         self.guest[i] += guest;
+        self.file[i] += file;
     }
 
     pub fn add_all(&mut self, other: &ClassVec) {
         for i in 0..self.total.len() {
             self.total[i] += other.total[i];
             self.guest[i] += other.guest[i];
+            self.file[i] += other.file[i];
         }
     }
 
@@ -59,6 +63,11 @@ pub struct BudgetView {
     /// Overhead the item's classes hold: their memory at start (from /proc, when they were
     /// already running) plus what they charged since, minus guest RAM.
     pub observed: i64,
+    /// Of `observed`: clean page cache the kernel could reclaim (the item's page cache times
+    /// the memcg's clean share of its page cache, from memory.stat). Not counted against the
+    /// reservation.
+    pub reclaimable: i64,
+    /// `observed - reclaimable` exceeds `reserved`.
     pub over: bool,
 }
 
@@ -96,6 +105,8 @@ pub struct MemcgView {
     pub headroom: Option<i64>,
     /// The kernel's pressure counters (null when they were not read).
     pub pressure: Option<PressureView>,
+    /// What kind of memory the memcg holds, from its memory.stat (null when not read).
+    pub kinds: Option<super::kinds::KindsView>,
     /// Usage growth in bytes per second over the last 10 s and 60 s.
     pub rate_10s: Option<f64>,
     pub rate_60s: Option<f64>,
@@ -204,20 +215,24 @@ pub fn class_views(
 }
 
 /// Budget lines: observed overhead per KubeVirt item against what KubeVirt reserves.
-pub fn budget_views(b: &budget::Budget, held: &ClassVec) -> Vec<BudgetView> {
+/// `clean_share`: the part of the memcg's page cache that is clean (kinds::clean_share).
+pub fn budget_views(b: &budget::Budget, held: &ClassVec, clean_share: f64) -> Vec<BudgetView> {
     b.items
         .iter()
         .map(|item| {
-            let observed: i64 = item
-                .classes
-                .iter()
-                .map(|c| held.total[c.index()] - held.guest[c.index()])
-                .sum();
+            let (observed, file) = item.classes.iter().fold((0, 0), |(o, f), c| {
+                let i = c.index();
+                (o + held.total[i] - held.guest[i], f + held.file[i].max(0))
+            });
+            let reclaimable = ((file as f64 * clean_share) as i64).clamp(0, observed.max(0));
+            let unreclaimable = observed - reclaimable;
             BudgetView {
                 item: item.name,
                 reserved: item.reserved,
                 observed,
-                over: observed - i64::try_from(item.reserved).unwrap_or(i64::MAX) >= NOISE_BYTES,
+                reclaimable,
+                over: unreclaimable - i64::try_from(item.reserved).unwrap_or(i64::MAX)
+                    >= NOISE_BYTES,
             }
         })
         .collect()
@@ -305,6 +320,9 @@ pub fn sentence(
     }
     if let Some(p) = pressure {
         s.push_str(&p);
+    }
+    if let Some(k) = &memcg.kinds {
+        s.push_str(&super::kinds::sentence(k, &scope));
     }
     s
 }
