@@ -692,18 +692,15 @@ fn pressure_is_the_kernels_counters_and_their_growth_over_the_window() {
     assert!(m.memcg_view(9, 10 * S).unwrap().pressure.is_none());
 }
 
+/// A charge of page cache only (charge_at's, with its anon moved to file).
 fn file_charge(ts: u64, tid: u32, tgid: u32, comm: &str, file: i64) -> Event {
-    Event::Charge(Charge {
-        ts_ns: ts,
-        tid,
-        tgid,
-        memcg_id: 1,
-        comm: comm.into(),
-        totals: ChargeTotals {
-            file,
-            ..Default::default()
-        },
-    })
+    match charge_at(ts, tid, tgid, 1, comm, 0, 0) {
+        Event::Charge(mut c) => {
+            c.totals.file = file;
+            Event::Charge(c)
+        }
+        other => other,
+    }
 }
 
 #[test]
