@@ -2,9 +2,9 @@
 //!
 //! The same table serves the live tool (thread comm + process comm) and `explain` (the kernel's
 //! task table has only process names cut to 15 characters; the invoker line has a thread comm).
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ThreadClass {
     /// qemu "CPU N/KVM" or "CPU N/TCG": runs the guest; its guest-fault charges are guest RAM.

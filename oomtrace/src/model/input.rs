@@ -76,6 +76,13 @@ pub enum ModelInput {
         id: u64,
         stat: crate::memory_stat::MemoryStat,
     },
+    /// Page cache that ended processes of a class left charged to a memcg (a capture's facts;
+    /// live, the model learns it from the exits).
+    LeftBehind {
+        id: u64,
+        class: crate::kubevirt::ThreadClass,
+        bytes: i64,
+    },
 }
 
 impl ModelInput {
@@ -165,6 +172,10 @@ impl Model {
                 self.memcgs.entry(*id).or_default().stat = Some(*stat);
                 None
             }
+            ModelInput::LeftBehind { id, class, bytes } => {
+                self.set_left_behind(*id, *class, *bytes);
+                None
+            }
             ModelInput::MemcgGone { id } => {
                 if let Some(m) = self.memcgs.get_mut(id) {
                     m.gone = true;
@@ -202,6 +213,13 @@ impl Model {
             }
             if let Some(stat) = m.stat {
                 out.push(ModelInput::MemoryStat { id: *id, stat });
+            }
+            for (class, bytes) in &m.left_behind {
+                out.push(ModelInput::LeftBehind {
+                    id: *id,
+                    class: *class,
+                    bytes: *bytes,
+                });
             }
             if m.gone {
                 out.push(ModelInput::MemcgGone { id: *id });

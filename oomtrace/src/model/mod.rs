@@ -11,6 +11,8 @@ mod rows;
 mod tests;
 pub mod views;
 
+use std::collections::BTreeMap;
+
 // Small integer keys, our own data: a fast non-keyed hash (a replay is mostly map lookups).
 use rustc_hash::FxHashMap as HashMap;
 
@@ -134,6 +136,10 @@ struct MemcgState {
     /// This memcg and everything below it, per class, at each tick.
     classes: Series<ClassVec>,
     class_peak: ClassVec,
+    /// Page cache that processes which ended left charged here, per the class that wrote it:
+    /// page cache outlives its writer (a `dd` that exited), so it stays in the class views until
+    /// an uncharge (reclaim, truncation) is counted against whichever thread does it.
+    left_behind: BTreeMap<ThreadClass, i64>,
     /// Removed from the cgroup filesystem (its pod is gone).
     gone: bool,
 }
@@ -177,6 +183,34 @@ impl Default for Model {
     }
 }
 
+/// What a process that ended still had charged as page cache, per memcg, under the class of its
+/// threads that charged the most of it: per memcg, its net bytes (its exit freed its anonymous
+/// memory) but never more than the page cache it charged there (a tier that does not see frees
+/// must not keep a dead process's anonymous memory alive).
+fn page_cache_left(
+    retired_by: &HashMap<(u64, ThreadClass), (i64, i64, i64)>,
+) -> Vec<(u64, ThreadClass, i64)> {
+    // memcg → (net, page cache, (class, its page cache) that charged the most).
+    let mut per_memcg: BTreeMap<u64, (i64, i64, (ThreadClass, i64))> = BTreeMap::new();
+    for ((memcg, class), (total, _, file)) in retired_by {
+        let e = per_memcg
+            .entry(*memcg)
+            .or_insert((0, 0, (*class, i64::MIN)));
+        e.0 += total;
+        e.1 += file;
+        if (*file, std::cmp::Reverse(*class)) > (e.2.1, std::cmp::Reverse(e.2.0)) {
+            e.2 = (*class, *file);
+        }
+    }
+    per_memcg
+        .into_iter()
+        .filter_map(|(memcg, (net, file, (class, _)))| {
+            let left = net.min(file);
+            (left > 0).then_some((memcg, class, left))
+        })
+        .collect()
+}
+
 fn add(a: &mut ChargeTotals, b: &ChargeTotals) {
     a.anon += b.anon;
     a.file += b.file;
@@ -205,6 +239,15 @@ impl Model {
         m.identity = identity::parse(&path);
         m.path = path;
         m.gone = false;
+    }
+
+    /// Page cache left in a memcg by processes of `class` that ended (a capture's facts).
+    pub fn set_left_behind(&mut self, id: u64, class: ThreadClass, bytes: i64) {
+        self.memcgs
+            .entry(id)
+            .or_default()
+            .left_behind
+            .insert(class, bytes);
     }
 
     pub fn set_usage(&mut self, id: u64, usage: UsageLimit) {
@@ -700,8 +743,18 @@ impl Model {
                 b.2 += t.totals.file;
                 p.live_threads = p.live_threads.saturating_sub(1);
                 if p.dead && p.live_threads == 0 {
-                    // Its pages were uncharged at its exit (by its own last thread, mostly).
-                    p.retired_by.clear();
+                    // Its anonymous pages were uncharged at its exit (by its own last thread,
+                    // mostly); its page cache was not.
+                    let retired = std::mem::take(&mut p.retired_by);
+                    for (memcg, class, bytes) in page_cache_left(&retired) {
+                        *self
+                            .memcgs
+                            .entry(memcg)
+                            .or_default()
+                            .left_behind
+                            .entry(class)
+                            .or_default() += bytes;
+                    }
                 }
             }
         }
@@ -767,6 +820,11 @@ impl Model {
                 own.entry(*memcg)
                     .or_default()
                     .add(*class, *total, *guest, *file);
+            }
+        }
+        for (id, m) in &self.memcgs {
+            for (class, bytes) in &m.left_behind {
+                own.entry(*id).or_default().add(*class, *bytes, 0, *bytes);
             }
         }
         // Roll each memcg's own bytes up into every known ancestor.
