@@ -76,7 +76,12 @@ struct Counts {
     ok: bool,
     /// Names of the failed tests, printed again at the end: CI shows only the tail of a long run.
     failed_names: Vec<String>,
+    /// Each failed test's panic message (its first lines), printed with its name at the end.
+    panics: Vec<(String, Vec<String>)>,
 }
+
+/// Lines of a panic message kept for the closing summary.
+const PANIC_LINES: usize = 8;
 
 impl Counts {
     fn add(&mut self, other: Counts) {
@@ -85,12 +90,18 @@ impl Counts {
         self.skipped += other.skipped;
         self.ok &= other.ok;
         self.failed_names.extend(other.failed_names);
+        self.panics.extend(other.panics);
     }
 
     /// The closing lines of a run; an error when anything failed.
     fn finish(&self) -> Result<()> {
         for name in &self.failed_names {
             println!("xtask: FAILED {name}");
+            for (_, lines) in self.panics.iter().filter(|(t, _)| t == name) {
+                for l in lines {
+                    println!("xtask:   {l}");
+                }
+            }
         }
         println!(
             "tests: {} passed, {} failed, {} skipped",
@@ -113,9 +124,30 @@ fn run_tests(cmd: &mut Command) -> Result<Counts> {
         .with_context(|| format!("cannot run {cmd:?}"))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let mut counts = Counts::default();
+    // The panic being collected: (thread name, lines so far).
+    let mut panic: Option<(String, Vec<String>)> = None;
     for line in BufReader::new(stdout).lines().map_while(Result::ok) {
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
+        if let Some((_, lines)) = panic.as_mut() {
+            let done = lines.len() >= PANIC_LINES
+                || line.is_empty()
+                || line.starts_with("stack backtrace:")
+                || line.starts_with("note: ");
+            if done {
+                counts.panics.extend(panic.take());
+            } else {
+                lines.push(line.clone());
+                continue;
+            }
+        }
+        if let Some(thread) = line
+            .strip_prefix("thread '")
+            .and_then(|r| r.split_once('\''))
+            .filter(|(_, rest)| rest.contains("panicked at"))
+            .map(|(name, _)| name.to_string())
+        {
+            panic = Some((thread, vec![line.clone()]));
+        } else if let Some(rest) = line.strip_prefix("test result: ") {
             let num = |word: &str| {
                 rest.split([';', '.'])
                     .find_map(|p| {
@@ -136,6 +168,7 @@ fn run_tests(cmd: &mut Command) -> Result<Counts> {
             counts.failed_names.push(name.to_string());
         }
     }
+    counts.panics.extend(panic.take());
     counts.ok = child.wait()?.success();
     // A skipped test also counts as passed in libtest; report it once, as skipped.
     counts.passed = counts.passed.saturating_sub(counts.skipped);

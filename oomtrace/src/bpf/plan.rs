@@ -87,6 +87,17 @@ pub enum Attach {
 }
 
 impl Attach {
+    /// Runs under the kernel's one per-CPU guard (bpf_prog_active) that kprobe and classic
+    /// tracepoint programs share with the bpf() syscall's map reads and writes: while the
+    /// collector is preempted inside such a syscall, the kernel skips these programs on that CPU.
+    /// Raw tracepoint and fentry programs have a guard of their own.
+    pub fn shares_the_syscall_guard(&self) -> bool {
+        matches!(
+            self,
+            Attach::Tracepoint { .. } | Attach::KProbe { .. } | Attach::KRetProbe { .. }
+        )
+    }
+
     pub fn program(&self) -> &'static str {
         match self {
             Attach::Tracepoint { program, .. }
