@@ -216,6 +216,8 @@ pub fn explain(r: OomReport, hints: &Hints) -> Explanation {
     let vm = hints.vm.display_name();
     let invoker_class = r.invoker.as_ref().map(|i| classify_thread_comm(&i.comm));
     let v = r.victim.as_ref();
+    // Cut before its Killed line: an earlier line still names the victim (no sizes).
+    let named = r.named_victim.as_ref().filter(|_| v.is_none());
     let mut e = Explanation {
         kind_tag: "oom_report",
         summary: String::new(),
@@ -232,9 +234,12 @@ pub fn explain(r: OomReport, hints: &Hints) -> Explanation {
         invoker_pid: r.invoker.as_ref().and_then(|i| i.pid),
         invoker_comm: r.invoker.as_ref().map(|i| i.comm.clone()),
         invoker_class,
-        victim_pid: v.map(|v| v.pid),
-        victim_comm: v.map(|v| v.comm.clone()),
-        victim_class: v.map(|v| classify_process(&v.comm)),
+        victim_pid: v.map(|v| v.pid).or(named.map(|n| n.pid)),
+        victim_comm: v.map(|v| v.comm.clone()).or(named.map(|n| n.comm.clone())),
+        victim_class: v
+            .map(|v| v.comm.as_str())
+            .or(named.map(|n| n.comm.as_str()))
+            .map(classify_process),
         victim_total_vm_kb: v.map(|v| v.total_vm_kb),
         victim_anon_rss_kb: v.map(|v| v.anon_rss_kb),
         victim_file_rss_kb: v.map(|v| v.file_rss_kb),
@@ -398,6 +403,9 @@ fn summary(e: &Explanation) -> String {
                 "{c} (pid {p}, anon-rss {}{guest}) was killed",
                 bytes(a as i64 * 1024)
             )
+        }
+        (Some(c), Some(p), None) => {
+            format!("{c} (pid {p}) was chosen to be killed (the log ends before its Killed line)")
         }
         _ => "the log does not say who was killed".into(),
     };

@@ -8,8 +8,8 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 use super::{
-    prefix::strip_prefixes,
-    report::{Counter, Invoker, OomReport, Reaped, Task, Victim},
+    prefix::{strip_prefixes, unwrap_json},
+    report::{Counter, Invoker, NamedVictim, OomReport, Reaped, Task, Victim},
 };
 
 /// Rows kept per task table: a global OOM lists every task on the node.
@@ -52,8 +52,13 @@ static TASK_IN: LazyLock<Option<Regex>> =
     LazyLock::new(|| re(r"^Task in (?P<task>\S+) killed as a result of limit of (?P<oom>\S+)"));
 static KILLED: LazyLock<Option<Regex>> = LazyLock::new(|| {
     re(
-        r"^(?:(?P<reason>[^:]*out of memory[^:]*): )?Killed process (?P<pid>\d+) \((?P<comm>.*)\) total-vm:(?P<vm>\d+)kB, anon-rss:(?P<anon>\d+)kB, file-rss:(?P<file>\d+)kB(?:, shmem-rss:(?P<shmem>\d+)kB)?(?:,? UID:(?P<uid>\d+))?(?: pgtables:(?P<pt>\d+)kB)?(?: oom_score_adj:(?P<adj>-?\d+))?",
+        r"^(?:(?P<reason>[^:]*[Oo]ut of memory[^:]*): )?Killed process (?P<pid>\d+) \((?P<comm>.*)\) total-vm:(?P<vm>\d+)kB, anon-rss:(?P<anon>\d+)kB, file-rss:(?P<file>\d+)kB(?:, shmem-rss:(?P<shmem>\d+)kB)?(?:,? UID:(?P<uid>\d+))?(?: pgtables:(?P<pt>\d+)kB)?(?: oom_score_adj:(?P<adj>-?\d+))?",
     )
+});
+/// Before 4.19 (as "Memory cgroup out of memory: Kill process ..." in memcg OOMs): the task
+/// chosen, printed before its Killed line.
+static SACRIFICE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    re(r"^(?:[^:]*: )?Kill process (?P<pid>\d+) \((?P<comm>.*)\) score -?\d+ or sacrifice child")
 });
 static REAPED: LazyLock<Option<Regex>> = LazyLock::new(|| {
     re(
@@ -98,6 +103,13 @@ impl Assembler {
     /// Feed one line (with or without its newline). Returns a report that this line completed.
     pub fn push(&mut self, line: &str) -> Option<OomReport> {
         self.line_no += 1;
+        match unwrap_json(line) {
+            Some(message) => self.push_message(&message),
+            None => self.push_message(line),
+        }
+    }
+
+    fn push_message(&mut self, line: &str) -> Option<OomReport> {
         let msg = strip_prefixes(line);
         let t = msg.text;
         let mut done = None;
@@ -201,6 +213,18 @@ impl Assembler {
                 r.constraint = found.constraint.or(r.constraint.take());
                 r.oom_memcg = found.oom_memcg.or(r.oom_memcg.take());
                 r.task_memcg = found.task_memcg.or(r.task_memcg.take());
+                r.named_victim = found.named_victim.or(r.named_victim.take());
+            }
+            return done;
+        }
+        if let Some(c) = caps(&SACRIFICE, t) {
+            let r = self.ensure(msg.time, &mut done);
+            if r.named_victim.is_none() {
+                r.named_victim = Some(NamedVictim {
+                    pid: num(&c, "pid").unwrap_or(0),
+                    comm: text(&c, "comm"),
+                    from: "Kill process",
+                });
             }
             return done;
         }
@@ -309,9 +333,12 @@ impl Assembler {
             } else {
                 "another report starts"
             };
+            let named = r.named_victim.as_ref().map_or(String::new(), |n| {
+                format!(" (its {} line names the victim)", n.from)
+            });
             warn(
                 &mut r,
-                format!("{why} before this report's \"Killed process\" line"),
+                format!("{why} before this report's \"Killed process\" line{named}"),
             );
         }
         Some(r)
@@ -393,6 +420,15 @@ fn parse_constraint(r: &mut OomReport, kv: &str) {
             _ => {}
         }
     }
-    // The victim details come from the Killed line; nothing more to keep from "task=...".
-    let _ = task;
+    // "NAME,pid=N,uid=U": the victim, named before its Killed line (all a cut report may hold).
+    if let Some((comm, rest)) = task.and_then(|t| t.rsplit_once(",pid=")) {
+        let pid = rest.split(',').next().and_then(|p| p.parse().ok());
+        if let Some(pid) = pid {
+            r.named_victim = Some(NamedVictim {
+                pid,
+                comm: comm.to_string(),
+                from: "oom-kill",
+            });
+        }
+    }
 }

@@ -92,6 +92,16 @@ pub fn text(out: &mut dyn Write, n: usize, e: &Explanation) -> io::Result<()> {
             v.shmem_rss_kb.map_or("?".into(), kb),
             kb(v.total_vm_kb)
         )?;
+    } else if let Some(n) = &r.named_victim {
+        let class = e
+            .victim_class
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "  victim      {}{class} pid {} (named by its {} line; the log has no Killed line)",
+            n.comm, n.pid, n.from
+        )?;
     }
     if let (Some(g), Some(o)) = (e.guest_ram, e.overhead) {
         writeln!(

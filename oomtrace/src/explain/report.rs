@@ -70,6 +70,17 @@ pub struct Victim {
     pub reason: Option<String>,
 }
 
+/// The victim as a line before the Killed line names it ("oom-kill:...,task=NAME,pid=N" since
+/// 4.19, "Kill process N (NAME) score S or sacrifice child" before): what a report cut before
+/// its Killed line still says of who was killed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct NamedVictim {
+    pub pid: u32,
+    pub comm: String,
+    /// The line that named it: "oom-kill" or "Kill process".
+    pub from: &'static str,
+}
+
 /// "oom_reaper: reaped process 24790 (qemu-system-x86), now anon-rss:0kB, ...".
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Reaped {
@@ -97,6 +108,8 @@ pub struct OomReport {
     /// Rows beyond the bound oomtrace keeps per report.
     pub tasks_dropped: u64,
     pub victim: Option<Victim>,
+    /// The victim as an earlier line named it (the only word on it when the Killed line is cut).
+    pub named_victim: Option<NamedVictim>,
     pub reaped: Option<Reaped>,
     /// The log holds only part of the report.
     pub truncated_start: bool,

@@ -286,6 +286,78 @@ fn global_oom_is_told_apart_from_memcg_oom() {
     let e = explain(one(text), &Hints::default());
     assert_eq!(e.oom_kind, "global");
     assert!(e.summary.starts_with("System-wide OOM"), "{}", e.summary);
+    assert_eq!(
+        (e.victim_pid, e.victim_comm.as_deref()),
+        (Some(77), Some("stress"))
+    );
+    assert_eq!(e.victim_anon_rss_kb, Some(90));
+}
+
+#[test]
+fn a_report_cut_before_its_killed_line_still_names_the_victim() {
+    // 4.19+: the oom-kill line names it; before: the "Kill process ... or sacrifice child" line.
+    for (text, pid, comm) in [
+        (
+            "\
+[  5.0] stress invoked oom-killer: gfp_mask=0x140cca(GFP_HIGHUSER_MOVABLE|__GFP_COMP), order=0, oom_score_adj=0
+[  5.0] oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/pod,task_memcg=/pod,task=my,odd name,pid=77,uid=0
+",
+            77,
+            "my,odd name",
+        ),
+        (
+            "\
+[  5.0] qemu-kvm invoked oom-killer: gfp_mask=0xd0, order=0, oom_score_adj=0
+[  5.0] Memory cgroup out of memory: Kill process 4200 (qemu-kvm) score 975 or sacrifice child
+",
+            4200,
+            "qemu-kvm",
+        ),
+    ] {
+        let r = one(text);
+        assert!(r.victim.is_none() && r.truncated_end);
+        let e = explain(r, &Hints::default());
+        assert_eq!((e.victim_pid, e.victim_comm.as_deref()), (Some(pid), Some(comm)));
+        assert!(!e.summary.contains("does not say"), "{}", e.summary);
+        assert!(e.summary.contains(&format!("{comm} (pid {pid}) was chosen")), "{}", e.summary);
+    }
+}
+
+#[test]
+fn dmesg_x_and_json_logs_read_like_plain_dmesg() {
+    let plain = SEED3;
+    let dmesg_x: String = plain
+        .lines()
+        .map(|l| format!("kern  :warn  : {l}\n"))
+        .collect();
+    let journal_json: String = plain
+        .lines()
+        .map(|l| {
+            let msg = crate::explain::prefix::strip_prefixes(l).text.to_string();
+            format!(
+                "{}\n",
+                serde_json::json!({"_TRANSPORT": "kernel", "MESSAGE": msg})
+            )
+        })
+        .collect();
+    let container: String = plain
+        .lines()
+        .map(|l| {
+            format!(
+                "{}\n",
+                serde_json::json!({"log": format!("{l}\n"), "stream": "stdout"})
+            )
+        })
+        .collect();
+    let want = explain(one(plain), &Hints::default());
+    for log in [dmesg_x, journal_json, container] {
+        let e = explain(one(&log), &Hints::default());
+        assert_eq!(
+            (&e.invoker_comm, e.victim_pid, &e.memcg, e.limit),
+            (&want.invoker_comm, want.victim_pid, &want.memcg, want.limit),
+            "{log}"
+        );
+    }
 }
 
 #[test]
@@ -318,7 +390,7 @@ mod properties {
             for r in out {
                 prop_assert!(r.invoker.is_some() || !r.counters.is_empty() || !r.tasks.is_empty()
                     || r.victim.is_some() || r.oom_memcg.is_some() || r.stats_memcg.is_some()
-                    || r.constraint.is_some() || r.task_memcg.is_some());
+                    || r.constraint.is_some() || r.task_memcg.is_some() || r.named_victim.is_some());
             }
         }
 
