@@ -19,6 +19,10 @@ pub const KIND_OOM_ATTEMPT: u32 = 6;
 /// A thread that oomtrace tracks (or that runs in a watched memcg) exec'd a new program
 /// (sched:sched_process_exec): its name, executable and command line changed.
 pub const KIND_EXEC: u32 = 7;
+/// A process sent SIGKILL or SIGTERM to a thread oomtrace tracks (signal:signal_generate, the
+/// kernel's own signals left out): a kill that was not the OOM killer's (kubelet, a userspace
+/// OOM killer, a shell).
+pub const KIND_KILL_SIGNAL: u32 = 8;
 
 pub const COMM_LEN: usize = 16;
 
@@ -142,6 +146,31 @@ pub struct ExecEvent {
     pub comm: [u8; COMM_LEN],
 }
 
+/// A kill signal sent to a tracked thread, by the sending thread (`current` at the tracepoint).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KillSignalEvent {
+    pub kind: u32,
+    pub sender_tid: u32,
+    pub sender_tgid: u32,
+    /// The thread the kernel queued the signal on (a process's leader for kill(2)).
+    pub target_tid: u32,
+    pub sig: i32,
+    /// si_code: SI_USER (0) for kill(2), SI_TKILL (-6) for tgkill, SI_QUEUE (-1) for sigqueue.
+    pub code: i32,
+    /// The tracepoint's result: 0 delivered, 1 ignored, 2 already pending, 3/4 queue full.
+    pub result: i32,
+    /// The target's process (0: not known, from the classic tracepoint).
+    pub target_tgid: u32,
+    pub ts_ns: u64,
+    /// The target's memcg: its own (raw tracepoint), else the one it charged last.
+    pub target_memcg_id: u64,
+    /// That memcg's usage in bytes at the signal (raw tracepoint; u64::MAX: not read).
+    pub usage_bytes: u64,
+    pub sender_comm: [u8; COMM_LEN],
+    pub target_comm: [u8; COMM_LEN],
+}
+
 /// One call of mem_cgroup_out_of_memory, sent at its return by the thread that made it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -242,6 +271,19 @@ pub mod globals {
     pub const OFF_RECLAIM_NR: &str = "OFF_RECLAIM_NR";
     pub const OFF_EXIT_GROUP_DEAD: &str = "OFF_EXIT_GROUP_DEAD";
     pub const OFF_EXEC_OLD_PID: &str = "OFF_EXEC_OLD_PID";
+    /// signal:signal_generate fields (the same layout on every kernel since 3.x; read from its
+    /// tracefs format all the same).
+    pub const OFF_SIG_SIG: &str = "OFF_SIG_SIG";
+    pub const OFF_SIG_CODE: &str = "OFF_SIG_CODE";
+    pub const OFF_SIG_COMM: &str = "OFF_SIG_COMM";
+    pub const OFF_SIG_PID: &str = "OFF_SIG_PID";
+    pub const OFF_SIG_RESULT: &str = "OFF_SIG_RESULT";
+    /// task_struct.pid, .tgid and .comm (the raw signal program reads its target task).
+    pub const OFF_TASK_PID: &str = "OFF_TASK_PID";
+    pub const OFF_TASK_TGID: &str = "OFF_TASK_TGID";
+    pub const OFF_TASK_COMM: &str = "OFF_TASK_COMM";
+    /// From a memory css to its memcg's usage counter (pages).
+    pub const OFF_CSS_USAGE: &str = "OFF_CSS_USAGE";
     /// task_struct.cgroups, css_set.subsys[memory_cgrp_id] and cgroup_subsys_state.cgroup: a
     /// task's memory cgroup, read at OOM and exec events. TASK_MEMCG_ON is 0 when BTF lacks one.
     pub const TASK_MEMCG_ON: &str = "TASK_MEMCG_ON";
@@ -284,6 +326,7 @@ const _: () = {
     assert!(size_of::<ReclaimEvent>() == 64);
     assert!(size_of::<ThreadExitEvent>() == 40);
     assert!(size_of::<ExecEvent>() == 48);
+    assert!(size_of::<KillSignalEvent>() == 88);
     assert!(size_of::<ChargeKey>() == 16);
     assert!(size_of::<ChargeValue>() == 56);
     assert!(size_of::<GuestRanges>() == 64);

@@ -40,6 +40,15 @@ global!(OFF_VICTIM_ADJ: i32 = -1);
 global!(OFF_RECLAIM_NR: u32 = 8);
 global!(OFF_EXIT_GROUP_DEAD: i32 = -1);
 global!(OFF_EXEC_OLD_PID: u32 = 12);
+global!(OFF_SIG_SIG: u32 = 8);
+global!(OFF_SIG_CODE: u32 = 16);
+global!(OFF_SIG_COMM: u32 = 20);
+global!(OFF_SIG_PID: u32 = 36);
+global!(OFF_SIG_RESULT: u32 = 44);
+global!(OFF_TASK_PID: u64 = 0);
+global!(OFF_TASK_TGID: u64 = 0);
+global!(OFF_TASK_COMM: u64 = 0);
+global!(OFF_CSS_USAGE: u64 = 0);
 // task_struct.cgroups → css_set.subsys[memory_cgrp_id] → cgroup_subsys_state.cgroup, from BTF.
 global!(TASK_MEMCG_ON: u32 = 0);
 global!(OFF_TASK_CGROUPS: u64 = 0);

@@ -9,6 +9,7 @@ mod charge_fn;
 mod exec;
 mod globals;
 mod guest_ram;
+mod kill_signal;
 mod kvm;
 mod kvm_fn;
 mod maps;

@@ -10,6 +10,12 @@ use crate::{
 /// The memcg id (cgroup inode number) of the memory controller's cgroup of `task`.
 #[inline(always)]
 pub fn task_memcg_id(task: u64) -> Option<u64> {
+    task_memcg(task).map(|(id, _)| id)
+}
+
+/// The memcg id of `task` and its memory css (the memcg's own address, less css's offset).
+#[inline(always)]
+pub fn task_memcg(task: u64) -> Option<(u64, u64)> {
     if get(&g::TASK_MEMCG_ON) == 0 || task == 0 {
         return None;
     }
@@ -20,7 +26,7 @@ pub fn task_memcg_id(task: u64) -> Option<u64> {
     }
     let cgroup = read_kernel_u64(css + get(&g::OFF_CSS_CGROUP))?;
     let kn = read_kernel_u64(cgroup + get(&g::OFF_CGROUP_KN))?;
-    read_kernel_u64(kn + get(&g::OFF_KN_ID))
+    Some((read_kernel_u64(kn + get(&g::OFF_KN_ID))?, css))
 }
 
 /// The running thread's memcg id.

@@ -52,6 +52,25 @@ pub struct Exec {
     pub comm: String,
 }
 
+/// A process sent SIGKILL or SIGTERM to a tracked thread (not the kernel: not the OOM killer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillSignal {
+    pub ts_ns: u64,
+    pub sender_tid: u32,
+    pub sender_tgid: u32,
+    pub sender_comm: String,
+    pub target_tid: u32,
+    /// 0: not known (the classic tracepoint gives the thread only).
+    pub target_tgid: u32,
+    pub target_comm: String,
+    pub target_memcg_id: u64,
+    /// The memcg's usage at the signal, as the kernel counted it (None: not read here).
+    pub usage_bytes: Option<u64>,
+    pub sig: i32,
+    pub code: i32,
+    pub result: i32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reclaim {
     pub ts_ns: u64,
@@ -98,6 +117,7 @@ pub enum Event {
     OomAttempt(OomAttempt),
     OomKill(OomKill),
     Exec(Exec),
+    KillSignal(KillSignal),
 }
 
 impl Event {
@@ -111,6 +131,7 @@ impl Event {
             Event::OomAttempt(o) => o.ts_ns,
             Event::OomKill(k) => k.victim.ts_ns,
             Event::Exec(e) => e.ts_ns,
+            Event::KillSignal(k) => k.ts_ns,
         }
     }
 }
@@ -196,6 +217,23 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                 old_tid: e.old_tid,
                 memcg_id: e.memcg_id,
                 comm: comm(&e.comm),
+            })
+        }
+        c::KIND_KILL_SIGNAL => {
+            let e: c::KillSignalEvent = read(kind, data)?;
+            Event::KillSignal(KillSignal {
+                ts_ns: e.ts_ns,
+                sender_tid: e.sender_tid,
+                sender_tgid: e.sender_tgid,
+                sender_comm: comm(&e.sender_comm),
+                target_tid: e.target_tid,
+                target_tgid: e.target_tgid,
+                target_comm: comm(&e.target_comm),
+                target_memcg_id: e.target_memcg_id,
+                usage_bytes: (e.usage_bytes != u64::MAX).then_some(e.usage_bytes),
+                sig: e.sig,
+                code: e.code,
+                result: e.result,
             })
         }
         c::KIND_RECLAIM => {

@@ -39,6 +39,18 @@ pub struct TaskMemcgPath {
     pub css_cgroup: u64,
 }
 
+/// Byte offsets of `task_struct.pid`, `.tgid` and `.comm`: who a signal is for, read from the
+/// task the raw signal tracepoint passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TaskIds {
+    pub pid: u64,
+    pub tgid: u64,
+    pub comm: u64,
+    /// From a memory css to its memcg's `memory.usage` (pages): mem_cgroup.memory +
+    /// page_counter.usage - mem_cgroup.css. The usage at the signal, as the kernel counts it.
+    pub css_usage: u64,
+}
+
 /// Byte offsets in `struct uncharge_gather` (what uncharge_batch frees in one go);
 /// `nr_kmem` is -1 on kernels without it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -69,6 +81,9 @@ pub struct KernelBtf {
     /// events then carry no memcg of their own.
     #[serde(default)]
     pub task_memcg_path: Option<TaskMemcgPath>,
+    /// None: a member is missing (the kill-signal hook then uses its classic tracepoint).
+    #[serde(default)]
+    pub task_ids: Option<TaskIds>,
     /// None: no struct uncharge_gather in BTF (frees are then not seen by the function tier).
     pub uncharge_gather: Option<UnchargeGather>,
     /// The HOOKED_FUNCTIONS present in vmlinux BTF (what fentry can attach to; module
@@ -99,6 +114,17 @@ pub const RAW_TRACEPOINTS: &[(&str, &[&str])] = &[
     (
         "mod_memcg_lruvec_state",
         &["void *", "mem_cgroup *", "int", "long int"],
+    ),
+    (
+        "signal_generate",
+        &[
+            "void *",
+            "int",
+            "kernel_siginfo *",
+            "task_struct *",
+            "int",
+            "int",
+        ],
     ),
     ("sched_process_exit", &["void *", "task_struct *", "bool"]),
     ("sched_process_exit", &["void *", "task_struct *"]),
@@ -176,6 +202,15 @@ impl KernelBtf {
                 nr_kmem: offset("uncharge_gather", "nr_kmem").map_or(-1, |o| o as i64),
             })
         })();
+        let task_ids = (|| {
+            Some(TaskIds {
+                pid: offset("task_struct", "pid")?,
+                tgid: offset("task_struct", "tgid")?,
+                comm: offset("task_struct", "comm")?,
+                css_usage: (offset("mem_cgroup", "memory")? + offset("page_counter", "usage")?)
+                    .checked_sub(offset("mem_cgroup", "css")?)?,
+            })
+        })();
         let mut raw_tracepoints = Vec::new();
         let functions = HOOKED_FUNCTIONS
             .iter()
@@ -198,6 +233,11 @@ impl KernelBtf {
                 matched.push((name, proto));
             }
         }
+        // The raw signal program reads the target from its task: without the offsets, or
+        // without the way to a task's memcg, the classic tracepoint serves.
+        if task_ids.is_none() || task_memcg_path.is_none() || memcg_id_path.is_none() {
+            raw_tracepoints.retain(|n| n != "signal_generate");
+        }
         let proto_of = |n: &str| matched.iter().find(|(m, _)| *m == n).map(|(_, p)| *p);
         let lruvec_val_long =
             proto_of("mod_memcg_lruvec_state").is_some_and(|p| p.last() == Some(&"long int"));
@@ -206,6 +246,7 @@ impl KernelBtf {
             items: ChargeItems::from_map(&node),
             memcg_id_path,
             task_memcg_path,
+            task_ids,
             uncharge_gather,
             functions,
             raw_tracepoints,

@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod explain;
 pub mod guest_kit;
 pub mod kernel_btf;
+pub mod killer;
 pub mod kubevirt;
 pub mod load;
 pub mod memory_stat;

@@ -172,6 +172,25 @@ pub fn text_line(clock: &Clock, change: &Change) -> String {
                 format!(" in memcg {}", Visible(&e.memcg))
             },
         ),
+        Change::KillSignal(k) => format!(
+            "{} got {} from {} (pid {}, {}): not the kernel's OOM killer{}{}",
+            thread_columns(clock, k.ts_ns, &k.memcg, k.pid, k.tid, &k.comm, &k.process),
+            k.signal,
+            Visible(&k.sender_comm),
+            k.sender_pid,
+            k.sender_kind,
+            match (k.usage, k.limit) {
+                (Some(u), Some(l)) =>
+                    format!("; memcg at {} of {}", bytes(u as i64), bytes(l as i64)),
+                (Some(u), None) => format!("; memcg at {}", bytes(u as i64)),
+                _ => String::new(),
+            },
+            if k.result == "delivered" {
+                String::new()
+            } else {
+                format!(" ({})", k.result)
+            },
+        ),
         Change::Exit(e) => format!(
             "{} exited{}",
             thread_columns(clock, e.ts_ns, "", e.pid, e.tid, &e.comm, &e.process),
@@ -192,6 +211,7 @@ pub fn json_line(clock: &Clock, change: &Change) -> String {
         Change::Exit(e) => e.ts_ns,
         Change::OomAttempt(o) => o.ts_ns,
         Change::Exec(e) => e.ts_ns,
+        Change::KillSignal(k) => k.ts_ns,
     };
     serde_json::to_string(&JsonLine {
         time: clock.unix_seconds(ts),

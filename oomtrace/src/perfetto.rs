@@ -159,7 +159,7 @@ impl Builder {
         }
     }
 
-    /// OOM kills as instants, reclaim passes as slices.
+    /// OOM kills and kill signals as instants, reclaim passes as slices.
     pub fn change(&mut self, change: &Change) {
         match change {
             Change::Oom(o) => {
@@ -196,6 +196,14 @@ impl Builder {
                 );
                 self.event(o.ts_ns, t, TYPE_SLICE_BEGIN, Some(name), None);
                 self.event(o.ts_ns + o.duration_ns, t, TYPE_SLICE_END, None, None);
+            }
+            Change::KillSignal(k) => {
+                let t = self.track("OOM kills", None, false);
+                let name = format!(
+                    "{} from {} ({}, pid {}) to {} (pid {}) in {}",
+                    k.signal, k.sender_comm, k.sender_kind, k.sender_pid, k.process, k.pid, k.memcg
+                );
+                self.event(k.ts_ns, t, TYPE_INSTANT, Some(name), None);
             }
             Change::Charge(_) | Change::Exit(_) | Change::Exec(_) => {}
         }

@@ -58,6 +58,7 @@ impl Printer {
             }
             Change::Exit(e) => self.pid_filter.is_none_or(|p| p == e.pid),
             Change::Exec(e) => self.pid_filter.is_none_or(|p| p == e.pid),
+            Change::KillSignal(k) => self.pid_filter.is_none_or(|p| p == k.pid),
             Change::OomAttempt(o) => !self.scoped || model.knows_memcg(o.memcg_id),
             // With a target, only kills that involve it (another memcg's OOM is not ours).
             Change::Oom(o) => !self.scoped || o.memcg_id != 0 || model.knows_process(o.victim_pid),

@@ -162,8 +162,15 @@ fn oom_kill_names_the_invoker_and_victim_the_kernel_names() -> Result<()> {
     })
     .context("the victim's exit")?;
     std::thread::sleep(Duration::from_millis(500));
+    // The OOM killer's SIGKILL is the kernel's own: an oom row, never a kill_signal row.
+    let signals = tail
+        .seen
+        .iter()
+        .filter(|v| v["type"] == "kill_signal")
+        .count();
     let summary = tail.stop()?;
     let _ = (qemu.kill(), memhold.kill(), qemu.wait(), memhold.wait());
+    assert_eq!(signals, 0, "the kernel's kill taken for a process's");
 
     let kernel = kernel_oom_report(victim)?;
     assert_eq!(
@@ -203,6 +210,104 @@ fn oom_kill_names_the_invoker_and_victim_the_kernel_names() -> Result<()> {
         "victim charged {charged_kb} kB vs anon-rss {} kB",
         kvictim.anon_rss_kb
     );
+    Ok(())
+}
+
+/// Kills that are not the kernel's: a userspace OOM killer's SIGKILL and kubelet's SIGTERM to
+/// watched processes are rows naming the sender (its pid and name, what it is), the target and
+/// its memcg's usage at that moment.
+#[test]
+fn kill_signals_from_other_processes_name_their_sender() -> Result<()> {
+    if !require_root("kill_signals_from_other_processes_name_their_sender") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let ctl = MemoryController::detect()?;
+    let cg = ScratchCgroup::create(
+        &ctl,
+        &format!("oomtrace-test-signal-{}", std::process::id()),
+        512 << 20,
+    )?;
+    let path = cg.path.display().to_string();
+    // The senders: kill(1) run under the names the kernel will report (comm is the name the
+    // program was exec'd by).
+    let bin = std::env::temp_dir().join(format!("oomtrace-test-senders-{}", std::process::id()));
+    std::fs::create_dir_all(&bin)?;
+    for name in ["systemd-oomd", "kubelet"] {
+        let link = bin.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/usr/bin/kill", &link)?;
+    }
+    let mut tail = Tail::start(&["--cgroup", &path])?;
+    let mut qemu = workload(&path, "qemu-system-x86", &["CPU 0/KVM=16@64"], 60)?;
+    let mut memhold = workload(&path, "memhold", &["memhold=16@64"], 60)?;
+    touched(&mut qemu, 1)?;
+    touched(&mut memhold, 1)?;
+    // Charged and seen before the signals.
+    for pid in [qemu.id(), memhold.id()] {
+        tail.wait_for(Duration::from_secs(10), |v| {
+            v["type"] == "charge" && v["pid"] == pid
+        })?;
+    }
+    let mut sent = Vec::new();
+    for (sender, sig, target) in [
+        ("systemd-oomd", "-KILL", qemu.id()),
+        ("kubelet", "-TERM", memhold.id()),
+    ] {
+        let mut k = std::process::Command::new(bin.join(sender))
+            .args([sig, &target.to_string()])
+            .spawn()?;
+        sent.push((k.id(), sender, target));
+        k.wait()?;
+    }
+    let mut rows = Vec::new();
+    for (sender_pid, sender, target) in &sent {
+        let row = tail.wait_for(Duration::from_secs(10), |v| {
+            v["type"] == "kill_signal" && v["pid"] == *target
+        })?;
+        assert_eq!(row["sender_pid"], *sender_pid, "{row}");
+        assert_eq!(row["sender_comm"], *sender, "{row}");
+        assert!(
+            row["memcg"]
+                .as_str()
+                .is_some_and(|m| path.ends_with(m) && m.len() > 1),
+            "{row}"
+        );
+        assert_eq!(row["result"], "delivered", "{row}");
+        assert!(
+            row["usage"].as_u64().is_some_and(|u| u >= 16 << 20),
+            "{row}"
+        );
+        rows.push(row);
+    }
+    assert_eq!(
+        (
+            &rows[0]["signal"],
+            &rows[0]["sender_kind"],
+            &rows[0]["process"]
+        ),
+        (
+            &Value::from("SIGKILL"),
+            &Value::from("userspace OOM killer"),
+            &Value::from("qemu-system-x86")
+        )
+    );
+    assert_eq!(
+        (
+            &rows[1]["signal"],
+            &rows[1]["sender_kind"],
+            &rows[1]["class"]
+        ),
+        (
+            &Value::from("SIGTERM"),
+            &Value::from("kubelet"),
+            &Value::from("foreign")
+        )
+    );
+    let _ = (qemu.wait(), memhold.wait());
+    let summary = tail.stop()?;
+    let _ = std::fs::remove_dir_all(&bin);
+    assert_eq!(summary["ooms"].as_array().map(Vec::len), Some(0));
     Ok(())
 }
 

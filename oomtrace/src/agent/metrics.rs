@@ -14,7 +14,7 @@ use super::http::Shared;
 use crate::{
     collector::TickInfo,
     kubevirt::identity::Level,
-    model::{Model, OomRow, views::MemcgView},
+    model::{KillSignalRow, Model, OomRow, views::MemcgView},
 };
 
 /// Metrics are rebuilt from the model this often (views cost a walk of every thread).
@@ -54,6 +54,16 @@ struct KillLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignalLabels {
+    namespace: String,
+    pod: String,
+    vm: String,
+    signal: String,
+    sender_kind: String,
+    target_class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: String,
 }
@@ -76,6 +86,7 @@ pub struct Metrics {
     kind_bytes: Family<MemoryKindLabels, Gauge>,
     time_to_limit: Family<PodLabels, FloatGauge>,
     kills: Family<KillLabels, Counter>,
+    kill_signals: Family<SignalLabels, Counter>,
     events: Counter,
     dropped: Family<KindLabels, Counter>,
     errors: Family<KindLabels, Counter>,
@@ -164,6 +175,7 @@ impl Metrics {
             kind_bytes: Family::default(),
             time_to_limit: Family::default(),
             kills: Family::default(),
+            kill_signals: Family::default(),
             events: Counter::default(),
             dropped: Family::default(),
             errors: Family::default(),
@@ -225,6 +237,11 @@ impl Metrics {
             "OOM kills by pod, VM, invoker class and victim class",
             m.kills.clone(),
         );
+        r.register(
+            "kill_signals",
+            "SIGKILL / SIGTERM sent to watched processes by other processes (not the kernel's OOM killer), by pod, VM, signal, sender kind and target class",
+            m.kill_signals.clone(),
+        );
         r.register("events", "Kernel events the agent read", m.events.clone());
         r.register(
             "dropped_events",
@@ -276,6 +293,24 @@ impl Metrics {
                 vm: pod.vm,
                 invoker_class: row.invoker_class.name().to_string(),
                 victim_class: row.victim_class.name().to_string(),
+            })
+            .inc();
+    }
+
+    pub fn count_kill_signal(&mut self, row: &KillSignalRow, pod: Option<&MemcgView>) {
+        let pod = pod.and_then(pod_labels).unwrap_or(PodLabels {
+            namespace: String::new(),
+            pod: String::new(),
+            vm: String::new(),
+        });
+        self.kill_signals
+            .get_or_create(&SignalLabels {
+                namespace: pod.namespace,
+                pod: pod.pod,
+                vm: pod.vm,
+                signal: row.signal.to_string(),
+                sender_kind: row.sender_kind.to_string(),
+                target_class: row.class.name().to_string(),
             })
             .inc();
     }

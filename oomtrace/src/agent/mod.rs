@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     collector::{self, Config, Observer, RecordTo, Target, TickInfo},
-    model::{Model, OomRow},
+    model::{KillSignalRow, Model, OomRow},
     output::{self, Clock},
 };
 
@@ -71,6 +71,16 @@ impl Observer for Agent {
             self.metrics.kill_dir_failed();
             log::error!("cannot keep the kill: {e:#}");
         }
+        Ok(())
+    }
+
+    fn kill_signal(&mut self, model: &Model, row: &KillSignalRow, clock: &Clock) -> Result<()> {
+        let line = output::json_line(clock, &crate::model::Change::KillSignal(row.clone()));
+        println!("{line}");
+        let pod = row
+            .pod_memcg_id
+            .and_then(|id| model.memcg_view(id, row.ts_ns));
+        self.metrics.count_kill_signal(row, pod.as_ref());
         Ok(())
     }
 

@@ -22,6 +22,7 @@ const TRACEPOINTS: &[(&str, &str)] = &[
     ("oom", "mark_victim"),
     ("sched", "sched_process_exit"),
     ("sched", "sched_process_exec"),
+    ("signal", "signal_generate"),
     ("vmscan", "mm_vmscan_memcg_reclaim_begin"),
     ("vmscan", "mm_vmscan_memcg_reclaim_end"),
     ("kvm", "kvm_page_fault"),

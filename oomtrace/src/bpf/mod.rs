@@ -82,6 +82,8 @@ pub fn load(
     let victim = Format::read(tracefs, "oom", "mark_victim")?;
     let exit = Format::read(tracefs, "sched", "sched_process_exit")?;
     let exec = Format::read(tracefs, "sched", "sched_process_exec").unwrap_or_default();
+    let signal = Format::read(tracefs, "signal", "signal_generate").unwrap_or_default();
+    let sig_field = |name: &str, default: u32| signal.field(name).map_or(default, |f| f.offset);
     let reclaim_end =
         Format::read(tracefs, "vmscan", "mm_vmscan_memcg_reclaim_end").unwrap_or_default();
     let guest = choices
@@ -123,6 +125,11 @@ pub fn load(
             g::OFF_EXEC_OLD_PID,
             exec.field("old_pid").map_or(12, |f| f.offset),
         ),
+        (g::OFF_SIG_SIG, sig_field("sig", 8)),
+        (g::OFF_SIG_CODE, sig_field("code", 16)),
+        (g::OFF_SIG_COMM, sig_field("comm", 20)),
+        (g::OFF_SIG_PID, sig_field("pid", 36)),
+        (g::OFF_SIG_RESULT, sig_field("result", 44)),
         (g::FILTER_ON, filter),
         (g::GUEST_TRACKING, guest),
         (g::LRUVEC_VAL_LONG, kbtf.lruvec_val_long as u32),
@@ -152,6 +159,12 @@ pub fn load(
         loader.override_global(g::OFF_TASK_CGROUPS, &t.task_cgroups, true);
         loader.override_global(g::OFF_CSS_SET_MEMORY, &t.css_set_memory, true);
         loader.override_global(g::OFF_CSS_CGROUP, &t.css_cgroup, true);
+    }
+    if let Some(t) = &kbtf.task_ids {
+        loader.override_global(g::OFF_TASK_PID, &t.pid, true);
+        loader.override_global(g::OFF_TASK_TGID, &t.tgid, true);
+        loader.override_global(g::OFF_TASK_COMM, &t.comm, true);
+        loader.override_global(g::OFF_CSS_USAGE, &t.css_usage, true);
     }
     if let Some(u) = &kbtf.uncharge_gather {
         loader.override_global(g::OFF_UG_MEMCG, &u.memcg, true);

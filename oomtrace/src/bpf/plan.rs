@@ -311,6 +311,26 @@ const HOOKS: &[Hook] = &[
         without: "a thread's name after exec is learned from its next charge record",
     },
     Hook {
+        hook: "kill-signal",
+        required: false,
+        lazy: false,
+        function: None,
+        tracepoint: Some(TracepointHook {
+            category: "signal",
+            name: "signal_generate",
+            program: "kill_signal",
+            also: None,
+            // The raw program reads the target task itself (its memcg, whether or not it
+            // charged yet); the classic one knows only threads that charged.
+            raw: Some(RawVariant {
+                program: "kill_signal_raw",
+                also: None,
+                reads_args: true,
+            }),
+        }),
+        without: "kills sent by other processes (kubelet, userspace OOM killers) are not seen",
+    },
+    Hook {
         hook: "reclaim-begin",
         required: false,
         lazy: false,

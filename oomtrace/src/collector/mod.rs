@@ -24,7 +24,7 @@ use crate::{
     kernel_btf::{KernelBtf, VMLINUX_BTF},
     kubevirt::budget,
     model::input::ModelInput,
-    model::{Change, Model, OomRow, Summary},
+    model::{Change, KillSignalRow, Model, OomRow, Summary},
     output::{self, Clock},
     printer::Printer,
     procfs,
@@ -178,8 +178,8 @@ struct Live {
     rare_drops_seen: u64,
     last_gc: Instant,
     printer: Printer,
-    /// OOM rows not yet handed to the observer.
-    kills: Vec<OomRow>,
+    /// OOM and kill-signal rows not yet handed to the observer.
+    kills: Vec<Change>,
 }
 
 impl Live {
@@ -320,16 +320,20 @@ impl Live {
     }
 
     fn show(&mut self, out: &mut dyn Write, change: &Change) -> Result<()> {
-        if let Change::Oom(o) = change {
-            self.kills.push(o.clone());
+        if matches!(change, Change::Oom(_) | Change::KillSignal(_)) {
+            self.kills.push(change.clone());
         }
         self.printer.show(out, &self.model, change)
     }
 
-    /// Hands the kills seen since the last call to the observer.
+    /// Hands the kills (and kill signals) seen since the last call to the observer.
     fn tell_kills(&mut self, observer: &mut dyn Observer) -> Result<()> {
-        for row in std::mem::take(&mut self.kills) {
-            observer.kill(&self.model, &row, &self.clock)?;
+        for change in std::mem::take(&mut self.kills) {
+            match &change {
+                Change::Oom(row) => observer.kill(&self.model, row, &self.clock)?,
+                Change::KillSignal(row) => observer.kill_signal(&self.model, row, &self.clock)?,
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -344,6 +348,7 @@ impl Live {
         let memcg = match event {
             Event::Charge(c) => Some(c.memcg_id),
             Event::Reclaim(r) => Some(r.memcg_id),
+            Event::KillSignal(k) => Some(k.target_memcg_id),
             // The kernel reports exits of every thread it counted, provisional ones included.
             Event::ThreadExit(e) if self.filter && self.model.keys_of_thread(e.tid).is_empty() => {
                 return Ok(false);
@@ -419,6 +424,19 @@ impl Live {
             }
             Event::Reclaim(r) => r.tgid,
             Event::OomAttempt(o) => o.tgid,
+            // kill(2) queues on the process's leader: its tid is the process's id.
+            Event::KillSignal(k) => {
+                // The memcg's usage at the signal, not at the last tick: was the pod near its
+                // limit when it was killed?
+                if let Some(path) = self.known_memcgs.get(&k.target_memcg_id).cloned() {
+                    self.read_usage(k.target_memcg_id, &path, false);
+                }
+                if k.target_tgid == 0 {
+                    k.target_tid
+                } else {
+                    k.target_tgid
+                }
+            }
             Event::ThreadExit(e) => {
                 self.pending_exits
                     .push((Instant::now() + EXIT_GRACE, e.tid));
@@ -593,6 +611,10 @@ pub struct Started {
 pub trait Observer {
     /// An OOM kill, once the model has made its row.
     fn kill(&mut self, model: &Model, row: &OomRow, clock: &Clock) -> Result<()>;
+    /// A kill signal another process sent to a watched one (not the kernel's OOM killer).
+    fn kill_signal(&mut self, _model: &Model, _row: &KillSignalRow, _clock: &Clock) -> Result<()> {
+        Ok(())
+    }
     /// Every tick, after the sweep and after the capture framed what it holds.
     fn tick(&mut self, model: &Model, at: &TickInfo) -> Result<()>;
 }

@@ -22,7 +22,9 @@ use views::ClassVec;
 use self::history::Series;
 use crate::{
     cgroupfs::UsageLimit,
-    decode::{Charge, ChargeTotals, Event, Exec, OomAttempt, OomKill, Reclaim, ThreadExit},
+    decode::{
+        Charge, ChargeTotals, Event, Exec, KillSignal, OomAttempt, OomKill, Reclaim, ThreadExit,
+    },
     kubevirt::{
         ThreadClass, ThreadNames, budget,
         class::is_tcg_vcpu,
@@ -434,6 +436,63 @@ impl Model {
             Event::Reclaim(r) => Some(Change::Reclaim(self.reclaim(r))),
             Event::ThreadExit(e) => Some(Change::Exit(self.exit(e))),
             Event::OomAttempt(o) => Some(Change::OomAttempt(self.oom_attempt(o))),
+            Event::KillSignal(k) => Some(Change::KillSignal(self.kill_signal(k))),
+        }
+    }
+
+    /// The pod memcg `id` is (or is inside), by its path.
+    fn pod_memcg_of(&self, id: u64) -> Option<u64> {
+        use crate::kubevirt::identity::Level;
+        let parents = self.parents();
+        let mut at = Some(id);
+        while let Some(m) = at {
+            let level = self
+                .memcgs
+                .get(&m)
+                .and_then(|s| s.identity.as_ref())
+                .map(|i| i.level);
+            if level == Some(Level::Pod) {
+                return Some(m);
+            }
+            at = parents.get(&m).copied();
+        }
+        None
+    }
+
+    fn kill_signal(&self, k: &KillSignal) -> KillSignalRow {
+        let tgid = match k.target_tgid {
+            0 => self
+                .latest_key_of(k.target_tid)
+                .and_then(|key| self.threads.get(&key))
+                .map_or(k.target_tid, |t| t.tgid),
+            tgid => tgid,
+        };
+        let usage = self.memcgs.get(&k.target_memcg_id).and_then(|m| m.usage);
+        KillSignalRow {
+            pod_memcg_id: self.pod_memcg_of(k.target_memcg_id),
+            ts_ns: k.ts_ns,
+            signal: if k.sig == 9 { "SIGKILL" } else { "SIGTERM" },
+            sender_pid: k.sender_tgid,
+            sender_tid: k.sender_tid,
+            sender_kind: crate::killer::kind(&k.sender_comm),
+            sender_comm: k.sender_comm.clone(),
+            pid: tgid,
+            tid: k.target_tid,
+            process: self.process_name(tgid, &k.target_comm),
+            class: self.process_class(tgid),
+            comm: k.target_comm.clone(),
+            memcg: self.memcg_path(k.target_memcg_id),
+            memcg_id: k.target_memcg_id,
+            // The kernel's count at the signal where the program read it; else the last
+            // reading (the collector reads it again when it sees the signal).
+            usage: k.usage_bytes.or(usage.map(|u| u.usage)),
+            limit: usage.and_then(|u| u.limit),
+            result: match k.result {
+                0 => "delivered",
+                1 => "ignored",
+                2 => "already pending",
+                _ => "queue full",
+            },
         }
     }
 

@@ -14,6 +14,7 @@ pub enum Change {
     Exit(ExitRow),
     OomAttempt(OomAttemptRow),
     Exec(ExecRow),
+    KillSignal(KillSignalRow),
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -116,6 +117,35 @@ pub struct ExitRow {
     pub comm: String,
     pub process: String,
     pub group_dead: bool,
+}
+
+/// A process sent SIGKILL or SIGTERM to a tracked process: a kill that is not the kernel's OOM
+/// killer (kubelet evicting, a userspace OOM killer, a runtime stopping a container, a shell).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct KillSignalRow {
+    pub ts_ns: u64,
+    /// "SIGKILL" or "SIGTERM".
+    pub signal: &'static str,
+    pub sender_pid: u32,
+    pub sender_tid: u32,
+    pub sender_comm: String,
+    /// What the sender is, from its name: "kubelet", "container runtime", "userspace OOM
+    /// killer", "KubeVirt", "systemd" or "other".
+    pub sender_kind: &'static str,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub process: String,
+    pub class: ThreadClass,
+    /// The memcg the target charged last, its usage and limit at the signal.
+    pub memcg: String,
+    pub memcg_id: u64,
+    pub usage: Option<u64>,
+    pub limit: Option<u64>,
+    /// The pod's memcg (the target's, or an ancestor of it), when the path names a pod.
+    pub pod_memcg_id: Option<u64>,
+    /// The kernel's word on it: "delivered", "ignored", "already pending" or "queue full".
+    pub result: &'static str,
 }
 
 /// A tracked thread exec'd: its name from now on, the name it had, and where it runs now.
