@@ -281,6 +281,47 @@ pub(crate) fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// `cargo fmt --check` and clippy with warnings as errors (as aya-template's test script):
+/// the names of those that failed.
+fn lint(ws: &std::path::Path, channel: &str) -> Vec<String> {
+    let checks: [(&str, &[&str]); 2] = [
+        (
+            "lint: cargo fmt --all --check",
+            &["fmt", "--all", "--check"],
+        ),
+        (
+            "lint: cargo clippy --all-targets -D warnings",
+            &[
+                "clippy",
+                "-p",
+                "oomtrace",
+                "-p",
+                "oomtrace-common",
+                "-p",
+                "tests",
+                "-p",
+                "xtask",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, args)| {
+            run(Command::new("cargo")
+                .arg(format!("+{channel}"))
+                .args(*args)
+                .current_dir(ws))
+            .inspect_err(|e| println!("xtask: {e:#}"))
+            .is_err()
+        })
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
 /// The kernel matrix, one kernel at a time (each boots a qemu guest), timed.
 fn vm_test(ws: &std::path::Path, channel: &str) -> Result<Counts> {
     let start = Instant::now();
@@ -380,6 +421,8 @@ fn main() -> Result<()> {
             if !is_root() {
                 println!("xtask: not root: the kernel tests will be skipped and say so");
             }
+            // Lint first, and fail the run at its end: every test still runs.
+            let lint_failed = lint(&ws, &channel);
             run(Command::new("cargo")
                 .arg(format!("+{channel}"))
                 .args(["build", "-p", "oomtrace"])
@@ -393,6 +436,10 @@ fn main() -> Result<()> {
                     .current_dir(&ws),
             )?;
             counts.add(vm_test(&ws, &channel)?);
+            for name in lint_failed {
+                counts.failed += 1;
+                counts.failed_names.push(name);
+            }
             println!("xtask: tests took {:.0} s", start.elapsed().as_secs_f64());
             // One plain closing line for the whole run (cargo's last line is a crate's own count).
             counts.finish()?;
