@@ -410,6 +410,27 @@ fn summary(e: &Explanation) -> String {
         _ => "the log does not say who was killed".into(),
     };
     let mut s = format!("{head}: {who} {what}; {victim}");
+    if let Some(group) = &e.report.oom_group {
+        let others = &e.report.group_victims;
+        let list: Vec<String> = others
+            .iter()
+            .take(5)
+            .map(|v| format!("{} (pid {})", v.comm, v.pid))
+            .collect();
+        let more = others.len().saturating_sub(list.len());
+        s.push_str(&format!(
+            ", and with it {} more task{} of {group} (memory.oom.group){}{}{}",
+            others.len(),
+            if others.len() == 1 { "" } else { "s" },
+            if list.is_empty() { "" } else { ": " },
+            list.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ));
+    }
     let foreign: Vec<&TaskView> = e
         .tasks
         .iter()

@@ -55,6 +55,11 @@ static KILLED: LazyLock<Option<Regex>> = LazyLock::new(|| {
         r"^(?:(?P<reason>[^:]*[Oo]ut of memory[^:]*): )?Killed process (?P<pid>\d+) \((?P<comm>.*)\) total-vm:(?P<vm>\d+)kB, anon-rss:(?P<anon>\d+)kB, file-rss:(?P<file>\d+)kB(?:, shmem-rss:(?P<shmem>\d+)kB)?(?:,? UID:(?P<uid>\d+))?(?: pgtables:(?P<pt>\d+)kB)?(?: oom_score_adj:(?P<adj>-?\d+))?",
     )
 });
+/// memory.oom.group (4.19+; kubelet sets it on cgroup v2 since Kubernetes 1.28): the whole
+/// group is killed, one Killed line per task after this one.
+static OOM_GROUP: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    re(r"^Tasks in (?P<path>.+) are going to be killed due to memory\.oom\.group set")
+});
 /// Before 4.19 (as "Memory cgroup out of memory: Kill process ..." in memcg OOMs): the task
 /// chosen, printed before its Killed line.
 static SACRIFICE: LazyLock<Option<Regex>> = LazyLock::new(|| {
@@ -234,21 +239,40 @@ impl Assembler {
             r.oom_memcg = Some(text(&c, "oom"));
             return done;
         }
+        if let Some(c) = caps(&OOM_GROUP, t) {
+            let r = self.ensure_for_group(msg.time, &mut done);
+            r.oom_group = Some(text(&c, "path"));
+            return done;
+        }
         if let Some(c) = caps(&KILLED, t) {
+            let victim = Victim {
+                pid: num(&c, "pid").unwrap_or(0),
+                comm: text(&c, "comm"),
+                total_vm_kb: num(&c, "vm").unwrap_or(0),
+                anon_rss_kb: num(&c, "anon").unwrap_or(0),
+                file_rss_kb: num(&c, "file").unwrap_or(0),
+                shmem_rss_kb: num(&c, "shmem"),
+                uid: num(&c, "uid"),
+                pgtables_kb: num(&c, "pt"),
+                oom_score_adj: num(&c, "adj"),
+                reason: c.name("reason").map(|m| m.as_str().to_string()),
+            };
+            // memory.oom.group: every task of the group is killed after the chosen one, each
+            // with its own Killed line, in the same report.
+            if let Some(r) = self
+                .current
+                .as_mut()
+                .filter(|r| r.victim.is_some() && r.oom_group.is_some())
+            {
+                if r.group_victims.len() < MAX_TASKS {
+                    r.group_victims.push(victim);
+                }
+                self.lines_since_kill = Some(0);
+                return done;
+            }
             let r = self.ensure(msg.time, &mut done);
             if r.victim.is_none() {
-                r.victim = Some(Victim {
-                    pid: num(&c, "pid").unwrap_or(0),
-                    comm: text(&c, "comm"),
-                    total_vm_kb: num(&c, "vm").unwrap_or(0),
-                    anon_rss_kb: num(&c, "anon").unwrap_or(0),
-                    file_rss_kb: num(&c, "file").unwrap_or(0),
-                    shmem_rss_kb: num(&c, "shmem"),
-                    uid: num(&c, "uid"),
-                    pgtables_kb: num(&c, "pt"),
-                    oom_score_adj: num(&c, "adj"),
-                    reason: c.name("reason").map(|m| m.as_str().to_string()),
-                });
+                r.victim = Some(victim);
                 self.lines_since_kill = Some(0);
             }
             return done;
@@ -261,6 +285,7 @@ impl Assembler {
                 .and_then(|r| r.victim.as_ref())
                 .is_some_and(|v| v.pid == pid);
             if ours {
+                let mut group = false;
                 if let Some(r) = self.current.as_mut() {
                     r.reaped = Some(Reaped {
                         pid,
@@ -268,8 +293,12 @@ impl Assembler {
                         file_rss_kb: num(&c, "file").unwrap_or(0),
                         shmem_rss_kb: num(&c, "shmem"),
                     });
+                    group = r.oom_group.is_some();
                 }
-                return self.close(false);
+                // A group kill's other Killed lines may still follow (the reaper runs apart).
+                if !group {
+                    return self.close(false);
+                }
             }
             return done;
         }
@@ -318,6 +347,23 @@ impl Assembler {
                 "the log holds no \"invoked oom-killer\" line for this report".into(),
             );
             self.current = Some(r);
+        }
+        self.current.get_or_insert_with(OomReport::default)
+    }
+
+    /// The open report for a memory.oom.group line: it follows the chosen victim's Killed line,
+    /// so a report with its victim stays open (`ensure` would start a new one).
+    fn ensure_for_group(
+        &mut self,
+        time: Option<&str>,
+        done: &mut Option<OomReport>,
+    ) -> &mut OomReport {
+        if self.current.as_ref().is_some_and(|r| r.oom_group.is_some()) {
+            // A second group line: another OOM's.
+            *done = self.close(false);
+        }
+        if self.current.is_none() {
+            return self.ensure(time, done);
         }
         self.current.get_or_insert_with(OomReport::default)
     }

@@ -92,6 +92,23 @@ pub fn text(out: &mut dyn Write, n: usize, e: &Explanation) -> io::Result<()> {
             v.shmem_rss_kb.map_or("?".into(), kb),
             kb(v.total_vm_kb)
         )?;
+        if let Some(group) = &r.oom_group {
+            writeln!(
+                out,
+                "  group kill  memory.oom.group of {group}: {} more killed",
+                r.group_victims.len()
+            )?;
+            for g in &r.group_victims {
+                writeln!(
+                    out,
+                    "              {} pid {}: anon-rss {}, file-rss {}",
+                    g.comm,
+                    g.pid,
+                    kb(g.anon_rss_kb),
+                    kb(g.file_rss_kb)
+                )?;
+            }
+        }
     } else if let Some(n) = &r.named_victim {
         let class = e
             .victim_class

@@ -108,6 +108,10 @@ pub struct OomReport {
     /// Rows beyond the bound oomtrace keeps per report.
     pub tasks_dropped: u64,
     pub victim: Option<Victim>,
+    /// memory.oom.group: the cgroup whose every task was killed with the victim.
+    pub oom_group: Option<String>,
+    /// The tasks killed with the victim (their own Killed lines), in the log's order.
+    pub group_victims: Vec<Victim>,
     /// The victim as an earlier line named it (the only word on it when the Killed line is cut).
     pub named_victim: Option<NamedVictim>,
     pub reaped: Option<Reaped>,

@@ -324,6 +324,48 @@ fn a_report_cut_before_its_killed_line_still_names_the_victim() {
 }
 
 #[test]
+fn a_group_kill_reports_every_victim_in_one_report() {
+    // Kubernetes 1.28+ on cgroup v2 sets memory.oom.group: the kernel kills the chosen task, then
+    // every other task of the container, and the reaper's lines interleave.
+    let text = "\
+[ 90.0] memhold invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0
+[ 90.0] memory: usage 262144kB, limit 262144kB, failcnt 7
+[ 90.0] oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/kubepods.slice/pod1/ctr,task_memcg=/kubepods.slice/pod1/ctr,task=qemu-kvm,pid=100,uid=107
+[ 90.0] Memory cgroup out of memory: Killed process 100 (qemu-kvm) total-vm:900kB, anon-rss:200000kB, file-rss:0kB, shmem-rss:0kB, UID:107 pgtables:400kB oom_score_adj:0
+[ 90.0] Tasks in /kubepods.slice/pod1/ctr are going to be killed due to memory.oom.group set
+[ 90.0] oom_reaper: reaped process 100 (qemu-kvm), now anon-rss:0kB, file-rss:0kB, shmem-rss:0kB
+[ 90.0] Memory cgroup out of memory: Killed process 101 (virt-launcher) total-vm:500kB, anon-rss:30000kB, file-rss:100kB, shmem-rss:0kB, UID:107 pgtables:100kB oom_score_adj:0
+[ 90.0] Memory cgroup out of memory: Killed process 102 (memhold) total-vm:300kB, anon-rss:20000kB, file-rss:0kB, shmem-rss:0kB, UID:0 pgtables:60kB oom_score_adj:0
+[ 90.1] oom_reaper: reaped process 101 (virt-launcher), now anon-rss:0kB, file-rss:0kB, shmem-rss:0kB
+";
+    let all = reports(text);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let r = &all[0];
+    assert_eq!(r.oom_group.as_deref(), Some("/kubepods.slice/pod1/ctr"));
+    assert_eq!(r.victim.as_ref().map(|v| v.pid), Some(100));
+    let others: Vec<(u32, &str)> = r
+        .group_victims
+        .iter()
+        .map(|v| (v.pid, v.comm.as_str()))
+        .collect();
+    assert_eq!(others, [(101, "virt-launcher"), (102, "memhold")]);
+    assert!(
+        !r.truncated_start && r.warnings.is_empty(),
+        "{:?}",
+        r.warnings
+    );
+    let e = explain(r.clone(), &Hints::default());
+    assert!(
+        e.summary.contains(
+            "and with it 2 more tasks of /kubepods.slice/pod1/ctr (memory.oom.group): \
+             virt-launcher (pid 101), memhold (pid 102)"
+        ),
+        "{}",
+        e.summary
+    );
+}
+
+#[test]
 fn dmesg_x_and_json_logs_read_like_plain_dmesg() {
     let plain = SEED3;
     let dmesg_x: String = plain
