@@ -407,6 +407,7 @@ fn summary(e: &Explanation) -> String {
         (Some(c), Some(p), None) => {
             format!("{c} (pid {p}) was chosen to be killed (the log ends before its Killed line)")
         }
+        _ if e.report.nothing_killable => "the OOM killer found no process it could kill".into(),
         _ => "the log does not say who was killed".into(),
     };
     let mut s = format!("{head}: {who} {what}; {victim}");

@@ -239,6 +239,11 @@ impl Assembler {
             r.oom_memcg = Some(text(&c, "oom"));
             return done;
         }
+        if t.starts_with("Out of memory and no killable processes") {
+            let r = self.ensure(msg.time, &mut done);
+            r.nothing_killable = true;
+            return self.close(false);
+        }
         if let Some(c) = caps(&OOM_GROUP, t) {
             let r = self.ensure_for_group(msg.time, &mut done);
             r.oom_group = Some(text(&c, "path"));
@@ -372,7 +377,7 @@ impl Assembler {
         let mut r = self.current.take()?;
         self.section = Section::None;
         self.lines_since_kill = None;
-        if r.victim.is_none() {
+        if r.victim.is_none() && !r.nothing_killable {
             r.truncated_end = true;
             let why = if at_end {
                 "the log ends"

@@ -108,6 +108,8 @@ pub struct OomReport {
     /// Rows beyond the bound oomtrace keeps per report.
     pub tasks_dropped: u64,
     pub victim: Option<Victim>,
+    /// "Out of memory and no killable processes...": the OOM killer found nothing to kill.
+    pub nothing_killable: bool,
     /// memory.oom.group: the cgroup whose every task was killed with the victim.
     pub oom_group: Option<String>,
     /// The tasks killed with the victim (their own Killed lines), in the log's order.

@@ -366,6 +366,24 @@ fn a_group_kill_reports_every_victim_in_one_report() {
 }
 
 #[test]
+fn an_oom_with_nothing_to_kill_says_so() {
+    let text = "\
+[  5.0] stress invoked oom-killer: gfp_mask=0x140cca(GFP_HIGHUSER_MOVABLE|__GFP_COMP), order=0, oom_score_adj=-1000
+[  5.0] Out of memory and no killable processes...
+[  6.0] unrelated line
+";
+    let r = one(text);
+    assert!(r.nothing_killable && !r.truncated_end, "{r:?}");
+    let e = explain(r, &Hints::default());
+    assert!(
+        e.summary
+            .contains("the OOM killer found no process it could kill"),
+        "{}",
+        e.summary
+    );
+}
+
+#[test]
 fn dmesg_x_and_json_logs_read_like_plain_dmesg() {
     let plain = SEED3;
     let dmesg_x: String = plain
