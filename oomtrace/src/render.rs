@@ -100,14 +100,15 @@ pub fn memcg_line(out: &mut dyn Write, m: &MemcgView) -> io::Result<()> {
 /// "  kinds (memcg's memory.stat): anon 1.2 GiB (THP 0 B), page cache 300 MiB (clean 200 MiB,
 /// dirty 90 MiB, writeback 10 MiB), shmem 0 B, sock -, kernel 12 MiB (slab …); 60 s: page
 /// cache +250 MiB". A kind the kernel does not count for a memcg is "-".
-fn kinds_line(out: &mut dyn Write, k: &crate::model::kinds::KindsView) -> io::Result<()> {
+pub fn kinds_line(out: &mut dyn Write, k: &crate::model::kinds::KindsView) -> io::Result<()> {
     let b = |kind: &str| opt_bytes(k.bytes(kind));
     let grew = k.grew_most.map_or_else(String::new, |(kind, d)| {
         format!("; grew most in {:.0} s: {kind} {}", k.window_s, signed(d))
     });
     writeln!(
         out,
-        "  kinds (the memcg's memory.stat): anon {} (THP {}), page cache {} (clean {}, dirty {}, writeback {}), shmem {}, sock {}, kernel {} (slab {}, page tables {}, KVM page tables {}, stacks {}){grew}",
+        "  kinds (the memcg's {}): anon {} (THP {}), page cache {} (clean {}, dirty {}, writeback {}), shmem {}, sock {}, kernel {} (slab {}, page tables {}, KVM page tables {}, stacks {}){grew}",
+        k.source,
         b("anon"),
         b("anon_thp"),
         b("page_cache"),

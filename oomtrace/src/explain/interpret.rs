@@ -11,6 +11,7 @@ use crate::{
         cmdline::VmFacts,
         identity::{self, PodIdentity},
     },
+    model::kinds::KindsView,
     output::bytes,
 };
 
@@ -94,6 +95,8 @@ pub struct Explanation {
     pub victim_pgtables_kb: Option<u64>,
     pub victim_oom_score_adj: Option<i32>,
     pub tasks: Vec<TaskView>,
+    /// What kind of memory the memcg held at the kill (the report's memory stats).
+    pub kinds: Option<KindsView>,
     pub classes: Vec<ClassView>,
     /// qemu's anonymous memory, capped at the guest size when known: the RAM the guest faulted in.
     pub guest_ram: Option<u64>,
@@ -148,6 +151,28 @@ fn charge_slack_kb(r: &OomReport) -> u64 {
         .unwrap_or(0)
         .clamp(0, 20) as u32;
     (4u64 << order).max(2048) + 256
+}
+
+/// What kind of memory the memcg held at the kill, from the stats the report printed, by their
+/// keys (6.x prints v2's memory.stat keys on cgroup v1 too): v2's (anon, file, ...), else v1's
+/// (with total_ keys, or, before, the memcg's own, aliased as its totals).
+fn report_kinds(r: &OomReport) -> Option<KindsView> {
+    use crate::{cgroupfs::Version, memory_stat::MemoryStat};
+    let version = if r.stats.contains_key("anon") {
+        Version::V2
+    } else {
+        Version::V1
+    };
+    let mut text = String::new();
+    for (k, v) in &r.stats {
+        text.push_str(&format!("{k} {v}\n"));
+        if version == Version::V1 && !r.stats.contains_key("total_rss") {
+            text.push_str(&format!("total_{k} {v}\n"));
+        }
+    }
+    let kmem = r.counter("kmem").map(|c| c.usage_kb.saturating_mul(1024));
+    let stat = MemoryStat::parse(version, &text, kmem)?;
+    Some(crate::model::kinds::kinds_at(&stat, "OOM report"))
 }
 
 fn stat(r: &OomReport, keys: &[&str]) -> Option<u64> {
@@ -247,6 +272,7 @@ pub fn explain(r: OomReport, hints: &Hints) -> Explanation {
         victim_pgtables_kb: v.and_then(|v| v.pgtables_kb),
         victim_oom_score_adj: v.and_then(|v| v.oom_score_adj),
         tasks,
+        kinds: report_kinds(&r),
         classes,
         guest_ram,
         overhead,
@@ -448,5 +474,8 @@ fn summary(e: &Explanation) -> String {
         ));
     }
     s.push('.');
+    if let Some(k) = &e.kinds {
+        s.push_str(&crate::model::kinds::sentence(k, "the memcg"));
+    }
     s
 }

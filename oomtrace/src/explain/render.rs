@@ -120,6 +120,9 @@ pub fn text(out: &mut dyn Write, n: usize, e: &Explanation) -> io::Result<()> {
             n.comm, n.pid, n.from
         )?;
     }
+    if let Some(k) = &e.kinds {
+        crate::render::kinds_line(out, k)?;
+    }
     if let (Some(g), Some(o)) = (e.guest_ram, e.overhead) {
         writeln!(
             out,

@@ -488,3 +488,21 @@ fn names_quoted_from_a_log_reach_the_text_output_escaped() {
     );
     assert!(text.lines().count() > 5, "its own line ends kept: {text}");
 }
+
+#[test]
+fn the_reports_memory_stats_say_what_kind_of_memory_the_memcg_held() {
+    // 6.x prints memory.stat's v2 keys on cgroup v1 too (seed 3 is v1: memory+swap counters).
+    let e = explain(one(SEED3), &Hints::default());
+    let k = e.kinds.as_ref().expect("kinds from the report's stats");
+    assert_eq!(k.source, "OOM report");
+    assert_eq!(k.bytes("anon"), Some(2_390_548_480));
+    assert_eq!(k.bytes("page_cache"), Some(69_632));
+    assert!(
+        e.summary
+            .contains("At the kill the memcg held anon 2.23 GiB, page cache 68.0 KiB"),
+        "{}",
+        e.summary
+    );
+    // A report whose stats were elided says nothing of kinds.
+    assert!(explain(one(SEED1), &Hints::default()).kinds.is_none());
+}

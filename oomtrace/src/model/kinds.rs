@@ -23,7 +23,8 @@ pub struct KindView {
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct KindsView {
-    /// Where the figures come from: always the memcg's own counters ("memory.stat").
+    /// Where the figures come from: the memcg's own counters ("memory.stat", or "OOM report"
+    /// for the stats the kernel printed at a kill).
     pub source: &'static str,
     pub kinds: Vec<KindView>,
     /// Clean page cache: what reclaim could drop without writing anything first.
@@ -46,6 +47,20 @@ impl KindsView {
 
 pub fn kinds_view(now: &MemoryStat, history: &Series<MemoryStat>, now_ns: u64) -> KindsView {
     let (t0, then) = history.at(now_ns, WINDOW_LONG_NS).unwrap_or((now_ns, now));
+    kinds_between(now, then, now_ns.saturating_sub(t0), "memory.stat")
+}
+
+/// The kinds at one moment, without a window: what an OOM report's memory stats say.
+pub fn kinds_at(now: &MemoryStat, source: &'static str) -> KindsView {
+    kinds_between(now, now, 0, source)
+}
+
+fn kinds_between(
+    now: &MemoryStat,
+    then: &MemoryStat,
+    window_ns: u64,
+    source: &'static str,
+) -> KindsView {
     let before = then.kinds();
     let kinds: Vec<KindView> = now
         .kinds()
@@ -64,11 +79,11 @@ pub fn kinds_view(now: &MemoryStat, history: &Series<MemoryStat>, now_ns: u64) -
         .filter(|(_, d)| *d > 0)
         .max_by_key(|(_, d)| *d);
     KindsView {
-        source: "memory.stat",
+        source,
         kinds,
         reclaimable: now.clean_file(),
         grew_most,
-        window_s: now_ns.saturating_sub(t0) as f64 / 1e9,
+        window_s: window_ns as f64 / 1e9,
     }
 }
 
