@@ -1,5 +1,7 @@
-//! Project tasks: `setup` (install what is missing), `demo`, `test`, `dist`. Run through `./x`.
+//! Project tasks: `setup` (install what is missing), `demo`, `test`, `dist`, `fuzz`. Run through
+//! `./x`.
 mod dist;
+mod fuzz;
 
 use std::{path::PathBuf, process::Command, time::Instant};
 
@@ -33,6 +35,14 @@ enum Task {
         /// Only the binary.
         #[arg(long)]
         no_image: bool,
+    },
+    /// Fuzz every parser of outside input (cargo-fuzz, libFuzzer) for SECONDS each (default
+    /// 60), or only the named targets. Crashes land in fuzz/artifacts/<target>/. Not part of
+    /// the tests.
+    Fuzz {
+        #[arg(default_value_t = 60)]
+        seconds: u64,
+        targets: Vec<String>,
     },
     /// Set up, build (release), and measure oomtrace's costs into BENCHMARKS.md (needs root).
     /// Not part of the tests: it takes minutes and its numbers are for reading, not asserting.
@@ -410,6 +420,10 @@ fn main() -> Result<()> {
                     archive.display()
                 );
             }
+        }
+        Task::Fuzz { seconds, targets } => {
+            let channel = setup()?;
+            fuzz::run(&ws, &channel, seconds, &targets)?;
         }
         Task::VmTest => {
             let channel = setup()?;

@@ -139,6 +139,16 @@ pub struct Options {
 /// Returns how many reports were found.
 pub fn run(opts: &Options, out: &mut dyn Write) -> Result<usize> {
     let reader = open(&opts.source)?;
+    run_on(reader, &opts.source.name(), opts, out)
+}
+
+/// `run` on text already open (`name` says where it came from): the fuzz targets' entry too.
+pub fn run_on(
+    reader: impl BufRead,
+    name: &str,
+    opts: &Options,
+    out: &mut dyn Write,
+) -> Result<usize> {
     let mut lines = lines::BoundedLines::new(reader, MAX_LINE);
     let mut asm = parse::Assembler::new();
     let mut found = 0usize;
@@ -170,7 +180,7 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<usize> {
                 if let Some(r) = asm.finish() {
                     emit(r, &seen_vm, out)?;
                 }
-                return Err(e).with_context(|| format!("reading {}", opts.source.name()));
+                return Err(e).with_context(|| format!("reading {name}"));
             }
         };
         line_no += 1;
@@ -195,8 +205,7 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<usize> {
     }
     if found == 0 {
         bail!(
-            "no OOM report found in {} ({line_no} lines read); a report starts with \"<comm> invoked oom-killer:\"",
-            opts.source.name()
+            "no OOM report found in {name} ({line_no} lines read); a report starts with \"<comm> invoked oom-killer:\""
         );
     }
     Ok(found)
