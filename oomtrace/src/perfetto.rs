@@ -198,7 +198,7 @@ impl Builder {
                 self.event(o.ts_ns + o.duration_ns, t, TYPE_SLICE_END, None, None);
             }
             Change::KillSignal(k) => {
-                let t = self.track("OOM kills", None, false);
+                let t = self.track("kill signals", None, false);
                 let name = format!(
                     "{} from {} ({}, pid {}) to {} (pid {}) in {}",
                     k.signal, k.sender_comm, k.sender_kind, k.sender_pid, k.process, k.pid, k.memcg

@@ -300,34 +300,36 @@ impl Probes {
     }
 
     /// The charge map, and a second handle on it for batched reads (None: no fd to spare, or
-    /// batches would cost charges). A batched read of a hash map holds the guard the kernel
+    /// batches would cost events). A batched read of a hash map holds the guard the kernel
     /// shares with kprobe and classic tracepoint programs across every empty bucket (65536
-    /// here): preempted there, the collector made the kernel skip the kprobe charge program
-    /// on its CPU (280-2200 runs per kernel-matrix scenario on Debian 7.x, up to 12% of a
-    /// thread's charges). Key-by-key lookups hold it for one copy each.
+    /// here): preempted there, the collector made the kernel skip those programs on its CPU.
+    /// Measured on Debian 7.x: the kprobe charge program skipped 560-2198 times per scenario
+    /// (a thread at 88-94% of its charges), and oom:mark_victim once (a kill with no oom row).
+    /// So batches only where no attached program shares that guard; key-by-key lookups hold it
+    /// for one copy each.
     pub fn take_charges(&mut self) -> Result<(ChargeMap, Option<ChargeBatch>)> {
         use std::os::fd::AsFd as _;
         let map = self
             .ebpf
             .take_map(m::CHARGES)
             .context("CHARGES map missing")?;
-        let charge_shares_guard = self
+        let shares_guard = self
             .choices
             .iter()
-            .filter(|c| c.hook == plan::CHARGE_HOOK)
             .flat_map(|c| &c.attach)
-            .any(plan::Attach::shares_the_syscall_guard);
+            .find(|a| a.shares_the_syscall_guard());
+        if let Some(a) = shares_guard {
+            log::debug!(
+                "charge map read key by key: {} shares the map syscalls' guard",
+                a.program()
+            );
+        }
         let fd = match &map {
-            aya::maps::Map::HashMap(data) if !charge_shares_guard => {
+            aya::maps::Map::HashMap(data) if shares_guard.is_none() => {
                 data.fd().as_fd().try_clone_to_owned().ok()
             }
             _ => None,
         };
-        if charge_shares_guard {
-            log::debug!(
-                "charge map read key by key: the charge programs share the map syscalls' guard"
-            );
-        }
         Ok((BpfHashMap::try_from(map)?, fd.map(batch::BatchReader::new)))
     }
 
