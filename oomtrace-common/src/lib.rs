@@ -284,6 +284,15 @@ pub mod globals {
     pub const OFF_TASK_COMM: &str = "OFF_TASK_COMM";
     /// From a memory css to its memcg's usage counter (pages).
     pub const OFF_CSS_USAGE: &str = "OFF_CSS_USAGE";
+    /// What the raw mark_victim program reads of its victim (kernel_btf::VictimOffsets).
+    pub const OFF_TASK_MM: &str = "OFF_TASK_MM";
+    pub const OFF_TASK_SIGNAL: &str = "OFF_TASK_SIGNAL";
+    pub const OFF_MM_TOTAL_VM: &str = "OFF_MM_TOTAL_VM";
+    pub const OFF_MM_PGTABLES: &str = "OFF_MM_PGTABLES";
+    pub const OFF_MM_RSS_FILE: &str = "OFF_MM_RSS_FILE";
+    pub const OFF_MM_RSS_ANON: &str = "OFF_MM_RSS_ANON";
+    pub const OFF_MM_RSS_SHMEM: &str = "OFF_MM_RSS_SHMEM";
+    pub const OFF_SIGNAL_OOM_ADJ: &str = "OFF_SIGNAL_OOM_ADJ";
     /// task_struct.cgroups, css_set.subsys[memory_cgrp_id] and cgroup_subsys_state.cgroup: a
     /// task's memory cgroup, read at OOM and exec events. TASK_MEMCG_ON is 0 when BTF lacks one.
     pub const TASK_MEMCG_ON: &str = "TASK_MEMCG_ON";

@@ -49,6 +49,14 @@ global!(OFF_TASK_PID: u64 = 0);
 global!(OFF_TASK_TGID: u64 = 0);
 global!(OFF_TASK_COMM: u64 = 0);
 global!(OFF_CSS_USAGE: u64 = 0);
+global!(OFF_TASK_MM: u64 = 0);
+global!(OFF_TASK_SIGNAL: u64 = 0);
+global!(OFF_MM_TOTAL_VM: u64 = 0);
+global!(OFF_MM_PGTABLES: u64 = 0);
+global!(OFF_MM_RSS_FILE: u64 = 0);
+global!(OFF_MM_RSS_ANON: u64 = 0);
+global!(OFF_MM_RSS_SHMEM: u64 = 0);
+global!(OFF_SIGNAL_OOM_ADJ: u64 = 0);
 // task_struct.cgroups → css_set.subsys[memory_cgrp_id] → cgroup_subsys_state.cgroup, from BTF.
 global!(TASK_MEMCG_ON: u32 = 0);
 global!(OFF_TASK_CGROUPS: u64 = 0);

@@ -51,6 +51,22 @@ pub struct TaskIds {
     pub css_usage: u64,
 }
 
+/// Byte offsets from a victim task to what oom:mark_victim prints of it, so its raw program can
+/// read them itself: `mm->total_vm`, the rss counters (`mm->rss_stat[i].count`, the value
+/// `get_mm_counter` returns and the tracepoint prints), `mm->pgtables_bytes` and
+/// `signal->oom_score_adj`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VictimOffsets {
+    pub task_mm: u64,
+    pub task_signal: u64,
+    pub mm_total_vm: u64,
+    pub mm_pgtables_bytes: u64,
+    pub mm_rss_file: u64,
+    pub mm_rss_anon: u64,
+    pub mm_rss_shmem: u64,
+    pub signal_oom_score_adj: u64,
+}
+
 /// Byte offsets in `struct uncharge_gather` (what uncharge_batch frees in one go);
 /// `nr_kmem` is -1 on kernels without it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -84,6 +100,10 @@ pub struct KernelBtf {
     /// None: a member is missing (the kill-signal hook then uses its classic tracepoint).
     #[serde(default)]
     pub task_ids: Option<TaskIds>,
+    /// None: a member is missing or shaped otherwise (mark_victim then keeps its classic
+    /// tracepoint).
+    #[serde(default)]
+    pub victim: Option<VictimOffsets>,
     /// None: no struct uncharge_gather in BTF (frees are then not seen by the function tier).
     pub uncharge_gather: Option<UnchargeGather>,
     /// The HOOKED_FUNCTIONS present in vmlinux BTF (what fentry can attach to; module
@@ -126,6 +146,7 @@ pub const RAW_TRACEPOINTS: &[(&str, &[&str])] = &[
             "int",
         ],
     ),
+    ("mark_victim", &["void *", "task_struct *", "uid_t"]),
     ("sched_process_exit", &["void *", "task_struct *", "bool"]),
     ("sched_process_exit", &["void *", "task_struct *"]),
     (
@@ -211,6 +232,7 @@ impl KernelBtf {
                     .checked_sub(offset("mem_cgroup", "css")?)?,
             })
         })();
+        let victim = victim_offsets(&btf);
         let mut raw_tracepoints = Vec::new();
         let functions = HOOKED_FUNCTIONS
             .iter()
@@ -238,6 +260,10 @@ impl KernelBtf {
         if task_ids.is_none() || task_memcg_path.is_none() || memcg_id_path.is_none() {
             raw_tracepoints.retain(|n| n != "signal_generate");
         }
+        // The raw mark_victim reads its victim's pid and name (task_ids) and memory (victim).
+        if task_ids.is_none() || victim.is_none() {
+            raw_tracepoints.retain(|n| n != "mark_victim");
+        }
         let proto_of = |n: &str| matched.iter().find(|(m, _)| *m == n).map(|(_, p)| *p);
         let lruvec_val_long =
             proto_of("mod_memcg_lruvec_state").is_some_and(|p| p.last() == Some(&"long int"));
@@ -247,6 +273,7 @@ impl KernelBtf {
             memcg_id_path,
             task_memcg_path,
             task_ids,
+            victim,
             uncharge_gather,
             functions,
             raw_tracepoints,
@@ -254,6 +281,74 @@ impl KernelBtf {
             exit_group_dead_arg,
         })
     }
+}
+
+/// MM_FILEPAGES, MM_ANONPAGES and MM_SHMEMPAGES: the kernel's (anonymous) enum of rss
+/// counters, the same since 2.6.x; checked against the array's length (NR_MM_COUNTERS, 4).
+const MM_FILEPAGES: u64 = 0;
+const MM_ANONPAGES: u64 = 1;
+const MM_SHMEMPAGES: u64 = 3;
+const NR_MM_COUNTERS: usize = 4;
+
+fn victim_offsets(btf: &Btf) -> Option<VictimOffsets> {
+    let offset = |s: &str, m: &str| member_offset(btf, s, m);
+    // mm->rss_stat: struct percpu_counter rss_stat[NR_MM_COUNTERS] (6.2+); read .count, what
+    // percpu_counter_read_positive reads.
+    let (rss, member) = struct_member(btf, "mm_struct", "rss_stat")?;
+    let Type::Array(array) = btf.resolve_chained_type(&member).ok()? else {
+        return None;
+    };
+    let Type::Struct(counter) = btf.resolve_chained_type(&array).ok()? else {
+        return None;
+    };
+    if array.len() != NR_MM_COUNTERS || btf.resolve_name(&counter).ok()? != "percpu_counter" {
+        return None;
+    }
+    let size = counter.size() as u64;
+    let count = find_member(btf, &counter, "count", 0)?;
+    let at = |i: u64| rss + i * size + count;
+    Some(VictimOffsets {
+        task_mm: offset("task_struct", "mm")?,
+        task_signal: offset("task_struct", "signal")?,
+        mm_total_vm: offset("mm_struct", "total_vm")?,
+        mm_pgtables_bytes: offset("mm_struct", "pgtables_bytes")?,
+        mm_rss_file: at(MM_FILEPAGES),
+        mm_rss_anon: at(MM_ANONPAGES),
+        mm_rss_shmem: at(MM_SHMEMPAGES),
+        signal_oom_score_adj: offset("signal_struct", "oom_score_adj")?,
+    })
+}
+
+/// Member `member` of struct `name` (looking into anonymous members) and its byte offset.
+fn struct_member(btf: &Btf, name: &str, member: &str) -> Option<(u64, btf_rs::Member)> {
+    let types = btf.resolve_types_by_name(name).ok()?;
+    let st = types.into_iter().find_map(|t| match t {
+        Type::Struct(s) if !s.members.is_empty() => Some(s),
+        _ => None,
+    })?;
+    find_member_of(btf, &st, member, 0)
+}
+
+fn find_member_of(
+    btf: &Btf,
+    st: &btf_rs::Struct,
+    member: &str,
+    base_bits: u64,
+) -> Option<(u64, btf_rs::Member)> {
+    for m in &st.members {
+        let bits = base_bits + u64::from(m.bit_offset());
+        let name = btf.resolve_name(m).unwrap_or_default();
+        if name == member {
+            return Some((bits / 8, m.clone()));
+        }
+        if name.is_empty()
+            && let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(m)
+            && let Some(found) = find_member_of(btf, &inner, member, bits)
+        {
+            return Some(found);
+        }
+    }
+    None
 }
 
 /// Byte offset of member `member` of struct `name`, looking into anonymous struct/union
@@ -302,20 +397,7 @@ fn raw_tp_params(btf: &Btf, name: &str) -> Option<Vec<String>> {
 }
 
 fn find_member(btf: &Btf, st: &btf_rs::Struct, member: &str, base_bits: u64) -> Option<u64> {
-    for m in &st.members {
-        let bits = base_bits + u64::from(m.bit_offset());
-        let name = btf.resolve_name(m).unwrap_or_default();
-        if name == member {
-            return Some(bits / 8);
-        }
-        if name.is_empty()
-            && let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(m)
-            && let Some(found) = find_member(btf, &inner, member, bits)
-        {
-            return Some(found);
-        }
-    }
-    None
+    find_member_of(btf, st, member, base_bits).map(|(offset, _)| offset)
 }
 
 impl ChargeItems {

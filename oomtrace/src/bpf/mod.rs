@@ -166,6 +166,20 @@ pub fn load(
         loader.override_global(g::OFF_TASK_COMM, &t.comm, true);
         loader.override_global(g::OFF_CSS_USAGE, &t.css_usage, true);
     }
+    if let Some(v) = &kbtf.victim {
+        for (name, off) in [
+            (g::OFF_TASK_MM, &v.task_mm),
+            (g::OFF_TASK_SIGNAL, &v.task_signal),
+            (g::OFF_MM_TOTAL_VM, &v.mm_total_vm),
+            (g::OFF_MM_PGTABLES, &v.mm_pgtables_bytes),
+            (g::OFF_MM_RSS_FILE, &v.mm_rss_file),
+            (g::OFF_MM_RSS_ANON, &v.mm_rss_anon),
+            (g::OFF_MM_RSS_SHMEM, &v.mm_rss_shmem),
+            (g::OFF_SIGNAL_OOM_ADJ, &v.signal_oom_score_adj),
+        ] {
+            loader.override_global(name, off, true);
+        }
+    }
     if let Some(u) = &kbtf.uncharge_gather {
         loader.override_global(g::OFF_UG_MEMCG, &u.memcg, true);
         loader.override_global(g::OFF_UG_NR_MEMORY, &u.nr_memory, true);
@@ -207,7 +221,24 @@ impl Probes {
             if choice.tier == "off" || choice.lazy {
                 continue;
             }
-            if let Err(e) = attach_all(&mut self.ebpf, &choice.attach, &mut btf) {
+            let mut result = attach_all(&mut self.ebpf, &choice.attach, &mut btf);
+            if let Err(e) = &result
+                && !choice.fallback.is_empty()
+            {
+                // A raw program the kernel refused: its classic tracepoint instead.
+                log::warn!(
+                    "{} hook: raw tracepoint refused ({e:#}); using its classic tracepoint",
+                    choice.hook
+                );
+                let reason = format!("classic tracepoint (the raw program was refused: {e:#})");
+                result = attach_all(&mut self.ebpf, &choice.fallback, &mut btf);
+                if result.is_ok() {
+                    choice.attach = std::mem::take(&mut choice.fallback);
+                    choice.programs = choice.attach.iter().map(Attach::program).collect();
+                    choice.reason = reason;
+                }
+            }
+            if let Err(e) = result {
                 if choice.required {
                     let denied = format!("{e:#}").contains("Permission denied");
                     return Err(e.context(format!(

@@ -126,6 +126,10 @@ pub struct HookChoice {
     /// Attached on demand (`Probes::attach_lazy`), not at start.
     #[serde(skip)]
     pub lazy: bool,
+    /// The classic tracepoint programs, when `attach` holds raw ones: what is attached instead
+    /// if the kernel refuses a raw program (its verifier, an unexpected prototype).
+    #[serde(skip)]
+    pub fallback: Vec<Attach>,
 }
 
 struct FunctionHook {
@@ -270,7 +274,14 @@ const HOOKS: &[Hook] = &[
             name: "mark_victim",
             program: "oom_mark_victim",
             also: None,
-            raw: None,
+            // Raw where the prototype is (task, uid) and BTF gives the victim's memory: the
+            // classic program shares a per-CPU guard with the collector's map syscalls, and
+            // the kernel skipping it loses a whole kill.
+            raw: Some(RawVariant {
+                program: "oom_mark_victim_raw",
+                also: None,
+                reads_args: true,
+            }),
         }),
         without: "",
     },
@@ -645,6 +656,21 @@ fn choose(h: &Hook, k: &KernelFacts, forced: Option<Tier>) -> Result<HookChoice,
                 if forced == Some(*tier) {
                     reason.push_str(" [forced]");
                 }
+                let raw = attach
+                    .iter()
+                    .any(|a| matches!(a, Attach::RawTracepoint { .. }));
+                let fallback = match (&h.tracepoint, raw) {
+                    (Some(t), true) => {
+                        let classic = KernelFacts {
+                            classic_only: true,
+                            ..k.clone()
+                        };
+                        tracepoint_tier(h, t, &classic)
+                            .map(|(_, a, _)| a)
+                            .unwrap_or_default()
+                    }
+                    _ => Vec::new(),
+                };
                 return Ok(HookChoice {
                     hook: h.hook,
                     tier: tier.name(),
@@ -654,6 +680,7 @@ fn choose(h: &Hook, k: &KernelFacts, forced: Option<Tier>) -> Result<HookChoice,
                     reason,
                     attach,
                     lazy: h.lazy,
+                    fallback,
                 });
             }
             Err(e) => why_not.push(format!("{}: {e}", tier.name())),
@@ -685,6 +712,7 @@ fn choose(h: &Hook, k: &KernelFacts, forced: Option<Tier>) -> Result<HookChoice,
         reason,
         attach: Vec::new(),
         lazy: h.lazy,
+        fallback: Vec::new(),
     })
 }
 
@@ -706,6 +734,7 @@ mod tests {
         "kvm:kvm_page_fault",
         "kvm:kvm_entry",
         "exceptions:page_fault_user",
+        "signal:signal_generate",
     ];
 
     /// This build machine: every tracepoint, fentry refused, no kprobes.
@@ -720,6 +749,8 @@ mod tests {
                 "sched_process_exit",
                 "sched_process_exec",
                 "mm_vmscan_memcg_reclaim_end",
+                "mark_victim",
+                "signal_generate",
             ]),
             classic_only: false,
             btf_functions: set(&[
@@ -796,7 +827,7 @@ mod tests {
         let p = plan(&tracepoints_only(), None).expect("plan");
         assert_eq!(hook(&p, "charge").programs, ["memcg_lruvec_state_raw"]);
         assert_eq!(hook(&p, GUEST_RAM_HOOK).programs, ["guest_ram_fault_raw"]);
-        assert_eq!(hook(&p, "oom-victim").programs, ["oom_mark_victim"]);
+        assert_eq!(hook(&p, "oom-victim").programs, ["oom_mark_victim_raw"]);
         // The raw charge program reads the memcg id through BTF offsets.
         let mut no_path = tracepoints_only();
         no_path.memcg_id_path = false;
@@ -837,8 +868,8 @@ mod tests {
 
     #[test]
     fn every_frequent_tracepoint_hook_is_raw_where_its_prototype_matches() {
-        // Only oom:mark_victim stays classic: it runs once per kill and reads a dozen fields of
-        // its record.
+        // mark_victim too, where BTF gives its (task, uid) prototype and the victim's memory:
+        // a skipped classic run lost a whole kill.
         let p = plan(&tracepoints_only(), None).expect("plan");
         for (h, programs) in [
             ("thread-exit", &["sched_exit_raw"][..]),
@@ -846,10 +877,25 @@ mod tests {
             ("reclaim-begin", &["memcg_reclaim_begin_raw"]),
             ("reclaim-end", &["memcg_reclaim_end_raw"]),
             ("guest-fault", &["kvm_entry_raw", "kvm_page_fault_raw"]),
-            ("oom-victim", &["oom_mark_victim"]),
+            ("oom-victim", &["oom_mark_victim_raw"]),
+            ("kill-signal", &["kill_signal_raw"]),
         ] {
             assert_eq!(hook(&p, h).programs, programs, "{h}");
         }
+        // Should the kernel refuse a raw program, its classic one is ready in its place.
+        assert_eq!(
+            hook(&p, "oom-victim")
+                .fallback
+                .iter()
+                .map(Attach::program)
+                .collect::<Vec<_>>(),
+            ["oom_mark_victim"]
+        );
+        // Without the prototype (older kernels: mark_victim(int pid)), the classic record.
+        let mut old = tracepoints_only();
+        old.raw_tracepoints.remove("mark_victim");
+        let p = plan(&old, None).expect("plan");
+        assert_eq!(hook(&p, "oom-victim").programs, ["oom_mark_victim"]);
     }
 
     #[test]
