@@ -8,7 +8,7 @@ use crate::{
     bpf,
     cgroupfs::MemoryController,
     kernel_btf::{KernelBtf, VMLINUX_BTF},
-    tracefs,
+    privileges, tracefs,
 };
 
 #[derive(Serialize)]
@@ -24,6 +24,14 @@ pub struct Report {
     pub hooks: Vec<bpf::HookChoice>,
     /// Asked of the kernel by loading empty programs (root only).
     pub kernel_functions: Option<bpf::KernelFunctionProbes>,
+    /// The capabilities `tail`, `record` and `agent` keep once attached (all others dropped).
+    pub kept_after_start: Vec<KeptCapability>,
+}
+
+#[derive(Serialize)]
+pub struct KeptCapability {
+    pub name: String,
+    pub why: &'static str,
 }
 
 pub fn gather() -> Report {
@@ -48,7 +56,19 @@ pub fn gather() -> Report {
         }
         Err(_) => (Vec::new(), None),
     };
+    let perf_event_to_open = hooks.iter().any(|h| {
+        h.lazy && h.tier != "off" && h.attach.iter().any(bpf::plan::Attach::through_perf_event)
+    }) && privileges::perf_events_need_sys_admin();
+    let kept_after_start =
+        privileges::still_needed_why(&caps::runtime::thread_all_supported(), perf_event_to_open)
+            .into_iter()
+            .map(|(c, why)| KeptCapability {
+                name: c.to_string(),
+                why,
+            })
+            .collect();
     Report {
+        kept_after_start,
         kernel,
         root,
         btf: Path::new(VMLINUX_BTF).exists(),
@@ -118,6 +138,13 @@ pub fn print(out: &mut dyn Write, r: &Report, json: bool) -> Result<()> {
             "  {:<15} {:<10} {:<38} {}",
             h.hook, h.tier, h.target, h.reason
         )?;
+    }
+    writeln!(
+        out,
+        "capabilities kept by tail, record and agent once attached (every other one dropped):"
+    )?;
+    for k in &r.kept_after_start {
+        writeln!(out, "  {:<20} {}", k.name, k.why)?;
     }
     Ok(())
 }

@@ -24,6 +24,7 @@ pub mod output;
 pub mod perfetto;
 pub mod printer;
 pub mod private_file;
+pub mod privileges;
 pub mod procfs;
 pub mod render;
 pub mod replay;

@@ -216,6 +216,10 @@ enum Command {
         /// Address for /metrics, /healthz and /readyz.
         #[arg(long, default_value = "127.0.0.1:9747")]
         listen: std::net::SocketAddr,
+        /// Allow a --listen address other than loopback (a DaemonSet that Prometheus scrapes
+        /// on the pod's IP): the metrics name the node's pods and VMs.
+        #[arg(long)]
+        listen_beyond_loopback: bool,
         /// Disk the flight recorder may use (its rotated files together).
         #[arg(long, default_value = "256M")]
         max_disk: String,
@@ -368,11 +372,15 @@ fn run(cli: Cli) -> Result<()> {
                 }),
                 status_line: true,
                 tier,
+                least_privilege: true,
                 ..Config::default()
             };
             let rt = runtime()?;
-            let summary = rt.block_on(collector::run(cfg, &mut std::io::sink(), |_| {
-                eprintln!("oomtrace: recording; Ctrl-C to stop");
+            let summary = rt.block_on(collector::run(cfg, &mut std::io::sink(), |started| {
+                eprintln!(
+                    "oomtrace: recording; {}; Ctrl-C to stop",
+                    started.privileges_line()
+                );
             }))?;
             output::write_summary(&mut out, json, &summary)?;
         }
@@ -448,13 +456,18 @@ fn run(cli: Cli) -> Result<()> {
                 every: Duration::from_secs_f64(every),
                 budget: (budget_profile(&kubevirt, overhead_ratio)?, overhead_ratio),
                 tier,
+                least_privilege: true,
                 ..Config::default()
             };
             let rt = runtime()?;
             let summary = rt.block_on(collector::run(cfg, &mut out, |started| {
                 if json {
                     // Tells a reader (and the tests) that tracing is live, and through which hooks.
-                    let start = serde_json::json!({ "type": "start", "hooks": started.choices });
+                    let start = serde_json::json!({
+                        "type": "start",
+                        "hooks": started.choices,
+                        "capabilities": started.privileges,
+                    });
                     println!("{start}");
                 } else {
                     let used: Vec<String> = started
@@ -463,7 +476,11 @@ fn run(cli: Cli) -> Result<()> {
                         .filter(|c| c.tier != "off")
                         .map(|c| format!("{} {}", c.tier, c.target))
                         .collect();
-                    eprintln!("oomtrace: tracing via {}; Ctrl-C to stop", used.join(", "));
+                    eprintln!(
+                        "oomtrace: tracing via {}; {}; Ctrl-C to stop",
+                        used.join(", "),
+                        started.privileges_line()
+                    );
                 }
             }))?;
             output::write_summary(&mut out, json, &summary)?;
@@ -541,6 +558,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Agent {
             dir,
             listen,
+            listen_beyond_loopback,
             max_disk,
             keep_kills,
             before,
@@ -549,6 +567,12 @@ fn run(cli: Cli) -> Result<()> {
             flush_bytes,
             runtime_state,
         } => {
+            if !listen.ip().is_loopback() && !listen_beyond_loopback {
+                anyhow::bail!(
+                    "--listen {listen} is not a loopback address: the metrics would be open to \
+                     the network; add --listen-beyond-loopback if that is meant"
+                );
+            }
             let max_disk = parse_size_arg(&max_disk)
                 .filter(|v| *v >= 1 << 20)
                 .ok_or_else(|| {

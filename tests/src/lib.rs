@@ -163,6 +163,10 @@ impl Tail {
         Ok(tail)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits until a line matching `pred` arrives; every line is kept in `seen`.
     pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
         let deadline = Instant::now() + timeout;
@@ -430,4 +434,52 @@ pub fn http_get(port: u16, path: &str, accept: Option<&str>) -> Result<(u16, Str
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     Ok((code.trim().parse().unwrap_or(0), body.to_string()))
+}
+
+/// One thread's capability sets as the kernel shows them in /proc/PID/task/TID/status.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ThreadCaps {
+    pub effective: u64,
+    pub permitted: u64,
+    pub bounding: u64,
+    pub ambient: u64,
+    pub no_new_privs: bool,
+}
+
+/// Every thread of `pid`, with its capability sets.
+pub fn thread_capabilities(pid: u32) -> Result<Vec<(u32, ThreadCaps)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let entry = entry?;
+        let tid: u32 = entry.file_name().to_string_lossy().parse()?;
+        let status = std::fs::read_to_string(entry.path().join("status"))?;
+        let field = |name: &str| -> Result<u64> {
+            let v = status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .with_context(|| format!("{name} missing in thread {tid}'s status"))?;
+            Ok(u64::from_str_radix(v.trim(), 16)?)
+        };
+        out.push((
+            tid,
+            ThreadCaps {
+                effective: field("CapEff:")?,
+                permitted: field("CapPrm:")?,
+                bounding: field("CapBnd:")?,
+                ambient: field("CapAmb:")?,
+                no_new_privs: field("NoNewPrivs:")? == 1,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// The capability mask of these names (CAP_BPF, ...).
+pub fn capability_mask<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<u64> {
+    let mut mask = 0;
+    for name in names {
+        let cap: caps::Capability = name.parse().map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        mask |= cap.bitmask();
+    }
+    Ok(mask)
 }

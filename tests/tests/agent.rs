@@ -814,9 +814,27 @@ fn agent_from_the_image_runs_with_the_manifests_capabilities() -> Result<()> {
     let container_s = container.display().to_string();
     let dir = work.join("state");
     let agent = AgentRun::start(&launcher, &dir, &top_path, &["--after", "1s"])?;
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.child.0.id()))?;
-    assert_eq!(cap_mask(&status, "CapEff:"), Some(mask), "{status}");
-    assert_eq!(cap_mask(&status, "CapBnd:"), Some(mask), "{status}");
+    // Tracing is live (/healthz answered), so the agent has dropped what it no longer needs:
+    // of the manifest's set, every thread keeps only these (SYS_ADMIN is not among them where
+    // perf_event_paranoid <= 2, as here; SYS_RESOURCE was for the memlock limit at load).
+    let kept = tests::capability_mask([
+        "CAP_BPF",
+        "CAP_PERFMON",
+        "CAP_SYS_PTRACE",
+        "CAP_DAC_READ_SEARCH",
+    ])? & mask;
+    for (tid, caps) in tests::thread_capabilities(agent.child.0.id())? {
+        assert_eq!(
+            (
+                caps.effective,
+                caps.permitted,
+                caps.bounding,
+                caps.no_new_privs
+            ),
+            (kept, kept, kept, true),
+            "thread {tid} of the agent: {caps:?}, started with {mask:x}"
+        );
+    }
 
     // qemu runs as uid 107: it joins its container's cgroup itself (the file is its own, as
     // a delegated cgroup's would be), and the agent reads its /proc through its capabilities.
@@ -916,4 +934,138 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// What a hostile or broken client on the node can send to the metrics port: garbage, huge
+/// and endless headers, bodies, wrong methods and versions, connections that never finish.
+fn malformed_request(n: u64) -> Vec<u8> {
+    // xorshift: a different, reproducible request each time.
+    let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let garbage = |len: usize, next: &mut dyn FnMut() -> u64| -> Vec<u8> {
+        (0..len).map(|_| next() as u8).collect()
+    };
+    match n % 10 {
+        0 => garbage(1 + (next() % 4096) as usize, &mut next),
+        1 => {
+            let mut r = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Long: ".to_vec();
+            r.extend(std::iter::repeat_n(b'a', 200 << 10));
+            r.extend(b"\r\n\r\n");
+            r
+        }
+        2 => {
+            let mut r = b"GET /metrics HTTP/1.1\r\n".to_vec();
+            for i in 0..5000 {
+                r.extend(format!("H{i}: v\r\n").as_bytes());
+            }
+            r.extend(b"\r\n");
+            r
+        }
+        3 => b"POST /metrics HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\nabc".to_vec(),
+        4 => b"GET /metrics HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+        5 => b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+        6 => {
+            let mut r = b"GET /".to_vec();
+            r.extend(garbage(64, &mut next));
+            r.extend(b" HTTP/1.1\r\n\r\n");
+            r
+        }
+        7 => b"GET /metrics HTTP/9.9\r\n\r\n".to_vec(),
+        8 => {
+            let mut r = Vec::new();
+            for _ in 0..200 {
+                r.extend(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+            }
+            r
+        }
+        _ => b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+    }
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[test]
+fn agent_survives_malformed_requests_on_its_port() -> Result<()> {
+    if !require_root("agent_survives_malformed_requests_on_its_port") {
+        return Ok(());
+    }
+    let _serial = serial();
+    ensure_debian(&[("/usr/bin/curl", "curl")])?;
+    let work = scratch("agent-http")?;
+    let ctl = MemoryController::detect()?;
+    let top = format!("oomtrace-test-agent-http-{}", std::process::id());
+    let pod = ScratchCgroup::create(&ctl, &format!("{top}/pod"), 64 << 20)?;
+    let top_path = pod.path.parent().context("top cgroup")?.to_path_buf();
+    let agent = AgentRun::start(
+        &[oomtrace_bin()?.into_os_string()],
+        &work.join("state"),
+        &top_path,
+        &[],
+    )?;
+    let pid = agent.child.0.id();
+    let rss_before = rss_kib(pid).context("agent RSS")?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], agent.port));
+    let connect = || -> Option<std::net::TcpStream> {
+        let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+        Some(s)
+    };
+    // 100 connections that send half a request and wait: more than the agent serves at once.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        if let Some(mut s) = connect() {
+            let _ = std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHo");
+            held.push(s);
+        }
+    }
+    // 2000 malformed requests, 4 clients at a time.
+    std::thread::scope(|scope| {
+        for worker in 0..4u64 {
+            scope.spawn(move || {
+                for n in (worker..2000).step_by(4) {
+                    if let Some(mut s) = connect() {
+                        let _ = std::io::Write::write_all(&mut s, &malformed_request(n));
+                        let mut sink = [0u8; 4096];
+                        let _ = std::io::Read::read(&mut s, &mut sink);
+                    }
+                }
+            });
+        }
+    });
+    drop(held);
+    // Still serving, still tracing, not panicked, and the requests left no memory behind.
+    wait_until(
+        "/healthz after the garbage",
+        Duration::from_secs(30),
+        || http_get(agent.port, "/healthz", None).is_ok_and(|(c, _)| c == 200),
+    )?;
+    assert!(agent.metric("oomtrace_events_total").is_some());
+    let rss_after = rss_kib(pid).context("agent RSS after")?;
+    println!("agent RSS: {rss_before} KiB before, {rss_after} KiB after the requests");
+    assert!(
+        rss_after < rss_before + (32 << 10),
+        "agent RSS {rss_before} KiB before, {rss_after} KiB after 2100 malformed requests"
+    );
+    assert_eq!(agent.logged("panicked"), 0);
+    let status = agent.stop()?;
+    assert!(status.success(), "agent exited with {status}");
+    drop(pod);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
 }

@@ -286,6 +286,21 @@ fn agent_bad_conditions_are_one_line_errors() -> Result<()> {
         oomtrace(&["agent", "--dir", &dir_s, "--max-disk", "12k"])?,
         "--max-disk",
     )?;
+    // Metrics open to the network only when asked for.
+    let never = tmp.join("never-made");
+    for addr in ["0.0.0.0:0", "[::]:0"] {
+        assert_one_line_error(
+            oomtrace(&[
+                "agent",
+                "--dir",
+                &never.display().to_string(),
+                "--listen",
+                addr,
+            ])?,
+            "--listen-beyond-loopback",
+        )?;
+    }
+    assert!(!never.exists(), "refused before anything was made");
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }

@@ -6,7 +6,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use oomtrace::{cgroupfs::MemoryController, scratch_cgroup::ScratchCgroup};
 use serde_json::Value;
-use tests::{Tail, kernel_oom_report, require_root, serial, touched, within, workload};
+use tests::{
+    Tail, ThreadCaps, capability_mask, kernel_oom_report, require_root, serial,
+    thread_capabilities, touched, within, workload,
+};
 
 const MIB: i64 = 1 << 20;
 
@@ -57,6 +60,38 @@ fn attribution(env: &[(&str, &str)], charge_program: &str) -> Result<()> {
         .and_then(|h| h.iter().find(|h| h["hook"] == "charge"))
         .context("charge hook in the start line")?;
     assert_eq!(charge["programs"][0], charge_program, "{charge}");
+    // Tracing is live, so the capabilities are dropped: what it says it keeps is what every
+    // thread holds (and all the work below, the guest RAM programs attached when the qemu
+    // appears included, is done with only those).
+    let kept: Vec<&str> = start["capabilities"]["kept"]
+        .as_array()
+        .context("capabilities in the start line")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut sorted = kept.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            "CAP_BPF",
+            "CAP_DAC_READ_SEARCH",
+            "CAP_PERFMON",
+            "CAP_SYS_PTRACE"
+        ],
+        "{start}"
+    );
+    let mask = capability_mask(kept)?;
+    for (tid, caps) in thread_capabilities(tail.pid())? {
+        let want = ThreadCaps {
+            effective: mask,
+            permitted: mask,
+            bounding: mask,
+            ambient: 0,
+            no_new_privs: true,
+        };
+        assert_eq!(caps, want, "thread {tid} of oomtrace tail");
+    }
 
     let mut qemu = workload(
         &path,

@@ -139,6 +139,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             keep: FLIGHT_KEEP,
             resume: true,
         }),
+        least_privilege: true,
         ..Config::default()
     };
     let mut agent = Agent {
@@ -149,10 +150,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let summary = collector::run_observed(
         collector_cfg,
         &mut std::io::sink(),
-        |_| {
+        |started| {
             log::info!(
-                "oomtrace agent: tracing, metrics on http://{}/metrics",
-                cfg.listen
+                "oomtrace agent: tracing, metrics on http://{}/metrics; {}",
+                cfg.listen,
+                started.privileges_line()
             )
         },
         &mut agent,

@@ -281,6 +281,22 @@ impl Probes {
             .collect()
     }
 
+    /// A lazy hook not attached yet will open a perf event when it is (see
+    /// `Attach::through_perf_event`): the capabilities kept after start must allow it.
+    pub fn lazy_attach_opens_perf_events(&self) -> bool {
+        self.choices.iter().any(|c| {
+            c.lazy
+                && c.tier != "off"
+                && c.attach.iter().any(|a| {
+                    a.through_perf_event()
+                        && self
+                            .ebpf
+                            .program(a.program())
+                            .is_none_or(|p| p.fd().is_err())
+                })
+        })
+    }
+
     /// Attaches a lazy hook now; Ok(false) when this kernel cannot have it. Idempotent.
     pub fn attach_lazy(&mut self, name: &str) -> Result<bool> {
         let Some(choice) = self.choices.iter_mut().find(|c| c.hook == name && c.lazy) else {
@@ -348,7 +364,7 @@ impl Probes {
             .choices
             .iter()
             .flat_map(|c| &c.attach)
-            .find(|a| a.shares_the_syscall_guard());
+            .find(|a| a.through_perf_event());
         if let Some(a) = shares_guard {
             log::debug!(
                 "charge map read key by key: {} shares the map syscalls' guard",

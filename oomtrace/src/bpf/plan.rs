@@ -87,11 +87,13 @@ pub enum Attach {
 }
 
 impl Attach {
-    /// Runs under the kernel's one per-CPU guard (bpf_prog_active) that kprobe and classic
-    /// tracepoint programs share with the bpf() syscall's map reads and writes: while the
-    /// collector is preempted inside such a syscall, the kernel skips these programs on that CPU.
-    /// Raw tracepoint and fentry programs have a guard of their own.
-    pub fn shares_the_syscall_guard(&self) -> bool {
+    /// Attached through a perf event (kprobe and classic tracepoint programs). Two things
+    /// follow: such programs run under the kernel's one per-CPU guard (bpf_prog_active) that
+    /// they share with the bpf() syscall's map reads and writes, so while the collector is
+    /// preempted inside such a syscall the kernel skips them on that CPU (raw tracepoint and
+    /// fentry programs have a guard of their own); and attaching one opens a perf event, which
+    /// Debian's kernels (perf_event_paranoid 3) allow only with CAP_SYS_ADMIN.
+    pub fn through_perf_event(&self) -> bool {
         matches!(
             self,
             Attach::Tracepoint { .. } | Attach::KProbe { .. } | Attach::KRetProbe { .. }

@@ -66,6 +66,9 @@ pub struct Config {
     pub tier: Option<bpf::Tier>,
     /// Where container runtimes keep their bundles (pod names).
     pub runtime_roots: Vec<PathBuf>,
+    /// Once attached, keep only the capabilities the running collector needs (the
+    /// long-running commands; not the demo, which still makes cgroups and runs workloads).
+    pub least_privilege: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +99,7 @@ impl Default for Config {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
+            least_privilege: false,
         }
     }
 }
@@ -605,6 +609,17 @@ fn capture_header(clock: &Clock, target: &Target, hooks: &[bpf::HookChoice]) -> 
 pub struct Started {
     pub choices: Vec<HookChoice>,
     pub clock: Clock,
+    /// What `Config::least_privilege` kept (None: not asked, or the kernel refused).
+    pub privileges: Option<crate::privileges::Kept>,
+}
+
+impl Started {
+    /// What a long-running command says of its capabilities once it is tracing.
+    pub fn privileges_line(&self) -> String {
+        self.privileges
+            .as_ref()
+            .map_or_else(|| "capabilities not dropped".to_string(), |k| k.describe())
+    }
 }
 
 /// What a long-running consumer (the agent) sees besides the printed lines.
@@ -719,9 +734,23 @@ pub async fn run_observed(
     // returns, so the fd is neither closed nor reused while it is registered.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
+    let privileges = if cfg.least_privilege {
+        let perf_event_to_open = live.probes.lazy_attach_opens_perf_events()
+            && crate::privileges::perf_events_need_sys_admin();
+        match crate::privileges::drop_to_still_needed(perf_event_to_open) {
+            Ok(kept) => Some(kept),
+            Err(e) => {
+                log::warn!("cannot drop capabilities ({e}); running with those held at start");
+                None
+            }
+        }
+    } else {
+        None
+    };
     on_start(&Started {
         choices: live.probes.choices.clone(),
         clock: live.clock,
+        privileges,
     });
 
     let mut sigterm =
