@@ -30,6 +30,7 @@ pub mod render;
 pub mod replay;
 pub mod runtime_state;
 pub mod scratch_cgroup;
+pub mod top;
 pub mod tracefs;
 pub mod visible;
 pub mod workload;

@@ -127,6 +127,26 @@ enum Command {
         #[arg(long, value_enum)]
         tier: Option<oomtrace::bpf::Tier>,
     },
+    /// The node's pod memory cgroups at a glance, live or from a capture: usage against the
+    /// limit (guest RAM and overhead), growth, time to the limit, each pod's classes, processes
+    /// and threads, and every OOM kill with its post-mortem. Needs a terminal.
+    Top {
+        /// Watch this memory cgroup and everything below it.
+        #[arg(long, conflicts_with = "pid")]
+        cgroup: Option<String>,
+        /// Watch the memory cgroup of this process.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Replay a capture instead of tracing (no root needed): pause, step, seek.
+        #[arg(long, conflicts_with_all = ["cgroup", "pid"])]
+        from: Option<PathBuf>,
+        /// With --from: start at this many seconds into the capture, paused.
+        #[arg(long, requires = "from")]
+        at: Option<f64>,
+        /// Seconds between screens.
+        #[arg(long, default_value_t = 1.0)]
+        every: f64,
+    },
     /// Trace like `tail` and write everything to a capture file, for `report` and `export` later.
     Record {
         /// The capture file.
@@ -484,6 +504,22 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }))?;
             output::write_summary(&mut out, json, &summary)?;
+        }
+        Command::Top {
+            cgroup,
+            pid,
+            from,
+            at,
+            every,
+        } => {
+            // The drawing thread writes to the terminal: stdout must not stay locked here.
+            drop(out);
+            oomtrace::top::run(oomtrace::top::Options {
+                target: target_of(cgroup, pid),
+                from,
+                every,
+                at,
+            })?;
         }
         Command::Demo { json } => {
             let rt = runtime()?;

@@ -149,6 +149,32 @@ pub fn rss_of_ranges(smaps: &str, ranges: &[(u64, u64)]) -> u64 {
     kb.saturating_mul(1024)
 }
 
+/// This process's CPU seconds and resident bytes, from /proc/self.
+pub fn self_cost() -> (f64, i64) {
+    // SAFETY: sysconf has no preconditions.
+    let (tick, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK).max(1) as f64,
+            libc::sysconf(libc::_SC_PAGESIZE).max(1),
+        )
+    };
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the ")" that ends comm: utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| f.get(*i)?.parse::<f64>().ok())
+        .sum();
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: i64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    (ticks / tick, pages * page)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

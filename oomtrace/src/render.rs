@@ -238,6 +238,14 @@ pub fn snapshot(out: &mut dyn Write, s: &Snapshot, by: By, since_start_s: f64) -
     }
 }
 
+/// A snapshot's process and thread tables (`top`'s pod detail, under its `By::Class` block).
+pub fn snapshot_tables(out: &mut dyn Write, s: &Snapshot) -> io::Result<()> {
+    writeln!(out, "processes:")?;
+    process_table(out, &s.processes, 15)?;
+    writeln!(out, "threads:")?;
+    thread_table(out, &s.threads, 20)
+}
+
 /// The post-mortem block printed under an OOM line.
 pub fn post_mortem(out: &mut dyn Write, pm: &PostMortem) -> io::Result<()> {
     writeln!(out, "  {}", Visible(&pm.sentence))?;
@@ -249,4 +257,21 @@ pub fn post_mortem(out: &mut dyn Write, pm: &PostMortem) -> io::Result<()> {
     process_table(out, &pm.processes, 10)?;
     writeln!(out, "  top threads by growth in the last 60 s:")?;
     thread_table(out, &pm.top, 5)
+}
+
+/// An OOM kill as `tail` prints it: its line, then its post-mortem.
+pub fn kill(
+    out: &mut dyn Write,
+    clock: &crate::output::Clock,
+    row: &crate::model::OomRow,
+) -> io::Result<()> {
+    writeln!(
+        out,
+        "{}",
+        crate::output::text_line(clock, &crate::model::Change::Oom(row.clone()))
+    )?;
+    if let Some(pm) = &row.post_mortem {
+        post_mortem(out, pm)?;
+    }
+    Ok(())
 }

@@ -483,3 +483,32 @@ pub fn capability_mask<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<u
     }
     Ok(mask)
 }
+
+/// The pod UID and container cgroup of `pod_cgroups`.
+pub const POD_UID: &str = "5d2e3f4a-6b7c-4d8e-9f0a-1b2c3d4e5f60";
+pub const POD_CONTAINER: &str =
+    "cri-containerd-4a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6071829.scope";
+
+/// A pod-shaped memcg (kubepods/burstable/pod<UID>, limited) with its container's memcg under a
+/// scratch top: (the pod, the container's path, the top the agent watches).
+pub fn pod_cgroups(
+    name: &str,
+    limit: u64,
+) -> Result<(oomtrace::scratch_cgroup::ScratchCgroup, PathBuf, PathBuf)> {
+    let ctl = oomtrace::cgroupfs::MemoryController::detect()?;
+    let top = format!("{name}-{}", std::process::id());
+    let pod = oomtrace::scratch_cgroup::ScratchCgroup::create(
+        &ctl,
+        &format!("{top}/kubepods/burstable/pod{POD_UID}"),
+        limit,
+    )?;
+    let container = pod.path.join(POD_CONTAINER);
+    std::fs::create_dir(&container)?;
+    let top_path = pod
+        .path
+        .ancestors()
+        .nth(3)
+        .context("top cgroup")?
+        .to_path_buf();
+    Ok((pod, container, top_path))
+}

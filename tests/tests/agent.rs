@@ -20,9 +20,7 @@ use tests::{
     touched, workload,
 };
 
-const UID: &str = "5d2e3f4a-6b7c-4d8e-9f0a-1b2c3d4e5f60";
-const CID: &str =
-    "cri-containerd-4a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6071829.scope";
+use tests::{POD_CONTAINER as CID, POD_UID as UID, pod_cgroups};
 
 struct Killed(Child);
 
@@ -134,23 +132,6 @@ impl AgentRun {
         unsafe { libc::kill(self.child.0.id() as i32, libc::SIGTERM) };
         Ok(self.child.0.wait()?)
     }
-}
-
-/// A pod-shaped memcg (kubepods/burstable/pod<UID>, limited) with its container's memcg under a
-/// scratch top: (the pod, the container's path, the top the agent watches).
-fn pod_cgroups(name: &str, limit: u64) -> Result<(ScratchCgroup, PathBuf, PathBuf)> {
-    let ctl = MemoryController::detect()?;
-    let top = format!("{name}-{}", std::process::id());
-    let pod = ScratchCgroup::create(&ctl, &format!("{top}/kubepods/burstable/pod{UID}"), limit)?;
-    let container = pod.path.join(CID);
-    std::fs::create_dir(&container)?;
-    let top_path = pod
-        .path
-        .ancestors()
-        .nth(3)
-        .context("top cgroup")?
-        .to_path_buf();
-    Ok((pod, container, top_path))
 }
 
 fn start_prometheus(dir: &Path, agent_port: u16) -> Result<(Killed, u16)> {

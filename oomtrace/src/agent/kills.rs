@@ -13,8 +13,8 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     capture::{Reader, Writer},
-    model::{Change, Model, OomRow},
-    output::{self, Clock},
+    model::{Model, OomRow},
+    output::Clock,
     render,
 };
 
@@ -123,14 +123,7 @@ impl Kills {
         }
         write_private(&dir.join("oom.json"), format!("{json_line}\n").as_bytes())?;
         let mut text = Vec::new();
-        writeln!(
-            text,
-            "{}",
-            output::text_line(clock, &Change::Oom(row.clone()))
-        )?;
-        if let Some(pm) = &row.post_mortem {
-            render::post_mortem(&mut text, pm)?;
-        }
+        render::kill(&mut text, clock, row)?;
         write_private(&dir.join("post-mortem.txt"), &text)?;
         let from_ns = row.ts_ns.saturating_sub(self.before.as_nanos() as u64);
         let from_unix = clock.unix_seconds(from_ns).max(0.0);

@@ -138,32 +138,6 @@ fn clamp(v: impl TryInto<i64>) -> i64 {
     v.try_into().unwrap_or(i64::MAX)
 }
 
-/// This process's CPU seconds and resident bytes, from /proc/self.
-fn self_cost() -> (f64, i64) {
-    // SAFETY: sysconf has no preconditions.
-    let (tick, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_CLK_TCK).max(1) as f64,
-            libc::sysconf(libc::_SC_PAGESIZE).max(1),
-        )
-    };
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the ")" that ends comm: utime and stime are the 12th and 13th.
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| f.get(*i)?.parse::<f64>().ok())
-        .sum();
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: i64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    (ticks / tick, pages * page)
-}
-
 impl Metrics {
     pub fn new(shared: &Arc<Shared>) -> Self {
         let m = Self {
@@ -392,7 +366,7 @@ impl Metrics {
                 .inc_by(now.saturating_sub(*seen));
             *seen = (*seen).max(now);
         }
-        let (cpu_s, rss) = self_cost();
+        let (cpu_s, rss) = crate::procfs::self_cost();
         if cpu_s > s.cpu_s {
             self.cpu.inc_by(cpu_s - s.cpu_s);
             s.cpu_s = cpu_s;

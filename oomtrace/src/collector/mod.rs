@@ -632,6 +632,10 @@ pub trait Observer {
     }
     /// Every tick, after the sweep and after the capture framed what it holds.
     fn tick(&mut self, model: &Model, at: &TickInfo) -> Result<()>;
+    /// Asked after every tick: end the run (as Ctrl-C would; `top`'s q).
+    fn wants_stop(&self) -> bool {
+        false
+    }
 }
 
 /// The collector's own state at a tick.
@@ -812,6 +816,9 @@ pub async fn run_observed(
                     live.show_snapshot(out, by)?;
                 }
                 out.flush().ok();
+                if observer.wants_stop() {
+                    break;
+                }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    ChargeTotals, Model, ProcessSummary, Summary, ThreadState, ThreadSummary, add, classify_thread,
-    is_ancestor,
+    ChargeTotals, Model, OomRow, ProcessSummary, Summary, ThreadState, ThreadSummary, add,
+    classify_thread, is_ancestor,
     views::{
         self, ClassVec, MemcgView, PostMortem, ProcessView, Snapshot, ThreadView, WINDOW_LONG_NS,
         WINDOW_SHORT_NS,
@@ -360,6 +360,34 @@ impl Model {
             .collect();
         memcgs.sort_by_key(|m| (m.headroom.is_none(), m.headroom, m.memcg.clone()));
         memcgs
+    }
+
+    /// One memcg's view with the processes and threads charging it and below (`top`'s pod
+    /// detail): `snapshot`, scoped.
+    pub fn snapshot_of(&self, memcg_id: u64, now_ns: u64) -> Option<Snapshot> {
+        let memcg = self.memcg_view(memcg_id, now_ns)?;
+        let threads = self.thread_views_all(Some(memcg_id), now_ns);
+        let processes = self.process_views(&threads);
+        Some(Snapshot {
+            kind: "snapshot",
+            ts_ns: now_ns,
+            memcgs: vec![memcg],
+            processes,
+            threads: Self::without_noise(threads),
+        })
+    }
+
+    /// A memcg's usage over the last minute (one sample a second at most), oldest first.
+    pub fn usage_samples(&self, memcg_id: u64) -> Vec<u64> {
+        self.memcgs
+            .get(&memcg_id)
+            .map(|m| m.usage_history.samples().map(|(_, u)| *u).collect())
+            .unwrap_or_default()
+    }
+
+    /// The OOM kills seen so far, oldest first.
+    pub fn oom_rows(&self) -> &[OomRow] {
+        &self.ooms
     }
 
     /// The state of every charged memcg (limited ones first, least headroom first) and the

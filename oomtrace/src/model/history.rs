@@ -55,6 +55,11 @@ impl<V: Clone + PartialEq> Series<V> {
             .map(|(t, v)| (*t, v))
     }
 
+    /// The samples kept, oldest first (about a minute, one a second at most).
+    pub fn samples(&self) -> impl Iterator<Item = &(u64, V)> {
+        self.samples.iter()
+    }
+
     pub fn latest(&self) -> Option<&V> {
         self.samples.back().map(|(_, v)| v)
     }

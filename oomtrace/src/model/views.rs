@@ -326,3 +326,32 @@ pub fn sentence(
     }
     s
 }
+
+/// The memcgs a node view shows one row each for: pod-level memcgs where there are pods (their
+/// containers and QoS slices roll up into them or hold many), else the limited memcgs that no
+/// other limited one contains, else every charged memcg.
+pub fn pod_rows(memcgs: &[MemcgView]) -> Vec<&MemcgView> {
+    use crate::kubevirt::identity::Level;
+    let pods: Vec<&MemcgView> = memcgs
+        .iter()
+        .filter(|m| m.pod.as_ref().is_some_and(|p| p.level == Level::Pod))
+        .collect();
+    if !pods.is_empty() {
+        return pods;
+    }
+    let limited: Vec<&MemcgView> = memcgs.iter().filter(|m| m.limit.is_some()).collect();
+    let outermost: Vec<&MemcgView> = limited
+        .iter()
+        .filter(|m| {
+            !limited
+                .iter()
+                .any(|o| o.memcg != m.memcg && super::is_ancestor(&o.memcg, &m.memcg))
+        })
+        .copied()
+        .collect();
+    if outermost.is_empty() {
+        memcgs.iter().collect()
+    } else {
+        outermost
+    }
+}
