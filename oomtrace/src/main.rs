@@ -149,7 +149,7 @@ enum Command {
     },
     /// Trace like `tail` and write everything to a capture file, for `report` and `export` later.
     Record {
-        /// The capture file.
+        /// The capture file (`-`: standard output, when it is not a terminal).
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
         #[arg(long, conflicts_with = "pid")]
@@ -197,7 +197,7 @@ enum Command {
         file: PathBuf,
         #[arg(long, value_enum)]
         format: ExportFormat,
-        /// Output file (default standard output; required for perfetto).
+        /// Output file (default, or `-`: standard output; perfetto only into a file or a pipe).
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
     },
@@ -378,6 +378,8 @@ fn run(cli: Cli) -> Result<()> {
                 })?),
                 None => None,
             };
+            // A capture on standard output: the summary goes to standard error.
+            let capture_on_stdout = oomtrace::private_file::is_stdout(&output);
             let cfg = Config {
                 target: target_of(cgroup, pid),
                 json,
@@ -402,7 +404,11 @@ fn run(cli: Cli) -> Result<()> {
                     started.privileges_line()
                 );
             }))?;
-            output::write_summary(&mut out, json, &summary)?;
+            if capture_on_stdout {
+                output::write_summary(&mut std::io::stderr(), json, &summary)?;
+            } else {
+                output::write_summary(&mut out, json, &summary)?;
+            }
         }
         Command::Report {
             files,
@@ -437,13 +443,19 @@ fn run(cli: Cli) -> Result<()> {
             format,
             output,
         } => match output {
+            Some(path) if oomtrace::private_file::is_stdout(&path) => {
+                let binary = format == ExportFormat::Perfetto;
+                let mut f = std::io::BufWriter::new(oomtrace::private_file::stdout(binary)?);
+                offline::export(&file, format, &mut f)?;
+                f.flush()?;
+            }
             Some(path) => {
                 let mut f = std::io::BufWriter::new(oomtrace::private_file::create(&path)?);
                 offline::export(&file, format, &mut f)?;
                 f.flush()?;
             }
             None if format == ExportFormat::Perfetto => {
-                anyhow::bail!("a Perfetto trace is binary: give -o FILE")
+                anyhow::bail!("a Perfetto trace is binary: give -o FILE (or -o - into a pipe)")
             }
             None => offline::export(&file, format, &mut out)?,
         },

@@ -346,3 +346,13 @@ fn agent_dir_not_writable_is_one_line_error() -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     result
 }
+
+/// `top` draws on a terminal: piped, it says what to use instead (before loading anything, so
+/// without root too); a bad --every is one line as well.
+#[test]
+fn top_without_a_terminal_points_to_tail() -> Result<()> {
+    let mut cmd = oomtrace(&["top"])?;
+    cmd.stdin(std::process::Stdio::null());
+    assert_one_line_error(cmd, "tail --by class")?;
+    Ok(())
+}

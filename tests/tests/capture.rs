@@ -223,6 +223,26 @@ fn recorded_oom_replays_to_the_live_totals_and_exports_to_perfetto() -> Result<(
         "{stderr}"
     );
     assert_eq!(std::fs::read_to_string(&victim)?, "precious");
+    // Another user's file at -o (planted in a shared directory): refused, not overwritten.
+    std::os::unix::fs::chown(&victim, Some(65534), Some(65534))?;
+    let (code, _, stderr) = export_to(&victim)?;
+    assert_eq!(code, 1, "another user's file at -o is refused: {stderr}");
+    assert!(stderr.contains("belongs to uid 65534"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&victim)?, "precious");
+    // -o -: the same bytes on standard output (a pipe here).
+    let piped = Command::new(oomtrace_bin()?)
+        .args(["export", &f, "--format", "perfetto", "-o", "-"])
+        .output()?;
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert_eq!(
+        piped.stdout,
+        std::fs::read(&pb)?,
+        "-o - writes what -o FILE writes"
+    );
     let check = Command::new("python3")
         .args(["-c", PERFETTO_CHECK])
         .arg(&pb)
@@ -318,6 +338,68 @@ fn files_that_are_not_captures_get_one_clear_error() -> Result<()> {
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `record -o -`: the capture on standard output (redirected to a file here), the summary on
+/// standard error; `report` reads it like any capture. A terminal is refused.
+#[test]
+fn record_to_standard_output_writes_a_capture_and_its_summary_to_stderr() -> Result<()> {
+    if !require_root("record_to_standard_output_writes_a_capture_and_its_summary_to_stderr") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let dir = scratch_dir("capture-stdout")?;
+    let ctl = MemoryController::detect()?;
+    let cg = ScratchCgroup::create(
+        &ctl,
+        &format!("oomtrace-test-cap-stdout-{}", std::process::id()),
+        128 << 20,
+    )?;
+    let path = cg.path.display().to_string();
+    let file = dir.join("piped.otr");
+    let rec = Command::new(oomtrace_bin()?)
+        .args([
+            "record",
+            "-o",
+            "-",
+            "--cgroup",
+            &path,
+            "--duration",
+            "4",
+            "--json",
+        ])
+        .stdout(std::fs::File::create(&file)?)
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut memhold = workload(&path, "memhold", &["memhold=16@32"], 60)?;
+    touched(&mut memhold, 1)?;
+    let out = rec.wait_with_output()?;
+    let _ = (memhold.kill(), memhold.wait());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let summary: Value = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &Value| v["type"] == "summary")
+        .context("the summary on standard error")?;
+    let (code, stdout, err) = run(&["report", &file.display().to_string(), "--json"])?;
+    assert_eq!(code, 0, "{err}");
+    let replayed = last_json(&stdout)?;
+    assert_eq!(replayed["processes"], summary["processes"]);
+    assert!(
+        replayed["processes"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["process"] == "memhold")),
+        "{replayed}"
+    );
+    // Rotation needs a file.
+    let (code, _, err) = run(&["record", "-o", "-", "--max-size", "1M", "--duration", "1"])?;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot rotate"), "{err}");
+    drop(cg);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

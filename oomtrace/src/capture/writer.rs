@@ -37,12 +37,23 @@ pub struct Writer {
     max_size: Option<u64>,
     keep: usize,
     last_sync: Instant,
+    /// Writing to standard output: nothing to sync or rotate.
+    to_stdout: bool,
     pub stats: WriterStats,
 }
 
 impl Writer {
+    /// `path` `-`: standard output (no rotation, no syncs).
     pub fn create(path: &Path, header: Header, max_size: Option<u64>, keep: usize) -> Result<Self> {
-        let file = crate::private_file::create(path)?;
+        let to_stdout = crate::private_file::is_stdout(path);
+        if to_stdout && max_size.is_some() {
+            anyhow::bail!("a capture on standard output cannot rotate: drop --max-size");
+        }
+        let file = if to_stdout {
+            crate::private_file::stdout(true)?
+        } else {
+            crate::private_file::create(path)?
+        };
         let mut w = Self {
             path: path.to_path_buf(),
             file: BufWriter::new(file),
@@ -52,6 +63,7 @@ impl Writer {
             max_size,
             keep,
             last_sync: Instant::now(),
+            to_stdout,
             stats: WriterStats {
                 files: 1,
                 ..Default::default()
@@ -191,10 +203,16 @@ impl Writer {
     /// Frames what is pending and syncs the file to disk.
     pub fn finish(mut self) -> Result<WriterStats> {
         self.flush_block()?;
-        self.file
-            .get_ref()
-            .sync_all()
-            .with_context(|| format!("cannot sync {}", self.path.display()))?;
+        if self.to_stdout {
+            self.file
+                .flush()
+                .context("cannot write to standard output")?;
+        } else {
+            self.file
+                .get_ref()
+                .sync_all()
+                .with_context(|| format!("cannot sync {}", self.path.display()))?;
+        }
         Ok(self.stats)
     }
 
