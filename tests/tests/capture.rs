@@ -403,3 +403,82 @@ fn record_to_standard_output_writes_a_capture_and_its_summary_to_stderr() -> Res
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// `record` SIGKILLed at 20 moments under thread churn (during start-up, mid-block, mid-write):
+/// every file it left is read by `report`, at most its torn last frame lost, with a warning
+/// saying so, never another.
+#[test]
+fn record_killed_at_20_random_moments_leaves_files_report_reads() -> Result<()> {
+    if !require_root("record_killed_at_20_random_moments_leaves_files_report_reads") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let dir = scratch_dir("capture-sigkill")?;
+    let ctl = MemoryController::detect()?;
+    let cg = ScratchCgroup::create(
+        &ctl,
+        &format!("oomtrace-test-cap-kill-{}", std::process::id()),
+        512 << 20,
+    )?;
+    let path = cg.path.display().to_string();
+    let mut load = Command::new(oomtrace_bin()?)
+        .args([
+            "churn",
+            "--cgroup",
+            &path,
+            "--threads",
+            "100000000",
+            "--parallel",
+            "8",
+        ])
+        .stdout(Stdio::null())
+        .spawn()?;
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let (mut read, mut torn) = (0, 0);
+    for i in 0..20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let after = Duration::from_millis(300 + x % 3200);
+        let file = dir.join(format!("killed-{i}.otr"));
+        let mut rec = Command::new(oomtrace_bin()?)
+            .args(["record", "--cgroup", &path, "-o"])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(after);
+        rec.kill()?;
+        rec.wait()?;
+        if !file.exists() {
+            // Killed while loading: nothing was written, nothing to read.
+            continue;
+        }
+        let (code, stdout, stderr) = run(&["report", &file.display().to_string(), "--json"])?;
+        assert_eq!(code, 0, "killed after {after:?}: {stderr}");
+        let head: Value = stdout
+            .lines()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .context("the capture line")?;
+        let warnings = head["warnings"].as_array().cloned().unwrap_or_default();
+        assert!(
+            warnings.len() <= 1
+                && warnings
+                    .iter()
+                    .all(|w| w.as_str().is_some_and(|w| w.contains("last frame is torn"))),
+            "killed after {after:?}: {warnings:?}"
+        );
+        read += 1;
+        torn += warnings.len();
+        assert!(last_json(&stdout)?["type"] == "summary", "{stdout}");
+    }
+    let _ = (load.kill(), load.wait());
+    println!("{read} of 20 killed recordings had written a file; {torn} ended in a torn frame");
+    assert!(
+        read >= 10,
+        "most kills came after the file was made: {read}"
+    );
+    drop(cg);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
