@@ -409,6 +409,9 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 output::write_summary(&mut out, json, &summary)?;
             }
+            if let Some(e) = &summary.capture_error {
+                anyhow::bail!("{e}");
+            }
         }
         Command::Report {
             files,

@@ -482,3 +482,98 @@ fn record_killed_at_20_random_moments_leaves_files_report_reads() -> Result<()> 
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// `record` onto a file system that fills up: the capture stops with one clear line, tracing
+/// goes on to the end, the summary is still printed, the exit says the file is incomplete, and
+/// what was written reads back.
+#[test]
+fn record_on_a_full_disk_stops_the_capture_in_one_line_and_keeps_the_summary() -> Result<()> {
+    if !require_root("record_on_a_full_disk_stops_the_capture_in_one_line_and_keeps_the_summary") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let dir = scratch_dir("capture-full")?;
+    let mnt = dir.join("small");
+    std::fs::create_dir_all(&mnt)?;
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .status()?
+        .success();
+    assert!(mounted, "mount tmpfs");
+    let ctl = MemoryController::detect()?;
+    let cg = ScratchCgroup::create(
+        &ctl,
+        &format!("oomtrace-test-cap-full-{}", std::process::id()),
+        512 << 20,
+    )?;
+    let path = cg.path.display().to_string();
+    let file = mnt.join("full.otr");
+    let rec = Command::new(oomtrace_bin()?)
+        .args([
+            "record",
+            "--cgroup",
+            &path,
+            "--duration",
+            "8",
+            "--json",
+            "-o",
+        ])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut load = Command::new(oomtrace_bin()?)
+        .args([
+            "churn",
+            "--cgroup",
+            &path,
+            "--threads",
+            "100000000",
+            "--parallel",
+            "8",
+        ])
+        .stdout(Stdio::null())
+        .spawn()?;
+    let out = rec.wait_with_output()?;
+    let _ = (load.kill(), load.wait());
+    let stderr = String::from_utf8_lossy(&out.stderr).replace('\r', "\n");
+    let result = (|| -> Result<()> {
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let summary = last_json(&String::from_utf8_lossy(&out.stdout))?;
+        assert_eq!(summary["type"], "summary");
+        assert!(
+            summary["capture_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("No space left")),
+            "{summary}"
+        );
+        assert!(summary["counters"]["events"].as_u64().unwrap_or(0) > 0);
+        let stopped = stderr.matches("capture stopped").count();
+        assert_eq!(stopped, 1, "one line says the capture stopped: {stderr}");
+        assert!(
+            stderr.contains("the capture file is incomplete"),
+            "{stderr}"
+        );
+        let (code, stdout, err) = run(&["report", &file.display().to_string(), "--json"])?;
+        assert_eq!(code, 0, "{err}");
+        let head: Value = stdout
+            .lines()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .context("the capture line")?;
+        let warnings = head["warnings"].as_array().cloned().unwrap_or_default();
+        assert!(
+            warnings
+                .iter()
+                .all(|w| w.as_str().is_some_and(|w| w.contains("last frame is torn"))),
+            "{warnings:?}"
+        );
+        assert!(head["records"].as_u64().unwrap_or(0) > 0, "{head}");
+        Ok(())
+    })();
+    let _ = Command::new("umount").arg(&mnt).status();
+    drop(cg);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}

@@ -833,12 +833,19 @@ pub async fn run_observed(
             log::debug!("{program}: {n} runs skipped by the kernel");
         }
     }
-    let summary = live.model.summary();
+    let mut summary = live.model.summary();
     if cfg.status_line {
         eprintln!();
     }
     if let Some(r) = live.recording.take() {
-        let stats = r.finish()?;
+        let stats = match r.finish() {
+            Ok(stats) => stats,
+            Err(e) => {
+                // The run's numbers stand: the caller shows them, then the error.
+                summary.capture_error = Some(format!("{e:#}"));
+                return Ok(summary);
+            }
+        };
         if cfg.status_line {
             eprintln!(
                 "oomtrace: wrote {} records in {} ({} file{})",

@@ -457,6 +457,7 @@ impl Model {
             threads,
             ooms: self.ooms.clone(),
             memcgs: self.snapshot(self.last_tick_ns).memcgs,
+            capture_error: None,
         }
     }
 

@@ -213,4 +213,8 @@ pub struct Summary {
     pub ooms: Vec<OomRow>,
     /// Limits, headroom and per-class bytes of the memcgs that were charged.
     pub memcgs: Vec<super::views::MemcgView>,
+    /// Why the capture being written is incomplete (a full disk): the run's numbers stand,
+    /// its file lacks what came after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture_error: Option<String>,
 }
