@@ -1050,3 +1050,84 @@ fn agent_survives_malformed_requests_on_its_port() -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
+
+/// The agent SIGKILLed at 6 moments under thread churn: every flight-recorder file it left is
+/// read by `report`, at most a torn last frame lost, with a warning saying so.
+#[test]
+fn agent_killed_at_random_moments_leaves_flight_files_report_reads() -> Result<()> {
+    if !require_root("agent_killed_at_random_moments_leaves_flight_files_report_reads") {
+        return Ok(());
+    }
+    let _serial = serial();
+    ensure_debian(&[("/usr/bin/curl", "curl")])?;
+    let work = scratch("agent-kill")?;
+    let ctl = MemoryController::detect()?;
+    let top = format!("oomtrace-test-agent-kill-{}", std::process::id());
+    let pod = ScratchCgroup::create(&ctl, &format!("{top}/pod"), 512 << 20)?;
+    let pod_s = pod.path.display().to_string();
+    let top_path = pod.path.parent().context("top cgroup")?.to_path_buf();
+    let mut load = Killed(
+        Command::new(oomtrace_bin()?)
+            .args([
+                "churn",
+                "--cgroup",
+                &pod_s,
+                "--threads",
+                "100000000",
+                "--parallel",
+                "8",
+            ])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..6 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let after = Duration::from_millis(200 + x % 3000);
+        let dir = work.join(format!("state-{i}"));
+        let mut agent = AgentRun::start(
+            &[oomtrace_bin()?.into_os_string()],
+            &dir,
+            &top_path,
+            &["--max-disk", "1M"],
+        )?;
+        std::thread::sleep(after);
+        agent.child.0.kill()?;
+        agent.child.0.wait()?;
+        let files = oomtrace::agent::flight_files(&dir.join("flight.otr"));
+        assert!(!files.is_empty(), "a live agent had its flight file");
+        for f in files {
+            let out = Command::new(oomtrace_bin()?)
+                .arg("report")
+                .arg(&f)
+                .arg("--json")
+                .output()?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                f.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let head: Value = stdout
+                .lines()
+                .find_map(|l| serde_json::from_str(l).ok())
+                .context("the capture line")?;
+            let warnings = head["warnings"].as_array().cloned().unwrap_or_default();
+            assert!(
+                warnings.len() <= 1
+                    && warnings
+                        .iter()
+                        .all(|w| w.as_str().is_some_and(|w| w.contains("last frame is torn"))),
+                "killed after {after:?}: {}: {warnings:?}",
+                f.display()
+            );
+        }
+    }
+    let _ = load.0.kill();
+    drop(pod);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
