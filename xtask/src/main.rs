@@ -1,7 +1,8 @@
-//! Project tasks: `setup` (install what is missing), `demo`, `test`, `dist`, `fuzz`. Run through
-//! `./x`.
+//! Project tasks: `setup` (install what is missing), `demo`, `test`, `dist`, `fuzz`, `bench`,
+//! `soak`. Run through `./x`.
 mod dist;
 mod fuzz;
+mod soak;
 
 use std::{path::PathBuf, process::Command, time::Instant};
 
@@ -43,6 +44,13 @@ enum Task {
         #[arg(default_value_t = 60)]
         seconds: u64,
         targets: Vec<String>,
+    },
+    /// The agent for MINUTES (default 60) under thread churn, pods made and removed, an OOM
+    /// kill every 3 minutes and ring-buffer bursts: its RSS, fds, map entries and drops every
+    /// minute, as a table for BENCHMARKS.md (needs root). Not part of the tests.
+    Soak {
+        #[arg(default_value_t = 60)]
+        minutes: u64,
     },
     /// Set up, build (release), and measure oomtrace's costs into BENCHMARKS.md (needs root).
     /// Not part of the tests: it takes minutes and its numbers are for reading, not asserting.
@@ -420,6 +428,17 @@ fn main() -> Result<()> {
                     archive.display()
                 );
             }
+        }
+        Task::Soak { minutes } => {
+            let channel = setup()?;
+            run(Command::new("cargo")
+                .arg(format!("+{channel}"))
+                .args(["build", "--quiet", "--release", "-p", "oomtrace"])
+                .current_dir(&ws))?;
+            if !is_root() {
+                bail!("the soak loads eBPF programs and makes memory cgroups: run it as root");
+            }
+            soak::soak(&ws.join("target/release/oomtrace"), minutes)?;
         }
         Task::Fuzz { seconds, targets } => {
             let channel = setup()?;
