@@ -240,6 +240,9 @@ fn mib(v: f64) -> String {
     format!("{:.1} MiB", v / (1u64 << 20) as f64)
 }
 
+/// Where `./x soak`'s section of BENCHMARKS.md starts.
+pub const SOAK_HEADING: &str = "## Soak";
+
 pub fn run(opts: &Options) -> Result<()> {
     let ctl = MemoryController::detect()?;
     let root = ScratchCgroup::create(
@@ -650,6 +653,13 @@ pub fn run(opts: &Options) -> Result<()> {
     agent_cost::run(&root.path, &mut md, &mut raw)?;
     let _ = writeln!(md, "## Raw numbers\n\n```\n{raw}```");
     drop(root);
+    // The soak's section (`./x soak` writes it) outlives a new bench run.
+    if let Ok(old) = std::fs::read_to_string(&opts.out)
+        && let Some(at) = old.find(SOAK_HEADING)
+    {
+        md.push('\n');
+        md.push_str(&old[at..]);
+    }
     std::fs::write(&opts.out, md)
         .with_context(|| format!("cannot write {}", opts.out.display()))?;
     eprintln!("bench: wrote {}", opts.out.display());

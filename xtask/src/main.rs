@@ -438,7 +438,11 @@ fn main() -> Result<()> {
             if !is_root() {
                 bail!("the soak loads eBPF programs and makes memory cgroups: run it as root");
             }
-            soak::soak(&ws.join("target/release/oomtrace"), minutes)?;
+            soak::soak(
+                &ws.join("target/release/oomtrace"),
+                &ws.join("BENCHMARKS.md"),
+                minutes,
+            )?;
         }
         Task::Fuzz { seconds, targets } => {
             let channel = setup()?;

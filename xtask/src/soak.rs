@@ -135,7 +135,18 @@ struct Sample {
     pods_made: u64,
 }
 
-pub fn soak(bin: &Path, minutes: u64) -> Result<()> {
+/// Where this section of BENCHMARKS.md starts (`oomtrace bench` keeps it).
+const HEADING: &str = "## Soak";
+
+/// Replaces (or adds) the soak's section at the end of `file`.
+fn write_section(file: &Path, section: &str) -> Result<()> {
+    let old = std::fs::read_to_string(file).unwrap_or_default();
+    let kept = old.find(HEADING).map_or(old.as_str(), |at| &old[..at]);
+    std::fs::write(file, format!("{}\n\n{section}", kept.trim_end()))
+        .with_context(|| format!("cannot write {}", file.display()))
+}
+
+pub fn soak(bin: &Path, out: &Path, minutes: u64) -> Result<()> {
     if minutes == 0 {
         bail!("give the soak at least one minute");
     }
@@ -308,13 +319,13 @@ pub fn soak(bin: &Path, minutes: u64) -> Result<()> {
     };
     let (rss_lo, rss_hi) = range(&|s| s.rss_kib);
     let (fd_lo, fd_hi) = range(&|s| s.fds as u64);
-    println!(
-        "\n| minute | RSS (KiB) | fds | charge-map entries | events | dropped | OOM kills | pods made |"
+    let mut table = String::from(
+        "| minute | RSS (KiB) | fds | charge-map entries | events | dropped (by kind) | OOM kills | pods made |\n\
+         | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |\n",
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for s in &samples {
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+        table.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             s.minute,
             s.rss_kib,
             s.fds,
@@ -324,13 +335,28 @@ pub fn soak(bin: &Path, minutes: u64) -> Result<()> {
             s.dropped,
             s.kills,
             s.pods_made
-        );
+        ));
     }
-    println!(
-        "\nsoak: {minutes} min; after minute {warm}: RSS {rss_lo}..{rss_hi} KiB, fds {fd_lo}..{fd_hi}; agent {} at the end; its log: {}",
+    let verdict = format!(
+        "{minutes} min; after minute {warm} (warm-up): RSS {rss_lo}..{rss_hi} KiB ({:+} KiB), \
+         fds {fd_lo}..{fd_hi}; the agent {} at the end",
+        rss_hi as i64 - rss_lo as i64,
         if alive { "alive" } else { "GONE" },
+    );
+    println!(
+        "\n{table}\nsoak: {verdict}; its log: {}",
         work.join("agent.log").display()
     );
+    let section = format!(
+        "{HEADING}\n\nProduced by `sudo ./x soak {minutes}`: `oomtrace agent` watching a scratch \
+         memcg tree while, the whole time, threads are made and ended 8 at a time; pods (memcgs) \
+         are made, run a qemu-named workload (vCPU 32 MiB, iothread 4 MiB) and are removed; every \
+         3 minutes one pod is limited to 64 MiB and a memhold grows in it to its OOM kill; every \
+         5 minutes 200000 threads are churned 64 at a time. Sampled every minute: the agent's \
+         VmRSS and open fds, the (thread, memcg) charge map's entries (bpftool), and its own \
+         counters from /metrics.\n\n{table}\nResult: {verdict}.\n"
+    );
+    write_section(out, &section)?;
     if !alive {
         bail!("the agent died during the soak");
     }

@@ -167,6 +167,14 @@ impl Observer for LiveFrames {
     }
 }
 
+struct StopOnDrop(Arc<Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.quit.store(true, Ordering::Relaxed);
+    }
+}
+
 struct LiveSource {
     shared: Arc<Shared>,
 }
@@ -229,12 +237,10 @@ fn live(opts: Options, color: bool) -> Result<()> {
                 ));
                 let shared = shared.clone();
                 drawing = Some(std::thread::spawn(move || {
-                    let mut source = LiveSource {
-                        shared: shared.clone(),
-                    };
-                    let r = on_terminal(&mut source, false, color);
-                    shared.quit.store(true, Ordering::Relaxed);
-                    r
+                    // However the drawing ends (q, an error, a panic), the collector stops.
+                    let _stop = StopOnDrop(shared.clone());
+                    let mut source = LiveSource { shared };
+                    on_terminal(&mut source, false, color)
                 }));
             },
             &mut frames,
