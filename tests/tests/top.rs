@@ -257,8 +257,9 @@ fn top_shows_the_pod_its_classes_and_its_kill_live_and_from_a_capture() -> Resul
 
     // q: the terminal as it was (cooked mode, echo, the cursor shown).
     live.keys(&["q"])?;
+    // The shell prints how top exited, then the terminal's modes (stty): wait for both.
     let after = live.wait("top's exit", Duration::from_secs(10), |t| {
-        t.contains("top exited")
+        t.contains("top exited") && t.lines().any(|l| l.trim().ends_with("echo"))
     })?;
     assert!(after.contains("top exited 0"), "{after}");
     let modes: Vec<&str> = after
@@ -351,7 +352,8 @@ fn replay(bin: &str, capture: &Path, qemu_pid: u32) -> Result<()> {
     drop(pane);
 
     // At a time: the screen says what `report --at` says.
-    let at = (kill_s - 2.0).max(0.5);
+    // Just before the kill: the VM is there (its row), the kill not yet.
+    let at = (kill_s - 0.5).max(0.1);
     let pane = Pane::start(
         "oomtrace-top-at",
         &[
