@@ -1,7 +1,8 @@
 //! Least privilege after start. Loading and attaching the programs needs nearly all of root;
 //! what a running collector still does needs four capabilities. Once the programs are attached
 //! and the maps open, `tail`, `record` and `agent` keep those and drop every other one from all
-//! their sets (bounding too, and no-new-privs), so neither a bug nor an exec can bring them back.
+//! their sets (the bounding set too where CAP_SETPCAP allows, and no-new-privs), so neither a
+//! bug nor an exec can bring them back.
 //!
 //! Capabilities are per thread: this runs on the collector's one thread (a current-thread
 //! runtime) before any other is started, and threads made later inherit the reduced sets.
@@ -104,10 +105,14 @@ pub fn drop_to_still_needed(perf_event_to_open: bool) -> Result<Kept, caps::erro
         .intersection(&held)
         .copied()
         .collect();
-    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes with the rest.
-    for cap in caps::read(None, CapSet::Bounding)? {
-        if !keep.contains(&cap) {
-            caps::drop(None, CapSet::Bounding, cap)?;
+    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes with the rest. A
+    // process started without it (the DaemonSet's drop-ALL-then-add set) keeps its bounding set;
+    // no-new-privs below then stops an exec from gaining anything.
+    if held.contains(&Capability::CAP_SETPCAP) {
+        for cap in caps::read(None, CapSet::Bounding)? {
+            if !keep.contains(&cap) {
+                caps::drop(None, CapSet::Bounding, cap)?;
+            }
         }
     }
     caps::clear(None, CapSet::Ambient)?;
