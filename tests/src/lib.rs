@@ -2,7 +2,7 @@
 //! workload, and the kernel's own OOM report read back from the kernel log.
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         Mutex, OnceLock,
@@ -511,4 +511,46 @@ pub fn pod_cgroups(
         .context("top cgroup")?
         .to_path_buf();
     Ok((pod, container, top_path))
+}
+
+/// `report FILE --json` of a capture: exit 0 asserted; its `capture` line (header, records,
+/// warnings) and the summary that ends it.
+pub fn report_capture(file: &Path) -> Result<(Value, Value)> {
+    let out = Command::new(oomtrace_bin()?)
+        .arg("report")
+        .arg(file)
+        .arg("--json")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "report {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let head = lines
+        .iter()
+        .find(|v| v["type"] == "capture")
+        .cloned()
+        .context("the capture line")?;
+    let summary = lines
+        .iter()
+        .rfind(|v| v["type"] == "summary")
+        .cloned()
+        .context("the summary")?;
+    Ok((head, summary))
+}
+
+/// A capture's warnings, each the reader's "last frame is torn" (what a killed or stopped
+/// writer leaves): None if another kind is among them.
+pub fn torn_tail_warnings(head: &Value) -> Option<usize> {
+    let warnings = head["warnings"].as_array().cloned().unwrap_or_default();
+    warnings
+        .iter()
+        .all(|w| w.as_str().is_some_and(|w| w.contains("last frame is torn")))
+        .then_some(warnings.len())
 }

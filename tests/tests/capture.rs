@@ -454,23 +454,17 @@ fn record_killed_at_20_random_moments_leaves_files_report_reads() -> Result<()> 
             // Killed while loading: nothing was written, nothing to read.
             continue;
         }
-        let (code, stdout, stderr) = run(&["report", &file.display().to_string(), "--json"])?;
-        assert_eq!(code, 0, "killed after {after:?}: {stderr}");
-        let head: Value = stdout
-            .lines()
-            .find_map(|l| serde_json::from_str(l).ok())
-            .context("the capture line")?;
-        let warnings = head["warnings"].as_array().cloned().unwrap_or_default();
+        let (head, summary) =
+            tests::report_capture(&file).with_context(|| format!("killed after {after:?}"))?;
+        let torn_here = tests::torn_tail_warnings(&head);
         assert!(
-            warnings.len() <= 1
-                && warnings
-                    .iter()
-                    .all(|w| w.as_str().is_some_and(|w| w.contains("last frame is torn"))),
-            "killed after {after:?}: {warnings:?}"
+            torn_here.is_some_and(|n| n <= 1),
+            "killed after {after:?}: {}",
+            head["warnings"]
         );
+        torn += torn_here.unwrap_or(0);
+        assert_eq!(summary["type"], "summary");
         read += 1;
-        torn += warnings.len();
-        assert!(last_json(&stdout)?["type"] == "summary", "{stdout}");
     }
     let _ = (load.kill(), load.wait());
     println!("{read} of 20 killed recordings had written a file; {torn} ended in a torn frame");
@@ -556,18 +550,11 @@ fn record_on_a_full_disk_stops_the_capture_in_one_line_and_keeps_the_summary() -
             stderr.contains("the capture file is incomplete"),
             "{stderr}"
         );
-        let (code, stdout, err) = run(&["report", &file.display().to_string(), "--json"])?;
-        assert_eq!(code, 0, "{err}");
-        let head: Value = stdout
-            .lines()
-            .find_map(|l| serde_json::from_str(l).ok())
-            .context("the capture line")?;
-        let warnings = head["warnings"].as_array().cloned().unwrap_or_default();
+        let (head, _) = tests::report_capture(&file)?;
         assert!(
-            warnings
-                .iter()
-                .all(|w| w.as_str().is_some_and(|w| w.contains("last frame is torn"))),
-            "{warnings:?}"
+            tests::torn_tail_warnings(&head).is_some(),
+            "{}",
+            head["warnings"]
         );
         assert!(head["records"].as_u64().unwrap_or(0) > 0, "{head}");
         Ok(())
