@@ -214,6 +214,9 @@ fn oom_kill_names_the_invoker_and_victim_the_kernel_names() -> Result<()> {
         "the biggest process, qemu, is the victim"
     );
     let kvictim = kernel.victim.as_ref().context("kernel victim")?;
+    let kvictim_anon_kb = kvictim
+        .anon_rss_kb
+        .context("the kernel's Killed line without anon-rss")?;
     let kinvoker = kernel.invoker.as_ref().context("kernel invoker")?;
     assert_eq!(oom["victim_comm"], kvictim.comm.as_str());
     assert_eq!(
@@ -233,7 +236,7 @@ fn oom_kill_names_the_invoker_and_victim_the_kernel_names() -> Result<()> {
         "the memcg whose limit was hit"
     );
     assert_eq!(
-        oom["victim_anon_rss_kb"], kvictim.anon_rss_kb,
+        oom["victim_anon_rss_kb"], kvictim_anon_kb,
         "victim anon rss at the kill"
     );
     assert_eq!(oom["limit"], 128 << 20);
@@ -241,9 +244,8 @@ fn oom_kill_names_the_invoker_and_victim_the_kernel_names() -> Result<()> {
     // What oomtrace saw the victim charge before the kill is what the kernel found it holding.
     let charged_kb = oom["victim_charged_anon"].as_i64().unwrap_or(0) / 1024;
     assert!(
-        within(charged_kb, kvictim.anon_rss_kb as i64, 5.0),
-        "victim charged {charged_kb} kB vs anon-rss {} kB",
-        kvictim.anon_rss_kb
+        within(charged_kb, kvictim_anon_kb as i64, 5.0),
+        "victim charged {charged_kb} kB vs anon-rss {kvictim_anon_kb} kB"
     );
     Ok(())
 }

@@ -115,12 +115,16 @@ fn kind(r: &OomReport) -> &'static str {
         Some("CONSTRAINT_CPUSET") => "cpuset",
         Some("CONSTRAINT_MEMORY_POLICY") => "mempolicy",
         _ => {
-            let reason = r.victim.as_ref().and_then(|v| v.reason.as_deref());
+            let reason = r
+                .victim
+                .as_ref()
+                .and_then(|v| v.reason.as_deref())
+                .or_else(|| r.named_victim.as_ref().and_then(|n| n.reason.as_deref()));
             if reason.is_some_and(|s| s.starts_with("Memory cgroup")) || r.oom_memcg.is_some() {
                 "memcg"
-            } else if reason.is_some() {
+            } else if reason.is_some_and(|s| s.contains("ut of memory")) {
                 "global"
-            } else if r.counter("memory").is_some() {
+            } else if r.counter("memory").is_some() || r.memcg_in_trace {
                 "memcg"
             } else {
                 "unknown"
@@ -129,16 +133,14 @@ fn kind(r: &OomReport) -> &'static str {
     }
 }
 
-/// The limit that stopped the charge: the one at its limit with failures; memory+swap wins a tie
-/// (on v1 with swap accounting, both lines can sit at the same value).
+/// The limit that stopped the charge: the one at its limit; memory+swap when both are (v1
+/// charges memory+swap first, so a full memory+swap fails the charge before memory is tried;
+/// failcnt counts every failure since the memcg was made, not this one).
 fn limit_hit(r: &OomReport) -> Option<&super::report::Counter> {
     let slack = charge_slack_kb(r);
     let mem = r.counter("memory").filter(|c| c.at_limit(slack));
     let memsw = r.counter("memory+swap").filter(|c| c.at_limit(slack));
-    match (mem, memsw) {
-        (Some(m), Some(s)) => Some(if s.failcnt > m.failcnt { s } else { m }),
-        (m, s) => m.or(s),
-    }
+    memsw.or(mem)
 }
 
 /// How far below its limit a memcg can be when a charge fails: the request (2^order pages, or
@@ -223,13 +225,16 @@ pub fn explain(r: OomReport, hints: &Hints) -> Explanation {
         .victim
         .as_ref()
         .filter(|v| classify_process(&v.comm).is_qemu());
-    let qemu_anon = qemu_victim.map(|v| v.anon_rss_kb * 1024).or_else(|| {
-        tasks
-            .iter()
-            .filter(|t| t.class.is_qemu())
-            .map(|t| t.rss)
-            .max()
-    });
+    let qemu_anon = qemu_victim
+        .and_then(|v| v.anon_rss_kb)
+        .map(|kb| kb * 1024)
+        .or_else(|| {
+            tasks
+                .iter()
+                .filter(|t| t.class.is_qemu())
+                .map(|t| t.rss)
+                .max()
+        });
     let guest_ram = qemu_anon.map(|a| hints.vm.guest_memory.map_or(a, |g| a.min(g)));
     let overhead = match (usage, guest_ram) {
         (Some(u), Some(g)) => Some(u.saturating_sub(g)),
@@ -265,9 +270,9 @@ pub fn explain(r: OomReport, hints: &Hints) -> Explanation {
             .map(|v| v.comm.as_str())
             .or(named.map(|n| n.comm.as_str()))
             .map(classify_process),
-        victim_total_vm_kb: v.map(|v| v.total_vm_kb),
-        victim_anon_rss_kb: v.map(|v| v.anon_rss_kb),
-        victim_file_rss_kb: v.map(|v| v.file_rss_kb),
+        victim_total_vm_kb: v.and_then(|v| v.total_vm_kb),
+        victim_anon_rss_kb: v.and_then(|v| v.anon_rss_kb),
+        victim_file_rss_kb: v.and_then(|v| v.file_rss_kb),
         victim_shmem_rss_kb: v.and_then(|v| v.shmem_rss_kb),
         victim_pgtables_kb: v.and_then(|v| v.pgtables_kb),
         victim_oom_score_adj: v.and_then(|v| v.oom_score_adj),
@@ -429,6 +434,9 @@ fn summary(e: &Explanation) -> String {
                 "{c} (pid {p}, anon-rss {}{guest}) was killed",
                 bytes(a as i64 * 1024)
             )
+        }
+        (Some(c), Some(p), None) if e.report.victim.is_some() => {
+            format!("{c} (pid {p}) was killed (its Killed line is cut before the figures)")
         }
         (Some(c), Some(p), None) => {
             format!("{c} (pid {p}) was chosen to be killed (the log ends before its Killed line)")

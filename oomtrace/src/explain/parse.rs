@@ -24,12 +24,12 @@ fn re(s: &str) -> Option<Regex> {
 
 static INVOKED: LazyLock<Option<Regex>> = LazyLock::new(|| {
     re(
-        r"^(?P<comm>.*?) invoked oom-killer: gfp_mask=(?P<gfp>0x[0-9a-fA-F]+)(?:\((?P<flags>[^)]*)\))?,(?: nodemask=[^,]*,)? order=(?P<order>-?\d+),(?: oom_adj=-?\d+,)? oom_score_adj=(?P<adj>-?\d+)",
+        r"^(?P<comm>.*?) invoked oom-killer: gfp_mask=(?P<gfp>0x[0-9a-fA-F]+)(?:\((?P<flags>[^)]*)\))?,\s*(?:nodemask=[^,]*,\s*)?order=(?P<order>-?\d+),\s*(?:oom_adj=-?\d+,\s*)?oom_score_adj=(?P<adj>-?\d+)",
     )
 });
 static CPU_LINE: LazyLock<Option<Regex>> = LazyLock::new(|| {
     re(
-        r"^CPU: (?P<cpu>\d+) (?:UID: \d+ )?PID: (?P<pid>\d+) Comm: (?P<comm>.*?) (?:Not tainted|Tainted: [A-Z ]*?) *(?P<ver>\d+\.\d+\S*)",
+        r"^CPU: (?P<cpu>\d+) (?:UID: \d+ )?PID: (?P<pid>\d+) Comm: (?P<comm>.*?) (?:Kdump: loaded )?(?:Not tainted|Tainted: [A-Z \-]*?) *(?P<ver>\d+\.\d+\S*)",
     )
 });
 static COUNTER: LazyLock<Option<Regex>> = LazyLock::new(|| {
@@ -50,10 +50,14 @@ static TASK_ROW: LazyLock<Option<Regex>> =
 static CONSTRAINT: LazyLock<Option<Regex>> = LazyLock::new(|| re(r"^oom-kill:(?P<kv>.*)$"));
 static TASK_IN: LazyLock<Option<Regex>> =
     LazyLock::new(|| re(r"^Task in (?P<task>\S+) killed as a result of limit of (?P<oom>\S+)"));
+/// "Killed process N (comm) total-vm:..kB, anon-rss:..kB, ..." in every generation's wording
+/// (3.10: "(comm), UID 0, total-vm:"), also cut short or wrapped: the pid and comm are the
+/// line's head, each figure is read where it is found.
 static KILLED: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    re(
-        r"^(?:(?P<reason>[^:]*[Oo]ut of memory[^:]*): )?Killed process (?P<pid>\d+) \((?P<comm>.*)\) total-vm:(?P<vm>\d+)kB, anon-rss:(?P<anon>\d+)kB, file-rss:(?P<file>\d+)kB(?:, shmem-rss:(?P<shmem>\d+)kB)?(?:,? UID:(?P<uid>\d+))?(?: pgtables:(?P<pt>\d+)kB)?(?: oom_score_adj:(?P<adj>-?\d+))?",
-    )
+    re(r"^(?:(?P<reason>[^:]*[Oo]ut of memory[^:]*): )?Killed process (?P<pid>\d+) \((?P<rest>.*)$")
+});
+static KILLED_FIGURE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    re(r"(?P<k>total-vm|anon-rss|file-rss|shmem-rss|pgtables|UID|oom_score_adj)[: ](?P<v>-?[\d,]+)")
 });
 /// memory.oom.group (4.19+; kubelet sets it on cgroup v2 since Kubernetes 1.28): the whole
 /// group is killed, one Killed line per task after this one.
@@ -63,7 +67,7 @@ static OOM_GROUP: LazyLock<Option<Regex>> = LazyLock::new(|| {
 /// Before 4.19 (as "Memory cgroup out of memory: Kill process ..." in memcg OOMs): the task
 /// chosen, printed before its Killed line.
 static SACRIFICE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    re(r"^(?:[^:]*: )?Kill process (?P<pid>\d+) \((?P<comm>.*)\) score -?\d+ or sacrifice child")
+    re(r"^(?:(?P<reason>[^:]*): )?Kill process (?P<pid>\d+) \((?P<comm>.*?)\)(?: score|\s*$)")
 });
 static REAPED: LazyLock<Option<Regex>> = LazyLock::new(|| {
     re(
@@ -229,6 +233,7 @@ impl Assembler {
                     pid: num(&c, "pid").unwrap_or(0),
                     comm: text(&c, "comm"),
                     from: "Kill process",
+                    reason: c.name("reason").map(|m| m.as_str().to_string()),
                 });
             }
             return done;
@@ -250,18 +255,7 @@ impl Assembler {
             return done;
         }
         if let Some(c) = caps(&KILLED, t) {
-            let victim = Victim {
-                pid: num(&c, "pid").unwrap_or(0),
-                comm: text(&c, "comm"),
-                total_vm_kb: num(&c, "vm").unwrap_or(0),
-                anon_rss_kb: num(&c, "anon").unwrap_or(0),
-                file_rss_kb: num(&c, "file").unwrap_or(0),
-                shmem_rss_kb: num(&c, "shmem"),
-                uid: num(&c, "uid"),
-                pgtables_kb: num(&c, "pt"),
-                oom_score_adj: num(&c, "adj"),
-                reason: c.name("reason").map(|m| m.as_str().to_string()),
-            };
+            let victim = killed_victim(&c);
             // memory.oom.group: every task of the group is killed after the chosen one, each
             // with its own Killed line, in the same report.
             if let Some(r) = self
@@ -304,6 +298,12 @@ impl Assembler {
                 if !group {
                     return self.close(false);
                 }
+            }
+            return done;
+        }
+        if t.contains("mem_cgroup_out_of_memory") || t.contains("mem_cgroup_oom_synchronize") {
+            if let Some(r) = self.current.as_mut() {
+                r.memcg_in_trace = true;
             }
             return done;
         }
@@ -377,6 +377,12 @@ impl Assembler {
         let mut r = self.current.take()?;
         self.section = Section::None;
         self.lines_since_kill = None;
+        // A Killed line cut inside its comm: the report's task table still names the pid.
+        if let Some(v) = r.victim.as_mut().filter(|v| v.comm.is_empty())
+            && let Some(t) = r.tasks.iter().find(|t| t.pid == v.pid)
+        {
+            v.comm = t.name.clone();
+        }
         if r.victim.is_none() && !r.nothing_killable {
             r.truncated_end = true;
             let why = if at_end {
@@ -449,6 +455,46 @@ impl Assembler {
     }
 }
 
+/// The victim of a Killed line. The comm sits in parentheses and may hold any byte, ")" too:
+/// it ends at the ")" before the figures ("total-vm:", or 3.10's ", UID"), else at the last
+/// ")", else (a line cut inside it) where the line ends. Figures may carry thousands
+/// separators where a user's tool added them.
+fn killed_victim(c: &regex::Captures<'_>) -> Victim {
+    let rest = c.name("rest").map_or("", |m| m.as_str());
+    let end = rest
+        .find(") total-vm:")
+        .or_else(|| rest.find("), UID "))
+        .or_else(|| rest.rfind(')'))
+        .unwrap_or(rest.len());
+    let mut v = Victim {
+        pid: num(c, "pid").unwrap_or(0),
+        comm: rest[..end].to_string(),
+        reason: c.name("reason").map(|m| m.as_str().to_string()),
+        ..Victim::default()
+    };
+    let Some(figures) = KILLED_FIGURE.as_ref() else {
+        return v;
+    };
+    for f in figures.captures_iter(rest.get(end..).unwrap_or("")) {
+        let digits = f
+            .name("v")
+            .map_or(String::new(), |m| m.as_str().replace(',', ""));
+        let n: Option<i64> = digits.parse().ok();
+        let u = n.and_then(|n| u64::try_from(n).ok());
+        match f.name("k").map_or("", |m| m.as_str()) {
+            "total-vm" => v.total_vm_kb = u,
+            "anon-rss" => v.anon_rss_kb = u,
+            "file-rss" => v.file_rss_kb = u,
+            "shmem-rss" => v.shmem_rss_kb = u,
+            "pgtables" => v.pgtables_kb = u,
+            "UID" => v.uid = u.and_then(|u| u32::try_from(u).ok()),
+            "oom_score_adj" => v.oom_score_adj = n.and_then(|n| i32::try_from(n).ok()),
+            _ => {}
+        }
+    }
+    v
+}
+
 fn warn(r: &mut OomReport, w: String) {
     if r.warnings.len() < MAX_WARNINGS && !r.warnings.contains(&w) {
         r.warnings.push(w);
@@ -479,6 +525,7 @@ fn parse_constraint(r: &mut OomReport, kv: &str) {
                 pid,
                 comm: comm.to_string(),
                 from: "oom-kill",
+                reason: None,
             });
         }
     }

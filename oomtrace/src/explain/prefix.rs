@@ -78,13 +78,17 @@ pub fn unwrap_json(line: &str) -> Option<String> {
 }
 
 pub fn strip_prefixes(line: &str) -> Message<'_> {
-    let mut s = line.trim_end_matches(['\r', '\n']);
+    // Trailing blanks too: a terminal copy pads lines to its width.
+    let mut s = line.trim_end();
     let mut time = None;
     if let Some((t, rest)) = strip(&SYSLOG, s)
         .or_else(|| strip(&RFC5424, s))
         .or_else(|| strip(&KMSG, s))
     {
         time = t;
+        s = rest;
+    } else if let Some(rest) = s.strip_prefix("kernel: ") {
+        // A journal line whose date and host the user cut away.
         s = rest;
     }
     if let Some((_, rest)) = strip(&DMESG_X, s) {
@@ -157,6 +161,8 @@ mod tests {
             ),
             (text.to_string(), None),
             (format!("               {text}"), None),
+            (format!("kernel: {text}"), None),
+            (format!("[ 1573.878353] {text}      "), Some("1573.878353")),
         ] {
             let m = strip_prefixes(&line);
             assert_eq!((m.time, m.text), (time, text), "{line:?}");

@@ -87,10 +87,10 @@ pub fn text(out: &mut dyn Write, n: usize, e: &Explanation) -> io::Result<()> {
             "  victim      {}{class} pid {}: anon-rss {}, file-rss {}, shmem-rss {}, total-vm {}{reaped}",
             v.comm,
             v.pid,
-            kb(v.anon_rss_kb),
-            kb(v.file_rss_kb),
+            v.anon_rss_kb.map_or("?".into(), kb),
+            v.file_rss_kb.map_or("?".into(), kb),
             v.shmem_rss_kb.map_or("?".into(), kb),
-            kb(v.total_vm_kb)
+            v.total_vm_kb.map_or("?".into(), kb)
         )?;
         if let Some(group) = &r.oom_group {
             writeln!(
@@ -104,8 +104,8 @@ pub fn text(out: &mut dyn Write, n: usize, e: &Explanation) -> io::Result<()> {
                     "              {} pid {}: anon-rss {}, file-rss {}",
                     g.comm,
                     g.pid,
-                    kb(g.anon_rss_kb),
-                    kb(g.file_rss_kb)
+                    g.anon_rss_kb.map_or("?".into(), kb),
+                    g.file_rss_kb.map_or("?".into(), kb)
                 )?;
             }
         }

@@ -59,9 +59,10 @@ pub struct Task {
 pub struct Victim {
     pub pid: u32,
     pub comm: String,
-    pub total_vm_kb: u64,
-    pub anon_rss_kb: u64,
-    pub file_rss_kb: u64,
+    /// None: the line was cut (or wrapped) before the figure.
+    pub total_vm_kb: Option<u64>,
+    pub anon_rss_kb: Option<u64>,
+    pub file_rss_kb: Option<u64>,
     pub shmem_rss_kb: Option<u64>,
     pub uid: Option<u32>,
     pub pgtables_kb: Option<u64>,
@@ -79,6 +80,9 @@ pub struct NamedVictim {
     pub comm: String,
     /// The line that named it: "oom-kill" or "Kill process".
     pub from: &'static str,
+    /// What a "Kill process" line said before it: "Memory cgroup out of memory" or "Out of
+    /// memory" (the kind of OOM, when no constraint line says).
+    pub reason: Option<String>,
 }
 
 /// "oom_reaper: reaped process 24790 (qemu-system-x86), now anon-rss:0kB, ...".
@@ -117,6 +121,9 @@ pub struct OomReport {
     /// The victim as an earlier line named it (the only word on it when the Killed line is cut).
     pub named_victim: Option<NamedVictim>,
     pub reaped: Option<Reaped>,
+    /// The call trace runs through the memcg OOM path (mem_cgroup_out_of_memory): the kind of
+    /// OOM when a fragment holds nothing else that says.
+    pub memcg_in_trace: bool,
     /// The log holds only part of the report.
     pub truncated_start: bool,
     pub truncated_end: bool,

@@ -84,7 +84,7 @@ fn seed_example_2_dmesg_t_report_names_vcpu_invoker_and_qemu_victim() {
     assert_eq!((v.pid, v.comm.as_str()), (70870, "qemu-system-x86"));
     assert_eq!(
         (v.total_vm_kb, v.anon_rss_kb, v.file_rss_kb, v.shmem_rss_kb),
-        (73209856, 66852088, 21948, Some(4))
+        (Some(73209856), Some(66852088), Some(21948), Some(4))
     );
     assert_eq!(v.reason.as_deref(), Some("Memory cgroup out of memory"));
     assert_eq!(
@@ -229,7 +229,7 @@ fn kernel_3_10_wording_task_in_line_inline_stats_and_nr_ptes_are_read() {
     );
     assert_eq!(r.tasks[0].pgtables_bytes, Some(600 * 4096));
     assert_eq!(r.tasks[1].name, "my tool");
-    assert_eq!(r.victim.as_ref().unwrap().anon_rss_kb, 1019000);
+    assert_eq!(r.victim.as_ref().unwrap().anon_rss_kb, Some(1019000));
     let e = explain(r, &Hints::default());
     assert_eq!(e.oom_kind, "memcg");
     assert_eq!(e.victim_class, Some(ThreadClass::QemuOther));
