@@ -127,6 +127,10 @@ pub struct OomVictimEvent {
     /// The memcg whose OOM this is, from mem_cgroup_out_of_memory's argument (kernel-function
     /// tier of the oom hook); 0 when that hook is not attached.
     pub oom_memcg_id: u64,
+    /// memory.oom.group: the highest memcg above the victim (its own included) with oom.group
+    /// set, whose every task the kernel kills with it in this OOM; 0: none, or not known here
+    /// (only the raw mark_victim program reads the victim's task).
+    pub group_memcg_id: u64,
 }
 
 /// A tracked thread exec'd: sent by the thread itself after the new program is loaded, so
@@ -299,6 +303,11 @@ pub mod globals {
     pub const OFF_TASK_CGROUPS: &str = "OFF_TASK_CGROUPS";
     pub const OFF_CSS_SET_MEMORY: &str = "OFF_CSS_SET_MEMORY";
     pub const OFF_CSS_CGROUP: &str = "OFF_CSS_CGROUP";
+    /// cgroup_subsys_state.parent and mem_cgroup.oom_group (from the css): memory.oom.group
+    /// of a victim's memcgs, read by the raw mark_victim. OOM_GROUP_ON is 0 when BTF lacks one.
+    pub const OOM_GROUP_ON: &str = "OOM_GROUP_ON";
+    pub const OFF_CSS_PARENT: &str = "OFF_CSS_PARENT";
+    pub const OFF_CSS_OOM_GROUP: &str = "OFF_CSS_OOM_GROUP";
     pub const SELF_TGID: &str = "SELF_TGID";
     /// Offsets of `struct mem_cgroup`'s css.cgroup, `struct cgroup`'s kn and `struct
     /// kernfs_node`'s id: the kernel-function programs turn a memcg pointer into its id.
@@ -330,7 +339,7 @@ pub mod maps {
 // side only must not compile.
 const _: () = {
     assert!(size_of::<ChargeEvent>() == 80);
-    assert!(size_of::<OomVictimEvent>() == 120);
+    assert!(size_of::<OomVictimEvent>() == 128);
     assert!(size_of::<OomAttemptEvent>() == 64);
     assert!(size_of::<ReclaimEvent>() == 64);
     assert!(size_of::<ThreadExitEvent>() == 40);

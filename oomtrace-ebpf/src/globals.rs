@@ -62,6 +62,11 @@ global!(TASK_MEMCG_ON: u32 = 0);
 global!(OFF_TASK_CGROUPS: u64 = 0);
 global!(OFF_CSS_SET_MEMORY: u64 = 0);
 global!(OFF_CSS_CGROUP: u64 = 0);
+// cgroup_subsys_state.parent, and mem_cgroup.oom_group less mem_cgroup.css (memory.oom.group);
+// OOM_GROUP_ON is 0 when BTF lacks one.
+global!(OOM_GROUP_ON: u32 = 0);
+global!(OFF_CSS_PARENT: u64 = 0);
+global!(OFF_CSS_OOM_GROUP: u64 = 0);
 global!(SELF_TGID: u32 = 0);
 // struct mem_cgroup → css.cgroup → kn → id, from BTF: the memcg id the tracepoints report.
 global!(OFF_MEMCG_CGROUP: u64 = 0);

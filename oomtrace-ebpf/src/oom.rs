@@ -11,7 +11,7 @@ use oomtrace_common::{KIND_OOM_VICTIM, OomVictimEvent};
 use crate::{
     globals::{self as g, get},
     maps::{OOM_START, current_comm, current_ids, now_ns, read_kernel_u64, send},
-    task::current_memcg_id,
+    task::{current_memcg_id, task_oom_group},
 };
 
 /// Reads an optional field: offset -1 means this kernel's tracepoint does not have it.
@@ -49,6 +49,8 @@ pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
         oom_memcg_id: OOM_START
             .get_ptr(&tid)
             .map_or(0, |s| unsafe { (*s).memcg_id }),
+        // The classic record names the victim by pid only: its memcgs are out of reach.
+        group_memcg_id: 0,
     };
     let comm_off = get(&g::OFF_VICTIM_COMM);
     if comm_off >= 0 {
@@ -117,6 +119,7 @@ pub fn oom_mark_victim_raw(ctx: RawTracePointContext) -> u32 {
         oom_memcg_id: OOM_START
             .get_ptr(&tid)
             .map_or(0, |s| unsafe { (*s).memcg_id }),
+        group_memcg_id: task_oom_group(task),
     };
     send(&event);
     0

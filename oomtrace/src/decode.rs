@@ -32,13 +32,34 @@ pub struct OomVictim {
     pub oom_score_adj: i32,
 }
 
-/// An OOM kill with the kernel's own facts at the event: the invoker's memcg, and the OOM's
-/// memcg where the kernel-function oom hook gives it (0: not known).
+/// An OOM kill with the kernel's own facts at the event: the invoker's memcg, the OOM's memcg
+/// where the kernel-function oom hook gives it, and the memory.oom.group memcg the victim is
+/// killed with (0: not known, or none).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OomKill {
     pub victim: OomVictim,
     pub invoker_memcg_id: u64,
     pub oom_memcg_id: u64,
+    pub group_memcg_id: u64,
+}
+
+/// An OOM kill as captures before memory.oom.group facts stored it (read, never made).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OomKillBeforeGroups {
+    pub victim: OomVictim,
+    pub invoker_memcg_id: u64,
+    pub oom_memcg_id: u64,
+}
+
+impl From<&OomKillBeforeGroups> for OomKill {
+    fn from(k: &OomKillBeforeGroups) -> Self {
+        Self {
+            victim: k.victim.clone(),
+            invoker_memcg_id: k.invoker_memcg_id,
+            oom_memcg_id: k.oom_memcg_id,
+            group_memcg_id: 0,
+        }
+    }
 }
 
 /// A thread exec'd a new program: its name from now on, and the memcg it is in.
@@ -115,9 +136,10 @@ pub enum Event {
     Reclaim(Reclaim),
     ThreadExit(ThreadExit),
     OomAttempt(OomAttempt),
-    OomKill(OomKill),
+    OomKillBeforeGroups(OomKillBeforeGroups),
     Exec(Exec),
     KillSignal(KillSignal),
+    OomKill(OomKill),
 }
 
 impl Event {
@@ -129,6 +151,7 @@ impl Event {
             Event::Reclaim(r) => r.ts_ns,
             Event::ThreadExit(e) => e.ts_ns,
             Event::OomAttempt(o) => o.ts_ns,
+            Event::OomKillBeforeGroups(k) => k.victim.ts_ns,
             Event::OomKill(k) => k.victim.ts_ns,
             Event::Exec(e) => e.ts_ns,
             Event::KillSignal(k) => k.ts_ns,
@@ -206,6 +229,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                 victim,
                 invoker_memcg_id: e.invoker_memcg_id,
                 oom_memcg_id: e.oom_memcg_id,
+                group_memcg_id: e.group_memcg_id,
             })
         }
         c::KIND_EXEC => {
@@ -385,11 +409,15 @@ mod tests {
             victim_comm: comm16("qemu-system-x86"),
             invoker_memcg_id: 3001,
             oom_memcg_id: 2999,
+            group_memcg_id: 3000,
         };
         let Ok(Event::OomKill(k)) = decode(&bytes_of(&v)) else {
             panic!("not an OOM kill")
         };
-        assert_eq!((k.invoker_memcg_id, k.oom_memcg_id), (3001, 2999));
+        assert_eq!(
+            (k.invoker_memcg_id, k.oom_memcg_id, k.group_memcg_id),
+            (3001, 2999, 3000)
+        );
         assert_eq!(k.victim.invoker_comm, "memhold");
         assert_eq!(k.victim.victim_comm, "qemu-system-x86");
         assert_eq!((k.victim.anon_rss_kb, k.victim.oom_score_adj), (2, 986));

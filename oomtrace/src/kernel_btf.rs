@@ -39,6 +39,14 @@ pub struct TaskMemcgPath {
     pub css_cgroup: u64,
 }
 
+/// memory.oom.group from a memory css: `cgroup_subsys_state.parent`, and `mem_cgroup.oom_group`
+/// less `mem_cgroup.css` (the css is the memcg's first member; the difference keeps it exact).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OomGroupOffsets {
+    pub css_parent: u64,
+    pub css_oom_group: u64,
+}
+
 /// Byte offsets of `task_struct.pid`, `.tgid` and `.comm`: who a signal is for, read from the
 /// task the raw signal tracepoint passes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -104,6 +112,9 @@ pub struct KernelBtf {
     /// tracepoint).
     #[serde(default)]
     pub victim: Option<VictimOffsets>,
+    /// None: a member is missing (group kills are then one oom event per victim).
+    #[serde(default)]
+    pub oom_group: Option<OomGroupOffsets>,
     /// None: no struct uncharge_gather in BTF (frees are then not seen by the function tier).
     pub uncharge_gather: Option<UnchargeGather>,
     /// The HOOKED_FUNCTIONS present in vmlinux BTF (what fentry can attach to; module
@@ -233,6 +244,13 @@ impl KernelBtf {
             })
         })();
         let victim = victim_offsets(&btf);
+        let oom_group = (|| {
+            Some(OomGroupOffsets {
+                css_parent: offset("cgroup_subsys_state", "parent")?,
+                css_oom_group: offset("mem_cgroup", "oom_group")?
+                    .checked_sub(offset("mem_cgroup", "css")?)?,
+            })
+        })();
         let mut raw_tracepoints = Vec::new();
         let functions = HOOKED_FUNCTIONS
             .iter()
@@ -274,6 +292,7 @@ impl KernelBtf {
             task_memcg_path,
             task_ids,
             victim,
+            oom_group,
             uncharge_gather,
             functions,
             raw_tracepoints,

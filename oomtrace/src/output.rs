@@ -129,7 +129,7 @@ pub fn text_line(clock: &Clock, change: &Change) -> String {
         ),
         Change::Oom(o) => format!(
             "{:>9.3}s *** OOM KILL in {} (usage {}): invoked by \"{}\" tid {} of {} pid {}; \
-             killed {} pid {} (anon-rss {}, file-rss {}, shmem-rss {}); oomtrace saw the victim charge {} anon",
+             killed {} pid {} (anon-rss {}, file-rss {}, shmem-rss {}); oomtrace saw the victim charge {} anon{}",
             clock.since_start(o.ts_ns),
             Visible(&o.memcg),
             usage_limit(o.usage, o.limit),
@@ -143,6 +143,24 @@ pub fn text_line(clock: &Clock, change: &Change) -> String {
             bytes(o.victim_file_rss_kb as i64 * 1024),
             bytes(o.victim_shmem_rss_kb as i64 * 1024),
             bytes(o.victim_charged_anon),
+            match &o.group {
+                Some(g) => format!(
+                    "; memory.oom.group of {}: its other tasks die with it",
+                    Visible(g)
+                ),
+                None => String::new(),
+            },
+        ),
+        Change::OomGroupVictim(g) => format!(
+            "{:>9.3}s *** killed with it (memory.oom.group of {}): {} pid {} (anon-rss {}, file-rss {}, shmem-rss {}); oomtrace saw it charge {}",
+            clock.since_start(g.victim.ts_ns),
+            Visible(&g.group),
+            Visible(&g.victim.comm),
+            g.victim.pid,
+            bytes(g.victim.anon_rss_kb as i64 * 1024),
+            bytes(g.victim.file_rss_kb as i64 * 1024),
+            bytes(g.victim.shmem_rss_kb as i64 * 1024),
+            bytes(g.victim.charged),
         ),
         Change::Reclaim(r) => format!(
             "{} reclaim at limit: {} pages in {:.2} ms",
@@ -207,6 +225,7 @@ pub fn json_line(clock: &Clock, change: &Change) -> String {
     let ts = match change {
         Change::Charge(r) => r.ts_ns,
         Change::Oom(o) => o.ts_ns,
+        Change::OomGroupVictim(g) => g.victim.ts_ns,
         Change::Reclaim(r) => r.ts_ns,
         Change::Exit(e) => e.ts_ns,
         Change::OomAttempt(o) => o.ts_ns,

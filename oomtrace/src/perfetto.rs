@@ -170,6 +170,14 @@ impl Builder {
                 );
                 self.event(o.ts_ns, t, TYPE_INSTANT, Some(name), None);
             }
+            Change::OomGroupVictim(g) => {
+                let t = self.track("OOM kills", None, false);
+                let name = format!(
+                    "killed with it (memory.oom.group of {}): {} (pid {})",
+                    g.group, g.victim.comm, g.victim.pid
+                );
+                self.event(g.victim.ts_ns, t, TYPE_INSTANT, Some(name), None);
+            }
             Change::Reclaim(r) => {
                 let t = self.track(&format!("reclaim {}", r.memcg), None, false);
                 let name = format!("reclaim by {} ({} pages)", r.comm, r.nr_reclaimed);

@@ -62,6 +62,8 @@ impl Printer {
             Change::OomAttempt(o) => !self.scoped || model.knows_memcg(o.memcg_id),
             // With a target, only kills that involve it (another memcg's OOM is not ours).
             Change::Oom(o) => !self.scoped || o.memcg_id != 0 || model.knows_process(o.victim_pid),
+            // Shown where its OOM was.
+            Change::OomGroupVictim(_) => true,
         };
         if !shown {
             return Ok(());

@@ -270,6 +270,15 @@ pub fn kill(
         "{}",
         crate::output::text_line(clock, &crate::model::Change::Oom(row.clone()))
     )?;
+    for victim in &row.group_victims {
+        let member = crate::model::Change::OomGroupVictim(crate::model::OomGroupVictimRow {
+            oom_ts_ns: row.ts_ns,
+            invoker_tid: row.invoker_tid,
+            group: row.group.clone().unwrap_or_default(),
+            victim: victim.clone(),
+        });
+        writeln!(out, "{}", crate::output::text_line(clock, &member))?;
+    }
     if let Some(pm) = &row.post_mortem {
         post_mortem(out, pm)?;
     }

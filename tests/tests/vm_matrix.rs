@@ -12,7 +12,11 @@
 //!   thread's charges as guest RAM.
 //!
 //! `./x vm-test` runs it (and `./x test` runs that); each kernel prints its time.
-use std::{collections::BTreeMap, process::Stdio, time::Instant};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::Stdio,
+    time::Instant,
+};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
@@ -37,6 +41,11 @@ const EXEC_JOIN_UID_PREFIX: &str = "7c1d2e3f-4a5b-4c6d-8e7f-0000000000";
 const EXEC_JOIN_CID: &str = "cri-containerd-0f32894de86e.scope";
 const EXEC_JOIN_GUEST_MIB: u64 = 24;
 const EXEC_JOIN_LIMIT_MIB: u64 = 48;
+/// memory.oom.group, as kubelet sets it on cgroup v2: a container of three sidecars and a
+/// process that grows until its pod's limit; the kernel kills all four in one OOM.
+const GROUP_KILL_UID: &str = "9e8d7c6b-5a49-4838-a726-150000000001";
+const GROUP_KILL_LIMIT_MIB: u64 = 32;
+const GROUP_SIDECARS: [&str; 3] = ["sidecar-a", "sidecar-b", "sidecar-c"];
 
 fn init_script(bin: &str, caps: &str, tiny_kvm: &str, modules: &[String]) -> String {
     let touch = |name: &str, mib: i64| format!("{name}={mib}@400");
@@ -123,6 +132,34 @@ grep -E '"type":"summary"' /tmp/ej.out | grep -oE '"counters":[{{][^}}]*[}}]'
 grep -vE 'guest RAM mapping registered|runs skipped' /tmp/ej.err | sed 's/^/STDERR: /' | head -5
 grep -E 'guest RAM mapping registered|runs skipped' /tmp/ej.err | sed 's/^/EJ_REGISTERED: /'
 echo "=== END execjoin"
+# memory.oom.group: every task of the container dies in one OOM (one oom row, every victim);
+# then a process the shell kills with SIGKILL: a kill that is not the kernel's (sender named).
+G=/sys/fs/cgroup/groupkill; GP=$G/kubepods/pod{gk_uid}; GC=$GP/ctr
+mkdir -p $GC
+for c in $G $G/kubepods $GP; do echo +memory > $c/cgroup.subtree_control; done
+echo {gk_limit}M > $GP/memory.max; echo 0 > $GP/memory.swap.max 2>/dev/null
+echo 1 > $GC/memory.oom.group
+$C $B tail --cgroup /groupkill --json > /tmp/gk.out 2> /tmp/gk.err &
+TP=$!
+wait_started /tmp/gk.out $TP
+dmesg -c > /dev/null
+for S in {gk_sidecars}; do $B workload --process $S --cgroup $GC --thread "$S=2@100" --hold 600 & done
+sleep 2
+$B workload --process memhog --cgroup $GC --thread "memhog=0@100" --hold 600 &
+wait_for '"type":"oom"' 150 /tmp/gk.out
+sleep 2
+dmesg | sed 's/^/GK_DMESG: /'
+$B workload --process victim-k --cgroup $GC --thread "victim-k=1@100" --hold 600 &
+VP=$!
+n=0; while ! grep -q '"comm":"victim-k"' /tmp/gk.out && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
+echo "GK_SIGNAL $$ $VP"
+kill -9 $VP; wait $VP 2>/dev/null
+sleep 1
+kill -INT $TP; wait $TP
+echo "=== BEGIN groupkill"
+grep -E '"type":"(start|oom|oom_group_victim|kill_signal|summary)"' /tmp/gk.out
+sed 's/^/STDERR: /' /tmp/gk.err | head -5
+echo "=== END groupkill"
 $C $B doctor --json > /tmp/doctor.json 2> /tmp/doctor.err
 echo "DOCTOR_RC: $?"
 echo "=== BEGIN doctor"
@@ -165,7 +202,154 @@ poweroff -f
         ej_limit = EXEC_JOIN_LIMIT_MIB,
         ej_guest = EXEC_JOIN_GUEST_MIB,
         ej_guest_kb = EXEC_JOIN_GUEST_MIB * 1024,
+        gk_uid = GROUP_KILL_UID,
+        gk_limit = GROUP_KILL_LIMIT_MIB,
+        gk_sidecars = GROUP_SIDECARS.join(" "),
     )
+}
+
+/// The group kill against the kernel's own log of it: every task it says it killed is a victim
+/// of the one oom row where the raw mark_victim reads the victim's memcgs (6.8+), an oom row
+/// of its own each before; then the shell's SIGKILL is a kill_signal row naming the shell.
+fn group_kill(series: guest::Series, console: &str) -> Vec<String> {
+    let name = series.name();
+    let mut misses = Vec::new();
+    let lines = block(console, "groupkill");
+    let killed = after_mark("Killed process ");
+    let kernel: BTreeSet<(u64, String)> = console
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("GK_DMESG: "))
+        .filter_map(&killed)
+        .collect();
+    let group_line = console
+        .lines()
+        .any(|l| l.contains("are going to be killed due to memory.oom.group set"));
+    if kernel.len() != GROUP_SIDECARS.len() + 1 || !group_line {
+        misses.push(format!(
+            "{name}: group kill: the kernel killed {kernel:?} (group line: {group_line})"
+        ));
+        return misses;
+    }
+    let Some(start) = rows(&lines, "start").pop() else {
+        misses.push(format!("{name}: group kill: no start line: {lines:?}"));
+        return misses;
+    };
+    let raw = start["hooks"]
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h["hook"] == "oom-victim"))
+        .is_some_and(|h| h["programs"] == serde_json::json!(["oom_mark_victim_raw"]));
+    let ooms = rows(&lines, "oom");
+    let members = rows(&lines, "oom_group_victim");
+    let victim = |v: &Value, pid: &str, comm: &str| {
+        (
+            v[pid].as_u64().unwrap_or(0),
+            v[comm].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let mut seen: BTreeSet<(u64, String)> = BTreeSet::new();
+    if raw {
+        let group = format!("/groupkill/kubepods/pod{GROUP_KILL_UID}/ctr");
+        if ooms.len() != 1 || ooms[0]["group"] != group.as_str() {
+            misses.push(format!(
+                "{name}: group kill: {} oom rows, want one of group {group}: {ooms:?}",
+                ooms.len()
+            ));
+        }
+        for o in &ooms {
+            seen.insert(victim(o, "victim_pid", "victim_comm"));
+            for g in o["group_victims"].as_array().into_iter().flatten() {
+                seen.insert(victim(g, "pid", "comm"));
+            }
+        }
+        // The stored OOM (the summary's) holds every victim too, and the stream said each.
+        let summary = rows(&lines, "summary").pop().unwrap_or_default();
+        let stored: BTreeSet<(u64, String)> = summary["ooms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|o| {
+                std::iter::once(victim(o, "victim_pid", "victim_comm")).chain(
+                    o["group_victims"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|g| victim(g, "pid", "comm")),
+                )
+            })
+            .collect();
+        let streamed: BTreeSet<(u64, String)> = ooms
+            .iter()
+            .map(|o| victim(o, "victim_pid", "victim_comm"))
+            .chain(members.iter().map(|m| victim(&m["victim"], "pid", "comm")))
+            .collect();
+        if stored != kernel || streamed != kernel {
+            misses.push(format!(
+                "{name}: group kill: summary {stored:?}, stream {streamed:?}, kernel {kernel:?}"
+            ));
+        }
+    } else {
+        seen.extend(ooms.iter().map(|o| victim(o, "victim_pid", "victim_comm")));
+        if !members.is_empty() || ooms.iter().any(|o| !o["group"].is_null()) {
+            misses.push(format!(
+                "{name}: group kill: classic mark_victim cannot read the group: {ooms:?}"
+            ));
+        }
+    }
+    if seen != kernel {
+        misses.push(format!(
+            "{name}: group kill: oomtrace says {seen:?} died, the kernel {kernel:?}"
+        ));
+    }
+    println!(
+        "{name}: group kill: the kernel killed {} tasks; oomtrace: {} oom row(s), {} group victim row(s) ({})",
+        kernel.len(),
+        ooms.len(),
+        members.len(),
+        if raw {
+            "raw mark_victim"
+        } else {
+            "classic mark_victim"
+        }
+    );
+    // The shell's SIGKILL: a kill_signal row naming the shell as the sender.
+    let signal = console.lines().find_map(|l| {
+        let mut w = l
+            .trim_end_matches('\r')
+            .strip_prefix("GK_SIGNAL ")?
+            .split(' ');
+        Some((
+            w.next()?.parse::<u64>().ok()?,
+            w.next()?.parse::<u64>().ok()?,
+        ))
+    });
+    let Some((shell, target)) = signal else {
+        misses.push(format!("{name}: kill signal: no GK_SIGNAL line"));
+        return misses;
+    };
+    let found = rows(&lines, "kill_signal").into_iter().any(|k| {
+        k["pid"].as_u64() == Some(target)
+            && k["signal"] == "SIGKILL"
+            && k["sender_pid"].as_u64() == Some(shell)
+            && k["result"] == "delivered"
+    });
+    if found {
+        println!("{name}: kill signal: SIGKILL to {target} from the shell (pid {shell}) named");
+    } else {
+        misses.push(format!(
+            "{name}: kill signal: no kill_signal row for SIGKILL to {target} from {shell}: {lines:?}"
+        ));
+    }
+    misses
+}
+
+/// A function reading "MARK<pid> (<comm>)" out of a line: the kernel's "Killed process" lines.
+fn after_mark(mark: &'static str) -> impl Fn(&str) -> Option<(u64, String)> {
+    move |l: &str| {
+        let rest = &l[l.find(mark)? + mark.len()..];
+        let (pid, rest) = rest.split_once(" (")?;
+        let comm = &rest[..rest.find(") ")?];
+        Some((pid.parse().ok()?, comm.to_string()))
+    }
 }
 
 /// The lines of one scenario's block on the console.
@@ -548,6 +732,7 @@ fn matrix(series: guest::Series) -> Result<()> {
         );
     }
     misses.extend(exec_join(series, &console));
+    misses.extend(group_kill(series, &console));
     misses.extend(doctor(&console));
     assert!(misses.is_empty(), "{misses:#?}");
     println!(

@@ -160,6 +160,11 @@ pub fn load(
         loader.override_global(g::OFF_CSS_SET_MEMORY, &t.css_set_memory, true);
         loader.override_global(g::OFF_CSS_CGROUP, &t.css_cgroup, true);
     }
+    if let (Some(_), Some(o)) = (&kbtf.task_memcg_path, &kbtf.oom_group) {
+        loader.override_global(g::OOM_GROUP_ON, &1u32, true);
+        loader.override_global(g::OFF_CSS_PARENT, &o.css_parent, true);
+        loader.override_global(g::OFF_CSS_OOM_GROUP, &o.css_oom_group, true);
+    }
     if let Some(t) = &kbtf.task_ids {
         loader.override_global(g::OFF_TASK_PID, &t.pid, true);
         loader.override_global(g::OFF_TASK_TGID, &t.tgid, true);

@@ -108,6 +108,8 @@ impl Default for Config {
 /// after the exit tracepoint on some kernels), then forgotten.
 const EXIT_GRACE: Duration = Duration::from_millis(1500);
 const TICK: Duration = Duration::from_millis(500);
+/// A group kill is handed to observers once no victim came for this long (ns).
+const GROUP_SETTLE_NS: u64 = 300_000_000;
 /// How often the whole memcg tree is walked (new pods are counted provisionally meanwhile).
 const FULL_RESCAN: Duration = Duration::from_secs(5);
 /// A limited memcg's memory.stat is read at most this often (it is the costliest of its files).
@@ -330,15 +332,36 @@ impl Live {
         self.printer.show(out, &self.model, change)
     }
 
-    /// Hands the kills (and kill signals) seen since the last call to the observer.
-    fn tell_kills(&mut self, observer: &mut dyn Observer) -> Result<()> {
+    /// Hands the kills (and kill signals) seen since the last call to the observer. A group
+    /// kill's row is handed over with every victim: held until none came for a while (the
+    /// kernel kills them in one loop, but the ring may wake us after the first), or at the end.
+    fn tell_kills(&mut self, observer: &mut dyn Observer, at_end: bool) -> Result<()> {
+        let now = output::monotonic_ns();
+        let mut held = Vec::new();
         for change in std::mem::take(&mut self.kills) {
             match &change {
-                Change::Oom(row) => observer.kill(&self.model, row, &self.clock)?,
+                Change::Oom(first) => {
+                    let row = self
+                        .model
+                        .oom_rows()
+                        .iter()
+                        .rev()
+                        .find(|r| r.ts_ns == first.ts_ns && r.invoker_tid == first.invoker_tid)
+                        .unwrap_or(first);
+                    let last = row.group_victims.last().map_or(row.ts_ns, |g| g.ts_ns);
+                    if row.group.is_some() && !at_end && now.saturating_sub(last) < GROUP_SETTLE_NS
+                    {
+                        held.push(change);
+                        continue;
+                    }
+                    let row = row.clone();
+                    observer.kill(&self.model, &row, &self.clock)?;
+                }
                 Change::KillSignal(row) => observer.kill_signal(&self.model, row, &self.clock)?,
                 _ => {}
             }
         }
+        self.kills = held;
         Ok(())
     }
 
@@ -412,6 +435,7 @@ impl Live {
             }
             // Written by older captures only; the ring carries OomKill.
             Event::OomVictim(v) => v.invoker_tgid,
+            Event::OomKillBeforeGroups(k) => k.victim.invoker_tgid,
             Event::Exec(e) => {
                 // A new program: its executable, command line and memcg are new. The model
                 // resets the process's facts at the event; the new ones follow it.
@@ -779,7 +803,7 @@ pub async fn run_observed(
                 let mut guard = guard.context("ring buffer poll failed")?;
                 let oom = drain(guard.get_inner_mut(), &mut live, out)?;
                 guard.clear_ready();
-                live.tell_kills(observer)?;
+                live.tell_kills(observer, false)?;
                 if oom && oom_deadline.is_none() {
                     oom_deadline = cfg.stop_after_oom.map(|d| Instant::now() + d);
                 }
@@ -799,7 +823,7 @@ pub async fn run_observed(
                 live.retire_exited(out, false)?;
                 live.trim_if_due();
                 live.capture_tick();
-                live.tell_kills(observer)?;
+                live.tell_kills(observer, false)?;
                 observer.tick(
                     &live.model,
                     &TickInfo {
@@ -827,7 +851,7 @@ pub async fn run_observed(
     }
     drain(ring.get_mut(), &mut live, out)?;
     live.sweep(out)?;
-    live.tell_kills(observer)?;
+    live.tell_kills(observer, true)?;
     for (program, n) in live.probes.skipped_runs_by_program() {
         if n > 0 {
             log::debug!("{program}: {n} runs skipped by the kernel");

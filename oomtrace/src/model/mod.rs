@@ -426,12 +426,14 @@ impl Model {
         self.counters.events += 1;
         match event {
             Event::Charge(c) => self.charge(c).map(Change::Charge),
-            Event::OomVictim(v) => Some(Change::Oom(self.oom(&OomKill {
+            Event::OomVictim(v) => Some(self.oom(&OomKill {
                 victim: v.clone(),
                 invoker_memcg_id: 0,
                 oom_memcg_id: 0,
-            }))),
-            Event::OomKill(k) => Some(Change::Oom(self.oom(k))),
+                group_memcg_id: 0,
+            })),
+            Event::OomKillBeforeGroups(k) => Some(self.oom(&OomKill::from(k))),
+            Event::OomKill(k) => Some(self.oom(k)),
             Event::Exec(e) => Some(Change::Exec(self.exec(e))),
             Event::Reclaim(r) => Some(Change::Reclaim(self.reclaim(r))),
             Event::ThreadExit(e) => Some(Change::Exit(self.exit(e))),

@@ -3,8 +3,14 @@
 //! facts at the event (the invoker's comm and memcg read from its task), never from what the
 //! model remembers of the thread: a thread that joined a pod's cgroup and exec'd, as
 //! `kubectl exec` does, charged other memcgs under another name before.
-use super::{Model, OomRow, is_ancestor};
+use super::{Change, GroupVictim, Model, OomGroupVictimRow, OomRow, is_ancestor};
 use crate::decode::OomKill;
+
+/// The longest pause between two victims of one group kill: the kernel kills them in one loop,
+/// printing a line for each (a slow console makes that milliseconds per task).
+const GROUP_GAP_NS: u64 = 2_000_000_000;
+/// Victims kept per group kill (a group is a container's processes).
+const MAX_GROUP_VICTIMS: usize = 4096;
 
 impl Model {
     /// The memcg whose limit was hit, from the memcg a charge went to: among it and its known
@@ -55,7 +61,66 @@ impl Model {
         }
     }
 
-    pub(super) fn oom(&mut self, k: &OomKill) -> OomRow {
+    /// What oomtrace attributed to a process's threads before now: (total, anonymous part).
+    fn charged_by(&self, tgid: u32) -> (i64, i64) {
+        let threads = || self.threads.values().filter(|t| t.tgid == tgid);
+        let retired = self.processes.get(&tgid).map(|p| p.retired);
+        (
+            threads().map(|t| t.totals.total()).sum::<i64>() + retired.map_or(0, |r| r.total()),
+            threads().map(|t| t.totals.anon).sum::<i64>() + retired.map_or(0, |r| r.anon),
+        )
+    }
+
+    /// A further victim of the group kill the last OOM began: the same invoker and group memcg,
+    /// soon after the group's previous victim, a process not yet counted.
+    fn group_member(&mut self, k: &OomKill) -> Option<OomGroupVictimRow> {
+        let v = &k.victim;
+        let last = self.ooms.last()?;
+        let previous = last.group_victims.last().map_or(last.ts_ns, |g| g.ts_ns);
+        let same = k.group_memcg_id != 0
+            && last.group_memcg_id == k.group_memcg_id
+            && last.invoker_tid == v.invoker_tid
+            && v.ts_ns.saturating_sub(previous) <= GROUP_GAP_NS
+            && last.victim_pid != v.victim_pid
+            && !last.group_victims.iter().any(|g| g.pid == v.victim_pid);
+        if !same {
+            return None;
+        }
+        let victim = GroupVictim {
+            ts_ns: v.ts_ns,
+            pid: v.victim_pid,
+            comm: if v.victim_comm.is_empty() {
+                self.process_name(v.victim_pid, "?")
+            } else {
+                v.victim_comm.clone()
+            },
+            class: self.process_class(v.victim_pid),
+            anon_rss_kb: v.anon_rss_kb,
+            file_rss_kb: v.file_rss_kb,
+            shmem_rss_kb: v.shmem_rss_kb,
+            charged: self.charged_by(v.victim_pid).0,
+        };
+        let row = self.ooms.last_mut()?;
+        if row.group_victims.len() < MAX_GROUP_VICTIMS {
+            row.group_victims.push(victim.clone());
+        }
+        Some(OomGroupVictimRow {
+            oom_ts_ns: row.ts_ns,
+            invoker_tid: row.invoker_tid,
+            group: row.group.clone().unwrap_or_default(),
+            victim,
+        })
+    }
+
+    /// An OOM kill: a new OOM, or a further victim of the group kill the last one began.
+    pub(super) fn oom(&mut self, k: &OomKill) -> Change {
+        if let Some(member) = self.group_member(k) {
+            return Change::OomGroupVictim(member);
+        }
+        Change::Oom(self.new_oom(k))
+    }
+
+    fn new_oom(&mut self, k: &OomKill) -> OomRow {
         let v = &k.victim;
         // Bring the windows up to the kill.
         self.tick(v.ts_ns.max(self.last_tick_ns));
@@ -69,17 +134,19 @@ impl Model {
         let usage = self.memcgs.get(&memcg_id).and_then(|m| m.usage);
         let invoker_comm = self.thread_comm(v.invoker_tid, v.invoker_tgid, &v.invoker_comm);
         let invoker_class = self.thread_class(&invoker_comm, v.invoker_tgid);
-        let victim_threads = || self.threads.values().filter(|t| t.tgid == v.victim_pid);
-        let victim_charged = victim_threads().map(|t| t.totals.total()).sum::<i64>()
-            + self
-                .processes
-                .get(&v.victim_pid)
-                .map_or(0, |p| p.retired.total());
-        let victim_charged_anon = victim_threads().map(|t| t.totals.anon).sum::<i64>()
-            + self
-                .processes
-                .get(&v.victim_pid)
-                .map_or(0, |p| p.retired.anon);
+        let (victim_charged, victim_charged_anon) = self.charged_by(v.victim_pid);
+        // The kernel stops its walk for memory.oom.group at the OOM's memcg; the program that
+        // read the victim's memcgs walked to the root, so a group above the OOM's is none.
+        let group_memcg_id = match k.group_memcg_id {
+            0 => 0,
+            g if memcg_id != 0
+                && g != memcg_id
+                && is_ancestor(&self.memcg_path(g), &self.memcg_path(memcg_id)) =>
+            {
+                0
+            }
+            g => g,
+        };
         let victim_comm = if v.victim_comm.is_empty() {
             self.process_name(v.victim_pid, "?")
         } else {
@@ -126,6 +193,9 @@ impl Model {
             victim_charged,
             victim_charged_anon,
             post_mortem,
+            group: (group_memcg_id != 0).then(|| self.memcg_path(group_memcg_id)),
+            group_memcg_id,
+            group_victims: Vec::new(),
         };
         self.ooms.push(row.clone());
         row

@@ -10,6 +10,8 @@ use crate::kubevirt::ThreadClass;
 pub enum Change {
     Charge(ChargeRow),
     Oom(OomRow),
+    /// A further victim of a memory.oom.group kill: the OOM is the one at `oom_ts_ns`.
+    OomGroupVictim(OomGroupVictimRow),
     Reclaim(ReclaimRow),
     Exit(ExitRow),
     OomAttempt(OomAttemptRow),
@@ -75,6 +77,36 @@ pub struct OomRow {
     pub victim_charged_anon: i64,
     /// What grew before the kill, by class, process and thread (boxed: rows stay small).
     pub post_mortem: Option<Box<PostMortem>>,
+    /// memory.oom.group: the memcg whose every task the kernel killed in this OOM (the victim
+    /// above is the one it chose); None: a kill of one process, or not known on this kernel.
+    pub group: Option<String>,
+    #[serde(skip)]
+    pub group_memcg_id: u64,
+    /// The group's other tasks killed with the victim, in the kernel's order.
+    pub group_victims: Vec<GroupVictim>,
+}
+
+/// A task killed with the chosen victim of a memory.oom.group kill.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct GroupVictim {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub class: ThreadClass,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+    /// Bytes oomtrace attributed to its threads before the kill.
+    pub charged: i64,
+}
+
+/// A further victim of the group kill of the OOM at `oom_ts_ns` (that OOM's row holds it too).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct OomGroupVictimRow {
+    pub oom_ts_ns: u64,
+    pub invoker_tid: u32,
+    pub group: String,
+    pub victim: GroupVictim,
 }
 
 /// One memcg OOM from start to end (kernel-function tier): including the ones that killed

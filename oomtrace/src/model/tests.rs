@@ -371,7 +371,77 @@ fn kill(ts: u64, invoker: (u32, u32, &str), invoker_memcg: u64, victim: u32) -> 
         },
         invoker_memcg_id: invoker_memcg,
         oom_memcg_id: 0,
+        group_memcg_id: 0,
     })
+}
+
+/// `kill`, with the memory.oom.group memcg the kernel kills the victim with.
+fn group_kill(
+    ts: u64,
+    invoker: (u32, u32, &str),
+    oom_memcg: u64,
+    victim: u32,
+    group: u64,
+) -> Event {
+    match kill(ts, invoker, oom_memcg, victim) {
+        Event::OomKill(k) => Event::OomKill(crate::decode::OomKill {
+            oom_memcg_id: oom_memcg,
+            group_memcg_id: group,
+            ..k
+        }),
+        e => e,
+    }
+}
+
+#[test]
+fn a_group_kill_is_one_oom_with_every_victim_and_separate_kills_stay_apart() {
+    let mut m = Model::new();
+    m.set_memcg_path(1, "/kubepods/pod1".into());
+    m.set_memcg_path(2, "/kubepods/pod1/ctr".into());
+    // The kernel kills the chosen victim, then the group's other tasks in the same loop.
+    let Some(Change::Oom(o)) = m.apply(&group_kill(5 * S, (40, 40, "worker"), 1, 10, 2)) else {
+        panic!("the first victim opens the OOM")
+    };
+    assert_eq!(o.group.as_deref(), Some("/kubepods/pod1/ctr"));
+    for (i, pid) in [11, 12].into_iter().enumerate() {
+        let Some(Change::OomGroupVictim(g)) = m.apply(&group_kill(
+            5 * S + (i as u64 + 1) * 1000,
+            (40, 40, "worker"),
+            1,
+            pid,
+            2,
+        )) else {
+            panic!("pid {pid} joins the group kill")
+        };
+        assert_eq!((g.oom_ts_ns, g.victim.pid), (5 * S, pid));
+    }
+    let rows = m.oom_rows();
+    assert_eq!(rows.len(), 1, "one OOM");
+    let pids: Vec<u32> = rows[0].group_victims.iter().map(|g| g.pid).collect();
+    assert_eq!(pids, vec![11, 12]);
+    // Kills without a group, even by the same invoker moments later, are OOMs of their own.
+    for (ts, pid) in [(5 * S + 5000, 13), (5 * S + 6000, 14)] {
+        assert!(matches!(
+            m.apply(&kill(ts, (40, 40, "worker"), 1, pid)),
+            Some(Change::Oom(_))
+        ));
+    }
+    // The same group much later is another OOM.
+    assert!(matches!(
+        m.apply(&group_kill(9 * S, (40, 40, "worker"), 1, 15, 2)),
+        Some(Change::Oom(_))
+    ));
+    assert!(matches!(
+        m.apply(&group_kill(9 * S + 1000, (40, 40, "worker"), 1, 16, 2)),
+        Some(Change::OomGroupVictim(_))
+    ));
+    // A group above the OOM's memcg is not the kernel's: it stops its walk at the OOM's memcg.
+    m.set_memcg_path(3, "/kubepods".into());
+    let Some(Change::Oom(o)) = m.apply(&group_kill(20 * S, (41, 41, "x"), 1, 17, 3)) else {
+        panic!()
+    };
+    assert_eq!(o.group, None);
+    assert_eq!(m.oom_rows().len(), 5);
 }
 
 /// The seed's scenario as `kubectl exec` makes it: a shell charges in the runtime's memcg (9),
