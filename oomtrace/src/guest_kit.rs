@@ -271,9 +271,14 @@ fn fetch_kernel(series: Series) -> Result<GuestKernel> {
     found(&root).context("the kernel package has no boot/vmlinuz-*")
 }
 
-/// kvm and kvm_amd of `k` with their dependencies, in insmod order, decompressed (busybox
-/// insmod does not read .ko.xz) into the kit dir. Module dependencies come from `modinfo`.
+/// kvm and kvm_amd of `k` with their dependencies, in insmod order.
 pub fn kvm_modules(k: &GuestKernel) -> Result<Vec<PathBuf>> {
+    modules(k, &["kvm_amd"])
+}
+
+/// The modules `names` of `k` with their dependencies, in insmod order, decompressed (busybox
+/// insmod does not read .ko.xz) into the kit dir. Module dependencies come from `modinfo`.
+pub fn modules(k: &GuestKernel, names: &[&str]) -> Result<Vec<PathBuf>> {
     let moddir = ["lib/modules", "usr/lib/modules"]
         .iter()
         .map(|d| k.root.join(d).join(&k.release))
@@ -304,9 +309,10 @@ pub fn kvm_modules(k: &GuestKernel) -> Result<Vec<PathBuf>> {
         order: &mut Vec<PathBuf>,
         depth: usize,
     ) -> Result<()> {
-        let src = index
-            .get(name)
-            .with_context(|| format!("module {name} is not in the kernel package"))?;
+        // Not a module file: built into the kernel.
+        let Some(src) = index.get(name) else {
+            return Ok(());
+        };
         let ko = out_dir.join(format!("{name}.ko"));
         if order.contains(&ko) || depth > 16 {
             return Ok(());
@@ -326,7 +332,12 @@ pub fn kvm_modules(k: &GuestKernel) -> Result<Vec<PathBuf>> {
         order.push(ko);
         Ok(())
     }
-    visit("kvm_amd", &index, &out_dir, &mut order, 0)?;
+    for name in names {
+        // Built in (CONFIG_...=y): nothing to load.
+        if index.contains_key(*name) {
+            visit(name, &index, &out_dir, &mut order, 0)?;
+        }
+    }
     Ok(order)
 }
 

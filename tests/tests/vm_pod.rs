@@ -282,3 +282,187 @@ fn real_qemu_vm_pod_guest_ram_memhold_and_post_mortem_match_the_kernel() -> Resu
     drop(pod);
     Ok(())
 }
+
+/// The seed's "Rapid IO on Guest": the guest writes DISK_MIB to its virtio disk, a host file
+/// that qemu writes from its thread pool (aio=threads). With cache=writeback those writes are
+/// page cache charged to the pod by qemu's `worker` threads; with cache=none qemu opens the file
+/// O_DIRECT and there is none.
+const DISK_MIB: u64 = 160;
+
+fn disk_guest_init(modules: &[String]) -> String {
+    let insmods: String = modules
+        .iter()
+        .map(|m| format!("insmod {m} 2>&1 | sed 's/^/INSMOD: /'\n"))
+        .collect();
+    format!(
+        r#"#!/bin/sh
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+{insmods}n=0; while [ ! -b /dev/vda ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
+dd if=/dev/zero of=/dev/vda bs=1M count={DISK_MIB} oflag=direct 2>&1 | sed 's/^/DD: /'
+echo DISK-WRITTEN
+while true; do sleep 60; done
+"#
+    )
+}
+
+/// memory.stat's page cache of a v1 memcg and its children (bytes).
+fn memcg_page_cache(memcg: &std::path::Path) -> Result<u64> {
+    let stat = std::fs::read_to_string(memcg.join("memory.stat"))?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("total_cache "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("memory.stat without total_cache")
+}
+
+/// One run: qemu with its disk on `cache`, in a pod; what the kernel charged as page cache
+/// against what oomtrace attributed, by thread.
+fn guest_disk_run(cache: &str) -> Result<()> {
+    let ctl = MemoryController::detect()?;
+    let top = format!("oomtrace-test-vmdisk-{cache}-{}", std::process::id());
+    let pod = ScratchCgroup::create(&ctl, &format!("{top}/kubepods/burstable/pod{UID}"), 2 << 30)?;
+    let container = pod.path.join(CID);
+    std::fs::create_dir(&container)?;
+    let kernel = guest::kernel(guest::Series::Debian6_1)?;
+    let modules = guest::modules(&kernel, &["virtio_pci", "virtio_blk"])?;
+    let files: Vec<(String, String)> = modules
+        .iter()
+        .map(|m| {
+            let name = m
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (m.display().to_string(), format!("/lib/{name}"))
+        })
+        .collect();
+    let init = disk_guest_init(&files.iter().map(|(_, g)| g.clone()).collect::<Vec<_>>());
+    let file_refs: Vec<(&std::path::Path, &str)> = files
+        .iter()
+        .map(|(h, g)| (std::path::Path::new(h.as_str()), g.as_str()))
+        .collect();
+    let initrd = guest::initramfs_with(&format!("vm-disk-{cache}"), &init, &[], &file_refs)?;
+    let disk = guest::kit_dir().join(format!("disk-{cache}-{}.img", std::process::id()));
+    // A new file: every page the guest writes is new, charged to the memcg that writes it.
+    std::fs::File::create(&disk)?.set_len((DISK_MIB * 2) << 20)?;
+
+    let tail = Tail::start(&["--cgroup", &pod.path.display().to_string()])?;
+    let before = memcg_page_cache(&pod.path)?;
+    let qemu = guest::qemu_command(&kernel.vmlinuz, &initrd, "quiet");
+    let mut args: Vec<String> = vec![qemu.get_program().to_string_lossy().into_owned()];
+    args.extend(qemu.get_args().map(|a| a.to_string_lossy().into_owned()));
+    args.extend(
+        [
+            "-name",
+            "guest=default_vm1,debug-threads=on",
+            "-m",
+            "256",
+            "-drive",
+            &format!(
+                "file={},if=virtio,format=raw,cache={cache},aio=threads",
+                disk.display()
+            ),
+        ]
+        .map(str::to_string),
+    );
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec \"$@\"",
+            container.display()
+        ))
+        .arg("sh")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start qemu")?;
+    let qemu_pid = child.id();
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let mut written = false;
+    let mut console = Vec::new();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains("DISK-WRITTEN") => {
+                written = true;
+                break;
+            }
+            Ok(l) => console.push(l),
+            Err(_) => break,
+        }
+    }
+    // Let oomtrace see the last records (each at most a second old), then read the kernel.
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = memcg_page_cache(&pod.path)?;
+    // The summary while qemu runs: its threads are rows of their own until they exit.
+    let summary = tail.stop();
+    let _ = child.kill();
+    let _ = child.wait();
+    let summary = summary?;
+    let _ = std::fs::remove_file(&disk);
+    if !written {
+        bail!("{cache}: the guest never wrote its disk: {console:?}");
+    }
+    let kernel_cache = after.saturating_sub(before) as i64;
+    let threads = summary["threads"].as_array().context("summary threads")?;
+    let file_of = |pred: &dyn Fn(&Value) -> bool| -> i64 {
+        threads
+            .iter()
+            .filter(|t| t["pid"] == qemu_pid && pred(t))
+            .filter_map(|t| t["file"].as_i64())
+            .sum()
+    };
+    let workers = file_of(&|t| t["class"] == "qemu-worker");
+    let all_qemu = file_of(&|_| true);
+    let pod_file: i64 = threads.iter().filter_map(|t| t["file"].as_i64()).sum();
+    println!(
+        "cache={cache}: the guest wrote {DISK_MIB} MiB; memory.stat page cache +{} KiB; oomtrace: qemu's worker threads {} KiB, all of qemu {} KiB, the pod {} KiB of page cache",
+        kernel_cache / 1024,
+        workers / 1024,
+        all_qemu / 1024,
+        pod_file / 1024
+    );
+    let disk_bytes = (DISK_MIB << 20) as i64;
+    if cache == "writeback" {
+        // Every written page is page cache, charged by the thread that wrote it: a worker.
+        assert!(
+            within(kernel_cache, disk_bytes, 10.0),
+            "the kernel charged {kernel_cache} bytes of page cache for {disk_bytes} written"
+        );
+        assert!(
+            within(workers, kernel_cache, 5.0),
+            "qemu's workers charged {workers} bytes of page cache, memory.stat says {kernel_cache}"
+        );
+        assert!(
+            within(pod_file, kernel_cache, 5.0),
+            "the pod's threads charged {pod_file} bytes of page cache, memory.stat says {kernel_cache}"
+        );
+    } else {
+        assert!(
+            kernel_cache < disk_bytes / 20 && workers < disk_bytes / 20,
+            "cache=none: page cache {kernel_cache} bytes (kernel), {workers} (oomtrace's workers)"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn real_qemu_guest_disk_writes_are_page_cache_of_qemus_workers_with_writeback_only() -> Result<()> {
+    if !require_root(
+        "real_qemu_guest_disk_writes_are_page_cache_of_qemus_workers_with_writeback_only",
+    ) {
+        return Ok(());
+    }
+    let _serial = serial();
+    guest::ensure_tools()?;
+    guest_disk_run("writeback")?;
+    guest_disk_run("none")
+}
