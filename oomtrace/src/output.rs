@@ -4,54 +4,14 @@ use std::io::Write;
 
 use serde::Serialize;
 
+pub use crate::{
+    clock::{Clock, monotonic_ns},
+    units::bytes,
+};
 use crate::{
     model::{Change, Summary},
     visible::Visible,
 };
-
-/// Clock conversion: eBPF timestamps are CLOCK_MONOTONIC nanoseconds.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    /// CLOCK_REALTIME − CLOCK_MONOTONIC, in ns, taken at start.
-    pub realtime_offset_ns: i128,
-    pub start_mono_ns: u64,
-    /// CLOCK_BOOTTIME at start: /proc/<pid>/stat start times count from boot on this clock.
-    pub start_boot_ns: u64,
-}
-
-fn clock_ns(id: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into a valid timespec.
-    unsafe { libc::clock_gettime(id, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-pub fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
-}
-
-impl Clock {
-    pub fn now() -> Self {
-        let mono = monotonic_ns();
-        let real = clock_ns(libc::CLOCK_REALTIME);
-        Self {
-            realtime_offset_ns: real as i128 - mono as i128,
-            start_mono_ns: mono,
-            start_boot_ns: clock_ns(libc::CLOCK_BOOTTIME),
-        }
-    }
-
-    pub fn unix_seconds(&self, ts_ns: u64) -> f64 {
-        (ts_ns as i128 + self.realtime_offset_ns) as f64 / 1e9
-    }
-
-    pub fn since_start(&self, ts_ns: u64) -> f64 {
-        ts_ns.saturating_sub(self.start_mono_ns) as f64 / 1e9
-    }
-}
 
 /// Long memcg paths are cut to their last component in text lines; JSON keeps the whole path.
 fn short_path(path: &str) -> String {
@@ -63,23 +23,8 @@ fn short_path(path: &str) -> String {
     format!("…/{last}")
 }
 
-/// Human-readable byte count: 1.5 MiB, -256.0 KiB, 4096 B.
-pub fn bytes(v: i64) -> String {
-    let a = v.unsigned_abs() as f64;
-    let sign = if v < 0 { "-" } else { "" };
-    if a >= (1u64 << 30) as f64 {
-        format!("{sign}{:.2} GiB", a / (1u64 << 30) as f64)
-    } else if a >= (1u64 << 20) as f64 {
-        format!("{sign}{:.1} MiB", a / (1u64 << 20) as f64)
-    } else if a >= 1024.0 {
-        format!("{sign}{:.1} KiB", a / 1024.0)
-    } else {
-        format!("{sign}{a} B")
-    }
-}
-
 fn opt_bytes(v: Option<u64>) -> String {
-    v.map_or_else(|| "unlimited".to_string(), |v| bytes(v as i64))
+    crate::units::bytes_or(v, "unlimited")
 }
 
 fn usage_limit(usage: Option<u64>, limit: Option<u64>) -> String {

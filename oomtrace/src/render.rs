@@ -7,7 +7,7 @@ use clap::ValueEnum;
 use crate::{
     kubevirt::identity,
     model::views::{MemcgView, PostMortem, ProcessView, Snapshot, ThreadView},
-    output::bytes,
+    units::{bytes, bytes_or, signed},
     visible::{Visible, visible},
 };
 
@@ -18,19 +18,8 @@ pub enum By {
     Thread,
 }
 
-fn signed(v: i64) -> String {
-    if v > 0 {
-        format!("+{}", bytes(v))
-    } else {
-        bytes(v)
-    }
-}
-
 fn opt_bytes(v: Option<u64>) -> String {
-    v.map_or_else(
-        || "-".into(),
-        |v| bytes(i64::try_from(v).unwrap_or(i64::MAX)),
-    )
+    bytes_or(v, "-")
 }
 
 /// "/…/pod0b5e (pod 0b5e1c2d (burstable), VM default/vm1)": the path and who it belongs to.

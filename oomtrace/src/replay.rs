@@ -6,8 +6,8 @@ use anyhow::Result;
 
 use crate::{
     capture::{Header, Reader},
+    clock::Clock,
     model::{Change, Model, input::ModelInput},
-    output::Clock,
 };
 
 pub struct Replayed {

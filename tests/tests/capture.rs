@@ -564,3 +564,55 @@ fn record_on_a_full_disk_stops_the_capture_in_one_line_and_keeps_the_summary() -
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
+
+/// A capture format v1 file as an earlier oomtrace wrote it (e3a1244, before memory.oom.group
+/// facts were stored; tests/data/README.md): every later reader must read it to the same OOM,
+/// the same records and the same totals. A field added in the middle of a stored struct, or a
+/// variant inserted instead of appended, changes what this file decodes to.
+#[test]
+fn a_capture_of_format_v1_written_before_reads_back_the_same() -> Result<()> {
+    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/data/golden-capture-v1.otr");
+    let (code, stdout, stderr) = run(&["report", "--json", golden])?;
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let of = |t: &str| {
+        lines
+            .iter()
+            .find(|l| l["type"] == t)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let capture = of("capture");
+    assert_eq!(capture["records"], 377, "{capture}");
+    assert_eq!(
+        capture["warnings"].as_array().map(Vec::len),
+        Some(0),
+        "{capture}"
+    );
+    let oom = of("oom");
+    for (field, want) in [
+        ("invoker_tid", serde_json::json!(6434)),
+        ("invoker_pid", serde_json::json!(6431)),
+        ("invoker_comm", serde_json::json!("memhog")),
+        ("victim_pid", serde_json::json!(6431)),
+        ("victim_comm", serde_json::json!("memhog")),
+        ("victim_anon_rss_kb", serde_json::json!(33280)),
+        ("memcg", serde_json::json!("/oomtrace-compat")),
+        ("limit", serde_json::json!(32 << 20)),
+        ("group", Value::Null),
+    ] {
+        assert_eq!(oom[field], want, "{field} in {oom}");
+    }
+    let summary = of("summary");
+    assert_eq!(summary["counters"]["events"], 305, "{summary}");
+    // What the capture holds of the victim's charges before the kill: as the kernel counted.
+    let charged = oom["victim_charged_anon"].as_i64().unwrap_or(0);
+    assert!(
+        tests::within(charged / 1024, 33280, 5.0),
+        "memhog charged {charged} bytes anon before the kill"
+    );
+    Ok(())
+}

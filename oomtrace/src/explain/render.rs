@@ -2,15 +2,10 @@
 use std::io::{self, Write};
 
 use super::interpret::Explanation;
-use crate::{kubevirt::identity, output::bytes};
-
-fn b(v: u64) -> String {
-    bytes(i64::try_from(v).unwrap_or(i64::MAX))
-}
-
-fn kb(v: u64) -> String {
-    b(v.saturating_mul(1024))
-}
+use crate::{
+    kubevirt::identity,
+    units::{bytes_u64 as b, kib as kb},
+};
 
 pub fn text(out: &mut dyn Write, n: usize, e: &Explanation) -> io::Result<()> {
     let r = &e.report;

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::{history::Series, views::WINDOW_LONG_NS};
-use crate::{memory_stat::MemoryStat, output::bytes};
+use crate::{memory_stat::MemoryStat, units::bytes};
 
 /// Kinds that are not a part of another: the ones "grew most" chooses among.
 const WHOLE_KINDS: [&str; 5] = ["anon", "page_cache", "shmem", "sock", "kernel"];

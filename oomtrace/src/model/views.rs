@@ -3,7 +3,10 @@
 //! the last 10 s and 60 s, and the OOM post-mortem. Pure functions of the state; no I/O.
 use serde::Serialize;
 
-use crate::kubevirt::{ThreadClass, budget, identity::PodIdentity};
+use crate::{
+    kubevirt::{ThreadClass, budget, identity::PodIdentity},
+    units::bytes,
+};
 
 pub const WINDOW_SHORT_NS: u64 = 10_000_000_000;
 pub const WINDOW_LONG_NS: u64 = 60_000_000_000;
@@ -238,10 +241,6 @@ pub fn budget_views(b: &budget::Budget, held: &ClassVec, clean_share: f64) -> Ve
         .collect()
 }
 
-fn mib(v: i64) -> String {
-    crate::output::bytes(v)
-}
-
 /// "memhold (foreign process in pod default/vm1) grew 250 MiB in the last 10 s and pushed the
 /// pod over its 700 MiB limit; qemu-system-x86 (guest RAM 612 MiB) was killed."
 pub fn sentence(
@@ -262,7 +261,7 @@ pub fn sentence(
         _ => "the memcg".to_string(),
     };
     let limit = memcg.limit.map_or("its limit".to_string(), |l| {
-        format!("its {} limit", mib(l as i64))
+        format!("its {} limit", bytes(l as i64))
     });
     let (inv_comm, inv_class, inv_pid) = invoker;
     let mut s = match grower {
@@ -281,7 +280,7 @@ pub fn sentence(
                 "{} ({} {place}) grew {}{besides} in the last {grew_in} and pushed {scope} over {limit}",
                 g.process,
                 g.class.as_process(),
-                mib(amount)
+                bytes(amount)
             )
         }
         _ => format!("{inv_comm} ({inv_class}) hit {limit} {place}"),
@@ -309,13 +308,13 @@ pub fn sentence(
     if v_class.is_qemu() && v_guest > 0 {
         s.push_str(&format!(
             "; {v_comm} (guest RAM {}) was killed.",
-            mib(v_guest)
+            bytes(v_guest)
         ));
     } else {
         s.push_str(&format!(
             "; {v_comm} ({}, rss {}) was killed.",
             v_class.as_process(),
-            mib(v_rss)
+            bytes(v_rss)
         ));
     }
     if let Some(p) = pressure {
