@@ -722,6 +722,68 @@ fn choose(h: &Hook, k: &KernelFacts, forced: Option<Tier>) -> Result<HookChoice,
 mod tests {
     use super::*;
 
+    /// Every program any plan can attach, by the names the table and the planner use.
+    fn program_names() -> Vec<&'static str> {
+        let mut names = vec!["memcg_lruvec_state_any"];
+        for h in HOOKS {
+            if let Some(f) = &h.function {
+                names.extend([f.entry.0, f.entry.1]);
+                if let Some((a, b)) = f.exit {
+                    names.extend([a, b]);
+                }
+                for c in f.companions {
+                    names.extend([c.fentry, c.kprobe]);
+                }
+            }
+            if let Some(t) = &h.tracepoint {
+                names.push(t.program);
+                if let Some((_, _, p)) = t.also {
+                    names.push(p);
+                }
+                if let Some(r) = &t.raw {
+                    names.push(r.program);
+                    names.extend(r.also);
+                }
+            }
+        }
+        names
+    }
+
+    /// The names the plan and the loader ask the built eBPF object for (programs, maps) are in
+    /// it: a program renamed on one side fails here, without root, not on the one kernel whose
+    /// tier picks it.
+    #[test]
+    fn every_program_and_map_the_loader_can_ask_for_is_in_the_built_object() {
+        let obj = match aya_obj::Object::parse(super::super::EBPF_OBJECT) {
+            Ok(o) => o,
+            Err(e) => panic!("the built eBPF object does not parse: {e}"),
+        };
+        let missing: Vec<&str> = program_names()
+            .into_iter()
+            .filter(|p| !obj.programs.contains_key(*p))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "programs not in the object: {missing:?}"
+        );
+        use oomtrace_common::maps as m;
+        for map in [
+            m::EVENTS,
+            m::CHARGES,
+            m::WATCHED,
+            m::STATS,
+            m::SEEN_THREADS,
+            m::IN_GUEST_FAULT,
+            m::RECLAIM_START,
+            m::GUEST_RAM,
+            m::GUEST_SEEN,
+            m::CHARGE_KIND,
+            m::OOM_START,
+        ] {
+            assert!(obj.maps.contains_key(map), "map {map} not in the object");
+        }
+    }
+
     fn set(items: &[&str]) -> BTreeSet<String> {
         items.iter().map(|s| s.to_string()).collect()
     }

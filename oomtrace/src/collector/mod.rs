@@ -589,14 +589,20 @@ const MAX_COMM_READS_PER_SWEEP: usize = 256;
 
 fn drain(ring: &mut RingBuf<MapData>, live: &mut Live, out: &mut dyn Write) -> Result<bool> {
     let mut events = Vec::new();
+    let mut undecodable = 0;
     while let Some(item) = ring.next() {
         match decode::decode(&item) {
             Ok(e) => events.push(e),
             Err(err) => {
-                live.model.counters.decode_errors += 1;
+                undecodable += 1;
                 log::warn!("undecodable ring record: {err}");
             }
         }
+    }
+    if undecodable > 0 {
+        // Through the model's entry point, so a capture replays to the same count.
+        let total = live.model.counters.decode_errors + undecodable;
+        live.feed(ModelInput::DecodeErrors(total));
     }
     let mut oom = false;
     for e in &events {

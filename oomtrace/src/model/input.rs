@@ -83,6 +83,8 @@ pub enum ModelInput {
         class: crate::kubevirt::ThreadClass,
         bytes: i64,
     },
+    /// Ring-buffer records the collector could not decode (cumulative).
+    DecodeErrors(u64),
 }
 
 impl ModelInput {
@@ -144,6 +146,10 @@ impl Model {
             }
             ModelInput::SkippedRuns(n) => {
                 self.counters.skipped_runs = *n;
+                None
+            }
+            ModelInput::DecodeErrors(n) => {
+                self.counters.decode_errors = *n;
                 None
             }
             ModelInput::GuestFound { tgid, bytes } => {
