@@ -3,7 +3,6 @@
 //!
 //! Data flows one way: kernel (bpf) → ring/maps → decode → model (attribution) → output.
 pub mod agent;
-pub mod bench;
 pub mod bpf;
 pub mod capture;
 pub mod cgroupfs;
@@ -13,11 +12,9 @@ pub mod decode;
 pub mod demo;
 pub mod doctor;
 pub mod explain;
-pub mod guest_kit;
 pub mod kernel_btf;
 pub mod killer;
 pub mod kubevirt;
-pub mod load;
 pub mod memory_stat;
 pub mod model;
 pub mod offline;

@@ -268,51 +268,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// (internal) Measure oomtrace's costs and write BENCHMARKS.md (run through `./x bench`).
-    #[command(hide = true)]
-    Bench {
-        #[arg(long, default_value = "BENCHMARKS.md")]
-        out: PathBuf,
-        #[arg(long, default_value_t = 7)]
-        pairs: usize,
-        #[arg(long, default_value_t = 256)]
-        storm_mib: usize,
-        #[arg(long, default_value_t = 1_000_000)]
-        churn: usize,
-    },
     /// (internal) What the programs need from the kernel's BTF, as JSON.
     #[command(hide = true)]
     KernelBtf { btf: PathBuf },
-    /// (internal) A page-fault storm timing itself.
-    #[command(hide = true)]
-    Storm {
-        #[arg(long)]
-        cgroup: String,
-        #[arg(long, default_value_t = 256)]
-        mib: usize,
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-    },
-    /// (internal) Many idle threads in one memcg.
-    #[command(hide = true)]
-    Threads {
-        #[arg(long)]
-        cgroup: String,
-        #[arg(long)]
-        threads: usize,
-        #[arg(long, default_value_t = 600)]
-        hold: u64,
-    },
-    /// (internal) Thread churn in one memcg.
-    #[command(hide = true)]
-    Churn {
-        #[arg(long)]
-        cgroup: String,
-        #[arg(long)]
-        threads: usize,
-        #[arg(long, default_value_t = 64)]
-        parallel: usize,
-    },
     /// (internal) The workload the demo and the tests run.
     #[command(hide = true)]
     Workload {
@@ -576,36 +534,10 @@ fn run(cli: Cli) -> Result<()> {
             };
             explain::run(&opts, &mut out)?;
         }
-        Command::Bench {
-            out,
-            pairs,
-            storm_mib,
-            churn,
-        } => oomtrace::bench::run(&oomtrace::bench::Options {
-            out,
-            pairs: pairs.max(1),
-            storm_mib: storm_mib.max(1),
-            churn,
-        })?,
         Command::KernelBtf { btf } => {
             let items = oomtrace::kernel_btf::KernelBtf::from_btf(&btf)?;
             writeln!(out, "{}", serde_json::to_string(&items)?)?;
         }
-        Command::Storm {
-            cgroup,
-            mib,
-            rounds,
-        } => oomtrace::load::storm(&cgroup, mib.max(1), rounds.max(1))?,
-        Command::Threads {
-            cgroup,
-            threads,
-            hold,
-        } => oomtrace::load::idle_threads(&cgroup, threads, hold)?,
-        Command::Churn {
-            cgroup,
-            threads,
-            parallel,
-        } => oomtrace::load::churn(&cgroup, threads, parallel.max(1))?,
         Command::Agent {
             dir,
             listen,

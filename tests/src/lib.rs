@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use oomtrace::guest_kit as guest;
+pub mod bench;
+pub mod guest;
+pub mod load;
 
 use anyhow::{Context as _, Result, bail};
 use oomtrace::explain::{parse::Assembler, report::OomReport};

@@ -1069,7 +1069,7 @@ fn agent_killed_at_random_moments_leaves_flight_files_report_reads() -> Result<(
     let pod_s = pod.path.display().to_string();
     let top_path = pod.path.parent().context("top cgroup")?.to_path_buf();
     let mut load = Killed(
-        Command::new(oomtrace_bin()?)
+        Command::new(env!("CARGO_BIN_EXE_oomtrace-bench"))
             .args([
                 "churn",
                 "--cgroup",

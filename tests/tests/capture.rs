@@ -421,7 +421,7 @@ fn record_killed_at_20_random_moments_leaves_files_report_reads() -> Result<()> 
         512 << 20,
     )?;
     let path = cg.path.display().to_string();
-    let mut load = Command::new(oomtrace_bin()?)
+    let mut load = Command::new(env!("CARGO_BIN_EXE_oomtrace-bench"))
         .args([
             "churn",
             "--cgroup",
@@ -518,7 +518,7 @@ fn record_on_a_full_disk_stops_the_capture_in_one_line_and_keeps_the_summary() -
         .stderr(Stdio::piped())
         .spawn()?;
     std::thread::sleep(Duration::from_millis(1500));
-    let mut load = Command::new(oomtrace_bin()?)
+    let mut load = Command::new(env!("CARGO_BIN_EXE_oomtrace-bench"))
         .args([
             "churn",
             "--cgroup",

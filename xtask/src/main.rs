@@ -4,7 +4,11 @@ mod dist;
 mod fuzz;
 mod soak;
 
-use std::{path::PathBuf, process::Command, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -366,6 +370,22 @@ fn vm_test(ws: &std::path::Path, channel: &str) -> Result<Counts> {
     Ok(counts)
 }
 
+/// The release oomtrace and the benchmark binary (tests' oomtrace-bench: the load generators
+/// and the benchmarks, kept out of the shipped binary).
+fn build_bench(ws: &Path, channel: &str) -> Result<()> {
+    for args in [
+        &["-p", "oomtrace"][..],
+        &["-p", "tests", "--bin", "oomtrace-bench"],
+    ] {
+        run(Command::new("cargo")
+            .arg(format!("+{channel}"))
+            .args(["build", "--quiet", "--release"])
+            .args(args)
+            .current_dir(ws))?;
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let ws = workspace().canonicalize().unwrap_or_else(|_| workspace());
@@ -394,10 +414,7 @@ fn main() -> Result<()> {
         }
         Task::Bench { pairs, churn } => {
             let channel = setup()?;
-            run(Command::new("cargo")
-                .arg(format!("+{channel}"))
-                .args(["build", "--quiet", "--release", "-p", "oomtrace"])
-                .current_dir(&ws))?;
+            build_bench(&ws, &channel)?;
             if !is_root() {
                 bail!(
                     "the benchmarks load eBPF programs and make memory cgroups: run them as root (sudo ./x bench)"
@@ -410,7 +427,8 @@ fn main() -> Result<()> {
                     .env("DEBIAN_FRONTEND", "noninteractive")
                     .status();
             }
-            run(Command::new(ws.join("target/release/oomtrace"))
+            run(Command::new(ws.join("target/release/oomtrace-bench"))
+                .env("OOMTRACE_BIN", ws.join("target/release/oomtrace"))
                 .args(["bench", "--out"])
                 .arg(ws.join("BENCHMARKS.md"))
                 .args(["--pairs", &pairs.to_string(), "--churn", &churn.to_string()])
@@ -431,15 +449,13 @@ fn main() -> Result<()> {
         }
         Task::Soak { minutes } => {
             let channel = setup()?;
-            run(Command::new("cargo")
-                .arg(format!("+{channel}"))
-                .args(["build", "--quiet", "--release", "-p", "oomtrace"])
-                .current_dir(&ws))?;
+            build_bench(&ws, &channel)?;
             if !is_root() {
                 bail!("the soak loads eBPF programs and makes memory cgroups: run it as root");
             }
             soak::soak(
                 &ws.join("target/release/oomtrace"),
+                &ws.join("target/release/oomtrace-bench"),
                 &ws.join("BENCHMARKS.md"),
                 minutes,
             )?;

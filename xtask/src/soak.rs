@@ -146,7 +146,8 @@ fn write_section(file: &Path, section: &str) -> Result<()> {
         .with_context(|| format!("cannot write {}", file.display()))
 }
 
-pub fn soak(bin: &Path, out: &Path, minutes: u64) -> Result<()> {
+/// `bin` is the oomtrace under test, `load` the load generator (tests' oomtrace-bench).
+pub fn soak(bin: &Path, load: &Path, out: &Path, minutes: u64) -> Result<()> {
     if minutes == 0 {
         bail!("give the soak at least one minute");
     }
@@ -210,7 +211,7 @@ pub fn soak(bin: &Path, out: &Path, minutes: u64) -> Result<()> {
     let churn_cg = top.join("churn");
     make_cgroup(&churn_cg, limit_file, 1 << 30)?;
     let _churn = Killed(
-        Command::new(bin)
+        Command::new(load)
             .args(["churn", "--cgroup"])
             .arg(&churn_cg)
             .args(["--threads", "1000000000", "--parallel", "8"])
@@ -220,11 +221,12 @@ pub fn soak(bin: &Path, out: &Path, minutes: u64) -> Result<()> {
     // Pods made and removed; every third minute one grows to its OOM kill; every fifth a
     // burst of 64 parallel threads at a time.
     let pods = {
-        let (stop, pods_made, top, bin) = (
+        let (stop, pods_made, top, bin, load) = (
             stop.clone(),
             pods_made.clone(),
             top.clone(),
             bin.to_path_buf(),
+            load.to_path_buf(),
         );
         std::thread::spawn(move || {
             let mut i = 0u64;
@@ -259,7 +261,7 @@ pub fn soak(bin: &Path, out: &Path, minutes: u64) -> Result<()> {
                 }
                 if last_burst.elapsed() >= Duration::from_secs(300) {
                     last_burst = Instant::now();
-                    let _ = Command::new(&bin)
+                    let _ = Command::new(&load)
                         .args(["churn", "--cgroup"])
                         .arg(&pod)
                         .args(["--threads", "200000", "--parallel", "64"])

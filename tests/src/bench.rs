@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::{cgroupfs::MemoryController, scratch_cgroup::ScratchCgroup};
+use oomtrace::{cgroupfs::MemoryController, scratch_cgroup::ScratchCgroup};
 
 mod agent_cost;
 
@@ -25,8 +25,25 @@ pub struct Options {
     pub churn: usize,
 }
 
-fn exe() -> Result<PathBuf> {
-    std::env::current_exe().context("cannot find the oomtrace executable")
+/// The load generators (storm, threads, churn): this benchmark binary's own subcommands.
+fn load_exe() -> Result<PathBuf> {
+    std::env::current_exe().context("cannot find the benchmark executable")
+}
+
+/// The oomtrace measured: $OOMTRACE_BIN, else the `oomtrace` built next to this binary.
+fn oomtrace_exe() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("OOMTRACE_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = load_exe()?;
+    let bin = exe.with_file_name("oomtrace");
+    if !bin.exists() {
+        bail!(
+            "no oomtrace next to {} (build it, or set OOMTRACE_BIN)",
+            exe.display()
+        );
+    }
+    Ok(bin)
 }
 
 fn stats(v: &[f64]) -> (f64, f64, f64) {
@@ -48,7 +65,7 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
 
 /// A fault storm in `cg`: median ns per page over its rounds.
 fn storm(cg: &str, mib: usize, rounds: usize) -> Result<f64> {
-    let out = Command::new(exe()?)
+    let out = Command::new(load_exe()?)
         .args([
             "storm",
             "--cgroup",
@@ -131,7 +148,7 @@ impl Tracer {
 
     /// `oomtrace` with environment variables set for it (variant switches).
     fn oomtrace_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
-        let mut cmd = Command::new(exe()?);
+        let mut cmd = Command::new(oomtrace_exe()?);
         cmd.envs(env.iter().copied());
         cmd.args(["tail", "--json"]).args(args);
         Self::spawn(&mut cmd, "\"type\":\"start\"", Duration::from_secs(30))?
@@ -197,15 +214,14 @@ impl Drop for Tracer {
 /// A real TCG guest in `cg` fills `fill_mib` of its RAM (tmpfs); seconds from its "start" mark
 /// to its "filled" mark, read off the serial console.
 fn guest_fill(cg: &str, fill_mib: usize) -> Result<f64> {
-    use crate::guest_kit;
-    let kernel = guest_kit::debian_cloud_kernel()?;
+    let kernel = crate::guest::debian_cloud_kernel()?;
     let init = format!(
         "#!/bin/sh\nmount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n\
          mount -t tmpfs -o size=600m tmpfs /mnt\necho FILL-START\n\
          dd if=/dev/zero of=/mnt/fill bs=1M count={fill_mib} 2>/dev/null\necho FILL-DONE\npoweroff -f\n"
     );
-    let initrd = guest_kit::initramfs("bench-fill", &init)?;
-    let qemu = guest_kit::qemu_command(&kernel, &initrd, "quiet");
+    let initrd = crate::guest::initramfs("bench-fill", &init)?;
+    let qemu = crate::guest::qemu_command(&kernel, &initrd, "quiet");
     let mut args: Vec<String> = vec![qemu.get_program().to_string_lossy().into_owned()];
     args.extend(qemu.get_args().map(|a| a.to_string_lossy().into_owned()));
     args.extend(["-name", "guest=bench_fill,debug-threads=on", "-m", "768"].map(str::to_string));
@@ -285,7 +301,7 @@ pub fn run(opts: &Options) -> Result<()> {
         t.stop()?;
         let t = Tracer::oomtrace_with_env(
             &["--cgroup", &cg],
-            &[(crate::bpf::facts::CLASSIC_TRACEPOINTS, "1")],
+            &[(oomtrace::bpf::facts::CLASSIC_TRACEPOINTS, "1")],
         )?;
         classic.push(storm(&cg, opts.storm_mib, 3)?);
         t.stop()?;
@@ -474,7 +490,7 @@ pub fn run(opts: &Options) -> Result<()> {
     for i in 0..100 {
         let sub = root.path.join(format!("m{i}"));
         std::fs::create_dir_all(&sub)?;
-        let mut c = Command::new(exe()?)
+        let mut c = Command::new(load_exe()?)
             .args([
                 "threads",
                 "--cgroup",
@@ -503,7 +519,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let churn_cg = root.path.join("churn");
     std::fs::create_dir_all(&churn_cg)?;
     let cstart = Instant::now();
-    let st = Command::new(exe()?)
+    let st = Command::new(load_exe()?)
         .args([
             "churn",
             "--cgroup",
@@ -593,7 +609,7 @@ pub fn run(opts: &Options) -> Result<()> {
     // 6. Capture size and report speed.
     eprintln!("bench: capture");
     let cap = std::env::temp_dir().join(format!("oomtrace-bench-{}.otr", std::process::id()));
-    let mut rec = Command::new(exe()?)
+    let mut rec = Command::new(oomtrace_exe()?)
         .args([
             "record",
             "-o",
@@ -620,7 +636,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let events = rec_summary["counters"]["events"].as_f64().unwrap_or(0.0);
     let size = std::fs::metadata(&cap).map(|m| m.len()).unwrap_or(0) as f64;
     let start = Instant::now();
-    let rep = Command::new(exe()?)
+    let rep = Command::new(oomtrace_exe()?)
         .args(["report", "--json", &cap.display().to_string()])
         .output()?;
     let rsecs = start.elapsed().as_secs_f64();

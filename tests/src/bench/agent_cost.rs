@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{exe, mib, proc_usage};
+use super::{load_exe, mib, oomtrace_exe, proc_usage};
 
 const MEMCGS: usize = 100;
 const THREADS_PER_MEMCG: usize = 100;
@@ -40,7 +40,7 @@ fn scrape(port: u16) -> bool {
 }
 
 fn flight_bytes(dir: &Path) -> u64 {
-    crate::agent::flight_files(&dir.join("flight.otr"))
+    oomtrace::agent::flight_files(&dir.join("flight.otr"))
         .iter()
         .filter_map(|f| std::fs::metadata(f).ok())
         .map(|m| m.len())
@@ -80,7 +80,7 @@ pub(super) fn run(root: &Path, md: &mut String, raw: &mut String) -> Result<()> 
     for i in 0..MEMCGS {
         let sub = root.join(format!("rest{i}"));
         std::fs::create_dir_all(&sub)?;
-        let mut c = Command::new(exe()?)
+        let mut c = Command::new(load_exe()?)
             .args(["threads", "--cgroup", &sub.display().to_string()])
             .args(["--threads", &THREADS_PER_MEMCG.to_string(), "--hold", "900"])
             .stdout(Stdio::piped())
@@ -90,7 +90,7 @@ pub(super) fn run(root: &Path, md: &mut String, raw: &mut String) -> Result<()> 
         idle.push(Reaped(c));
     }
     let agent = Reaped(
-        Command::new(exe()?)
+        Command::new(oomtrace_exe()?)
             .args(["agent", "--dir"])
             .arg(&dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -115,7 +115,7 @@ pub(super) fn run(root: &Path, md: &mut String, raw: &mut String) -> Result<()> 
     let busy_cg = root.join("busy");
     std::fs::create_dir_all(&busy_cg)?;
     let busy_cg = busy_cg.display().to_string();
-    let bin = exe()?;
+    let bin = oomtrace_exe()?;
     let mut runs = 0u32;
     let (busy_cpu, busy_rss, busy_bytes) = window(pid, port, &dir, |until| {
         while Instant::now() < until {
