@@ -23,27 +23,26 @@ fn target_of(cgroup: Option<String>, pid: Option<u32>) -> Target {
     }
 }
 
-fn positive_duration(d: Option<f64>) -> Result<Option<Duration>> {
-    match d {
-        Some(d) if !(d > 0.0 && d.is_finite()) => {
-            anyhow::bail!("--duration must be a positive number of seconds")
-        }
-        Some(d) => Ok(Some(Duration::from_secs_f64(d))),
-        None => Ok(None),
-    }
-}
-
-/// "10m", "30s", "1h 30m", "90" (seconds).
-fn duration_arg(name: &str, s: &str) -> Result<Duration> {
+/// A duration as people type it: "500ms", "5s", "10m", "1h 30m", or bare seconds ("90", "0.5").
+fn duration_value(s: &str) -> Result<Duration, String> {
     let parsed = match s.trim().parse::<f64>() {
-        Ok(secs) if secs >= 0.0 && secs.is_finite() => Some(Duration::from_secs_f64(secs)),
+        Ok(secs) if secs >= 0.0 && secs.is_finite() => Duration::try_from_secs_f64(secs).ok(),
         Ok(_) => None,
         Err(_) => s
+            .trim()
             .parse::<jiff::SignedDuration>()
             .ok()
             .and_then(|d| Duration::try_from(d).ok()),
     };
-    parsed.ok_or_else(|| anyhow::anyhow!("{name} {s:?} is not a duration (e.g. 10m, 30s)"))
+    parsed.ok_or_else(|| format!("{s:?} is not a duration (e.g. 500ms, 30s, 10m, or seconds)"))
+}
+
+/// `duration_value`, more than zero.
+fn positive_duration_value(s: &str) -> Result<Duration, String> {
+    match duration_value(s)? {
+        d if d.is_zero() => Err(format!("{s:?}: must be more than zero")),
+        d => Ok(d),
+    }
 }
 
 fn positive_flush(v: i64) -> Result<i64> {
@@ -86,46 +85,53 @@ struct Cli {
     command: Command,
 }
 
+/// What `tail` and `record` trace, and how.
+#[derive(clap::Args)]
+struct TraceArgs {
+    /// Watch this memory cgroup and everything below it (as the kernel prints it, or a full path).
+    #[arg(long, conflicts_with = "pid")]
+    cgroup: Option<String>,
+    /// Watch the memory cgroup of this process and show only its threads.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Stop after this long (e.g. 30s, 10m; bare numbers are seconds).
+    #[arg(long, value_parser = positive_duration_value)]
+    duration: Option<Duration>,
+    /// Bytes a thread charges before a record is sent (smaller: more lines, more cost).
+    #[arg(long, default_value_t = 256 * 1024)]
+    flush_bytes: i64,
+    /// Use only this tier where a hook has it (default: fentry, else kprobe, else tracepoint).
+    #[arg(long, value_enum)]
+    tier: Option<oomtrace::bpf::Tier>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Stream charges, reclaim and OOM kills live, one line per event.
     Tail {
-        /// Watch this memory cgroup and everything below it (as the kernel prints it, or a full path).
-        #[arg(long, conflicts_with = "pid")]
-        cgroup: Option<String>,
+        #[command(flatten)]
+        trace: TraceArgs,
         /// Replay a capture instead of tracing (no root needed).
         #[arg(long, conflicts_with_all = ["cgroup", "pid"])]
         from: Option<PathBuf>,
         /// With --from: replay at this speed (1 = as recorded); default: as fast as possible.
         #[arg(long, requires = "from")]
         speed: Option<f64>,
-        /// Watch the memory cgroup of this process and show only its threads.
-        #[arg(long)]
-        pid: Option<u32>,
         /// JSON Lines instead of text.
         #[arg(long)]
         json: bool,
-        /// Stop after this many seconds.
-        #[arg(long)]
-        duration: Option<f64>,
-        /// Bytes a thread charges before a record is sent (smaller: more lines, more cost).
-        #[arg(long, default_value_t = 256 * 1024)]
-        flush_bytes: i64,
-        /// Also print, every --every seconds, each memcg's headroom and growth by class,
-        /// process or thread.
+        /// Also print, every --every, each memcg's headroom and growth by class, process or
+        /// thread.
         #[arg(long, value_enum)]
         by: Option<By>,
-        #[arg(long, default_value_t = 5.0)]
-        every: f64,
+        #[arg(long, default_value = "5s", value_parser = positive_duration_value)]
+        every: Duration,
         /// KubeVirt overhead constants for the budget: kubevirt-1.4+, kubevirt-1.1, kubevirt-0.54.
         #[arg(long, default_value = "kubevirt-1.4+")]
         kubevirt: String,
         /// additionalGuestMemoryOverheadRatio in force (Harvester >= 1.4 defaults to 1.5).
         #[arg(long, default_value_t = 1.0)]
         overhead_ratio: f64,
-        /// Use only this tier where a hook has it (default: fentry, else kprobe, else tracepoint).
-        #[arg(long, value_enum)]
-        tier: Option<oomtrace::bpf::Tier>,
     },
     /// The node's pod memory cgroups at a glance, live or from a capture: usage against the
     /// limit (guest RAM and overhead), growth, time to the limit, each pod's classes, processes
@@ -140,25 +146,20 @@ enum Command {
         /// Replay a capture instead of tracing (no root needed): pause, step, seek.
         #[arg(long, conflicts_with_all = ["cgroup", "pid"])]
         from: Option<PathBuf>,
-        /// With --from: start at this many seconds into the capture, paused.
-        #[arg(long, requires = "from")]
-        at: Option<f64>,
-        /// Seconds between screens.
-        #[arg(long, default_value_t = 1.0)]
-        every: f64,
+        /// With --from: start this far into the capture (e.g. 90s), paused.
+        #[arg(long, requires = "from", value_parser = duration_value)]
+        at: Option<Duration>,
+        /// Time between screens.
+        #[arg(long, default_value = "1s", value_parser = positive_duration_value)]
+        every: Duration,
     },
     /// Trace like `tail` and write everything to a capture file, for `report` and `export` later.
     Record {
         /// The capture file (`-`: standard output, when it is not a terminal).
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
-        #[arg(long, conflicts_with = "pid")]
-        cgroup: Option<String>,
-        #[arg(long)]
-        pid: Option<u32>,
-        /// Stop after this many seconds.
-        #[arg(long)]
-        duration: Option<f64>,
+        #[command(flatten)]
+        trace: TraceArgs,
         /// Rotate when the file reaches this size (e.g. 256M); keeps --keep older files.
         #[arg(long)]
         max_size: Option<String>,
@@ -167,11 +168,6 @@ enum Command {
         /// The final summary as JSON.
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value_t = 256 * 1024)]
-        flush_bytes: i64,
-        /// Use only this tier where a hook has it (default: fentry, else kprobe, else tracepoint).
-        #[arg(long, value_enum)]
-        tier: Option<oomtrace::bpf::Tier>,
     },
     /// Replay captures (rotated files oldest first) and show OOM post-mortems, the state at the
     /// end or at --at, and the summary. No root or BPF needed.
@@ -180,15 +176,15 @@ enum Command {
         files: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
-        /// Seconds after the capture's start: show the state then.
-        #[arg(long)]
-        at: Option<f64>,
-        /// With --at: also list every change of the last this-many seconds before it.
-        #[arg(long, requires = "at")]
-        window: Option<f64>,
-        /// Also show the state every this many seconds of capture time.
-        #[arg(long)]
-        every: Option<f64>,
+        /// This far after the capture's start (e.g. 90s, 2m): show the state then.
+        #[arg(long, value_parser = duration_value)]
+        at: Option<Duration>,
+        /// With --at: also list every change of this long before it.
+        #[arg(long, requires = "at", value_parser = duration_value)]
+        window: Option<Duration>,
+        /// Also show the state every this long of capture time.
+        #[arg(long, value_parser = positive_duration_value)]
+        every: Option<Duration>,
         #[arg(long, value_enum, default_value = "class")]
         by: By,
     },
@@ -247,11 +243,11 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         keep_kills: usize,
         /// How much before a kill its capture starts (e.g. 10m, 90s).
-        #[arg(long, default_value = "10m")]
-        before: String,
+        #[arg(long, default_value = "10m", value_parser = duration_value)]
+        before: Duration,
         /// How much after a kill its capture ends.
-        #[arg(long, default_value = "30s")]
-        after: String,
+        #[arg(long, default_value = "30s", value_parser = duration_value)]
+        after: Duration,
         /// Watch only this memory cgroup and below (default: every memory cgroup).
         #[arg(long)]
         cgroup: Option<String>,
@@ -307,28 +303,21 @@ fn run(cli: Cli) -> Result<()> {
             every,
             ..
         } => {
-            if !(every > 0.0 && every.is_finite()) {
-                anyhow::bail!("--every must be a positive number of seconds");
-            }
-            offline::tail_from(
-                &file,
-                json,
-                speed,
-                by,
-                Duration::from_secs_f64(every),
-                &mut out,
-            )?;
+            offline::tail_from(&file, json, speed, by, every, &mut out)?;
         }
         Command::Record {
             output,
-            cgroup,
-            pid,
-            duration,
+            trace:
+                TraceArgs {
+                    cgroup,
+                    pid,
+                    duration,
+                    flush_bytes,
+                    tier,
+                },
             max_size,
             keep,
             json,
-            flush_bytes,
-            tier,
         } => {
             let max_size = match max_size {
                 Some(m) => Some(parse_size_arg(&m).filter(|v| *v > 0).ok_or_else(|| {
@@ -342,7 +331,7 @@ fn run(cli: Cli) -> Result<()> {
                 target: target_of(cgroup, pid),
                 json,
                 charges: false,
-                duration: positive_duration(duration)?,
+                duration,
                 flush_bytes: positive_flush(flush_bytes)?,
                 record: Some(RecordTo {
                     path: output,
@@ -379,21 +368,14 @@ fn run(cli: Cli) -> Result<()> {
             every,
             by,
         } => {
-            for (name, v) in [("--at", at), ("--window", window), ("--every", every)] {
-                if v.is_some_and(|v| !(v >= 0.0 && v.is_finite())) {
-                    anyhow::bail!("{name} must be a number of seconds >= 0");
-                }
-            }
-            if every == Some(0.0) {
-                anyhow::bail!("--every must be > 0");
-            }
+            let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
             offline::report(
                 &offline::ReportOptions {
                     files,
                     json,
-                    at,
-                    window,
-                    every,
+                    at: secs(at),
+                    window: secs(window),
+                    every: secs(every),
                     by,
                 },
                 &mut out,
@@ -421,32 +403,31 @@ fn run(cli: Cli) -> Result<()> {
             None => offline::export(&file, format, &mut out)?,
         },
         Command::Tail {
-            cgroup,
-            pid,
+            trace:
+                TraceArgs {
+                    cgroup,
+                    pid,
+                    duration,
+                    flush_bytes,
+                    tier,
+                },
             json,
-            duration,
-            flush_bytes,
             by,
             every,
             kubevirt,
             overhead_ratio,
-            tier,
             from: None,
             speed: _,
         } => {
             let target = target_of(cgroup, pid);
             let flush_bytes = positive_flush(flush_bytes)?;
-            let duration = positive_duration(duration)?;
-            if !(every > 0.0 && every.is_finite()) {
-                anyhow::bail!("--every must be a positive number of seconds");
-            }
             let cfg = Config {
                 target,
                 json,
                 duration,
                 flush_bytes,
                 by,
-                every: Duration::from_secs_f64(every),
+                every,
                 budget: (budget_profile(&kubevirt, overhead_ratio)?, overhead_ratio),
                 tier,
                 least_privilege: true,
@@ -568,8 +549,8 @@ fn run(cli: Cli) -> Result<()> {
                 listen,
                 max_disk,
                 keep_kills: keep_kills.max(1),
-                before: duration_arg("--before", &before)?,
-                after: duration_arg("--after", &after)?,
+                before,
+                after,
                 target: target_of(cgroup, None),
                 flush_bytes: positive_flush(flush_bytes)?,
                 runtime_roots: runtime_state,

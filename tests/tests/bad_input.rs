@@ -35,6 +35,34 @@ fn assert_one_line_error(mut cmd: Command, needle: &str) -> Result<()> {
     Ok(())
 }
 
+/// A value clap's parser refuses: its usage error (exit 2), the first line naming the option and
+/// what is wrong, then only clap's pointer to --help.
+fn assert_usage_error(mut cmd: Command, needles: &[&str]) -> Result<()> {
+    let out = cmd.output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{cmd:?}: exit code; stderr: {stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{cmd:?}: nothing on stdout");
+    let first = stderr.lines().next().unwrap_or_default();
+    for n in needles {
+        assert!(first.contains(n), "{cmd:?}: {first:?} should mention {n:?}");
+    }
+    let rest: Vec<&str> = stderr
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(
+        rest.len() <= 1,
+        "{cmd:?}: one line and clap's pointer, got {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    Ok(())
+}
+
 #[test]
 fn missing_cgroup_path_is_one_line_error() -> Result<()> {
     if !require_root("missing_cgroup_path_is_one_line_error") {
@@ -90,10 +118,25 @@ fn bad_option_values_are_rejected() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_one_line_error(
+    assert_usage_error(
         oomtrace(&["tail", "--duration", "0"])?,
-        "--duration must be a positive",
+        &["--duration", "more than zero"],
     )?;
+    assert_usage_error(
+        oomtrace(&["record", "-o", "x.otr", "--duration", "5 parsecs"])?,
+        &["--duration", "not a duration"],
+    )?;
+    // Durations as people type them: a capture read at 2 minutes and at 1.5 (seconds).
+    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/data/golden-capture-v1.otr");
+    for at in ["2m", "1.5", "500ms"] {
+        let out = oomtrace(&["report", golden, "--at", at, "--window", "1s"])?.output()?;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "--at {at}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     assert_one_line_error(
         oomtrace(&["workload", "--process", "x", "--thread", "nonsense"])?,
         "NAME=MIB@RATE",
@@ -278,9 +321,9 @@ fn agent_bad_conditions_are_one_line_errors() -> Result<()> {
         "is not a directory",
     )?;
     // Durations and sizes people type wrong.
-    assert_one_line_error(
+    assert_usage_error(
         oomtrace(&["agent", "--dir", &dir_s, "--before", "ten minutes"])?,
-        "--before",
+        &["--before", "not a duration"],
     )?;
     assert_one_line_error(
         oomtrace(&["agent", "--dir", &dir_s, "--max-disk", "12k"])?,

@@ -378,10 +378,19 @@ impl Assembler {
         self.section = Section::None;
         self.lines_since_kill = None;
         // A Killed line cut inside its comm: the report's task table still names the pid.
-        if let Some(v) = r.victim.as_mut().filter(|v| v.comm.is_empty())
-            && let Some(t) = r.tasks.iter().find(|t| t.pid == v.pid)
+        if let Some(v) = r.victim.as_mut()
+            && let Some(why) = v.line_cut
         {
-            v.comm = t.name.clone();
+            if why == "inside its name"
+                && let Some(t) = r.tasks.iter().find(|t| t.pid == v.pid)
+                && t.name.starts_with(v.comm.as_str())
+            {
+                v.comm = t.name.clone();
+            }
+            warn(
+                &mut r,
+                format!("the \"Killed process\" line is cut {why} (a cut log or a wrapped paste)"),
+            );
         }
         if r.victim.is_none() && !r.nothing_killable {
             r.truncated_end = true;
@@ -461,15 +470,22 @@ impl Assembler {
 /// separators where a user's tool added them.
 fn killed_victim(c: &regex::Captures<'_>) -> Victim {
     let rest = c.name("rest").map_or("", |m| m.as_str());
-    let end = rest
+    let closed = rest
         .find(") total-vm:")
         .or_else(|| rest.find("), UID "))
-        .or_else(|| rest.rfind(')'))
-        .unwrap_or(rest.len());
+        .or_else(|| rest.rfind(')'));
+    let end = closed.unwrap_or(rest.len());
     let mut v = Victim {
         pid: num(c, "pid").unwrap_or(0),
         comm: rest[..end].to_string(),
         reason: c.name("reason").map(|m| m.as_str().to_string()),
+        line_cut: if closed.is_none() {
+            Some("inside its name")
+        } else if !rest.contains("anon-rss:") {
+            Some("before its figures")
+        } else {
+            None
+        },
         ..Victim::default()
     };
     let Some(figures) = KILLED_FIGURE.as_ref() else {

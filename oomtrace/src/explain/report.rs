@@ -69,6 +69,9 @@ pub struct Victim {
     pub oom_score_adj: Option<i32>,
     /// "Memory cgroup out of memory" or "Out of memory".
     pub reason: Option<String>,
+    /// Where the line ends early: "inside its name" or "before its figures" (a cut log, a
+    /// wrapped paste); None: whole.
+    pub line_cut: Option<&'static str>,
 }
 
 /// The victim as a line before the Killed line names it ("oom-kill:...,task=NAME,pid=N" since

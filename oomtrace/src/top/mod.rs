@@ -34,10 +34,10 @@ use ui::{Action, Ui};
 pub struct Options {
     pub target: Target,
     pub from: Option<PathBuf>,
-    /// Seconds between frames.
-    pub every: f64,
-    /// With `from`: start here (seconds after the capture's start), paused.
-    pub at: Option<f64>,
+    /// Time between frames.
+    pub every: Duration,
+    /// With `from`: start this far after the capture's start, paused.
+    pub at: Option<Duration>,
 }
 
 /// Where frames come from.
@@ -56,8 +56,8 @@ pub fn run(opts: Options) -> Result<()> {
              `oomtrace tail --by class` (or `report` on a capture)"
         );
     }
-    if opts.every.is_nan() || opts.every < 0.2 {
-        bail!("--every must be at least 0.2 seconds");
+    if opts.every < Duration::from_millis(200) {
+        bail!("--every must be at least 200ms");
     }
     let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     match &opts.from {
@@ -210,7 +210,7 @@ fn live(opts: Options, color: bool) -> Result<()> {
         least_privilege: true,
         ..Config::default()
     };
-    let every = Duration::from_secs_f64(opts.every);
+    let every = opts.every;
     let builder = Rc::new(RefCell::new(None));
     let mut frames = LiveFrames {
         shared: shared.clone(),
@@ -294,10 +294,8 @@ impl Replay {
         );
         let start = player.start_ns;
         if let Some(at) = opts.at {
-            if !(at >= 0.0 && at.is_finite()) {
-                bail!("--at must be a number of seconds >= 0");
-            }
-            player.seek(start + (at * 1e9) as u64)?;
+            let at_ns = u64::try_from(at.as_nanos()).unwrap_or(u64::MAX);
+            player.seek(start.saturating_add(at_ns))?;
         } else {
             player.seek(start)?;
         }
@@ -308,7 +306,7 @@ impl Replay {
             paused: opts.at.is_some(),
             speed: 1.0,
             moved_at: Instant::now(),
-            every: Duration::from_secs_f64(opts.every.min(1.0)),
+            every: opts.every.min(Duration::from_secs(1)),
             last_frame: None,
             built_for: None,
         })
