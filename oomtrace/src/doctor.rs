@@ -26,6 +26,85 @@ pub struct Report {
     pub kernel_functions: Option<bpf::KernelFunctionProbes>,
     /// The capabilities `tail`, `record` and `agent` keep once attached (all others dropped).
     pub kept_after_start: Vec<KeptCapability>,
+    /// Which kinds of memory this kernel lets oomtrace tell apart, per thread and per memcg.
+    pub memory_kinds: MemoryKinds,
+}
+
+/// A kind of memory, and whether this kernel counts it where oomtrace reads it.
+#[derive(Serialize)]
+pub struct KindAvailable {
+    pub kind: &'static str,
+    pub available: bool,
+    /// Why not, when not.
+    pub why_not: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+pub struct MemoryKinds {
+    /// From the charge hook: what each thread charged, by the kernel's stat item.
+    pub per_thread: Vec<KindAvailable>,
+    /// From the memcg's memory.stat (per memcg, never a thread's); empty when none was read.
+    pub per_memcg: Vec<KindAvailable>,
+}
+
+/// What the charge items and the root memcg's memory.stat say of each kind.
+fn memory_kinds(kbtf: Option<&KernelBtf>, ctl: Option<&MemoryController>) -> MemoryKinds {
+    let no_item = "this kernel's node_stat_item has no such item: the charge hook cannot see it";
+    let per_thread = match kbtf {
+        Some(k) => {
+            let i = &k.items;
+            [
+                ("anon", i.anon),
+                ("page_cache", i.file),
+                ("pagetables", i.pagetable),
+                ("sec_pagetables", i.sec_pagetable),
+                ("kernel_stack", i.kernel_stack_kb),
+                ("slab", i.slab_reclaimable_b.max(i.slab_unreclaimable_b)),
+            ]
+            .into_iter()
+            .map(|(kind, item)| KindAvailable {
+                kind,
+                available: item >= 0,
+                why_not: (item < 0).then_some(no_item),
+            })
+            .collect()
+        }
+        None => Vec::new(),
+    };
+    // The root memcg's, or (cgroup v2 before 5.13 has none at the root) a child's.
+    let stat = ctl.and_then(|c| {
+        c.memory_stat(&c.mount).or_else(|| {
+            fs::read_dir(&c.mount)
+                .ok()?
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .find_map(|e| c.memory_stat(&e.path()))
+        })
+    });
+    let v1 = ctl.is_some_and(|c| c.version == crate::cgroupfs::Version::V1);
+    let per_memcg = match stat {
+        Some(stat) => stat
+            .kinds()
+            .into_iter()
+            .map(|(kind, bytes)| KindAvailable {
+                kind,
+                available: bytes.is_some(),
+                why_not: match (bytes, kind, v1) {
+                    (Some(_), _, _) => None,
+                    (None, "sock", true) => Some(
+                        "cgroup v1 counts TCP buffers apart (memory.kmem.tcp.*), outside the usage",
+                    ),
+                    (None, _, true) => Some("cgroup v1's memory.stat has no such key"),
+                    (None, _, false) => Some("this kernel's memory.stat has no such key"),
+                },
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    MemoryKinds {
+        per_thread,
+        per_memcg,
+    }
 }
 
 #[derive(Serialize)]
@@ -67,7 +146,10 @@ pub fn gather() -> Report {
                 why,
             })
             .collect();
+    let ctl = MemoryController::detect().ok();
+    let memory_kinds = memory_kinds(kbtf.as_ref(), ctl.as_ref());
     Report {
+        memory_kinds,
         kept_after_start,
         kernel,
         root,
@@ -146,6 +228,37 @@ pub fn print(out: &mut dyn Write, r: &Report, json: bool) -> Result<()> {
     for k in &r.kept_after_start {
         writeln!(out, "  {:<20} {}", k.name, k.why)?;
     }
+    let line = |kinds: &[KindAvailable]| -> (String, Vec<String>) {
+        let seen: Vec<&str> = kinds
+            .iter()
+            .filter(|k| k.available)
+            .map(|k| k.kind)
+            .collect();
+        let missing = kinds
+            .iter()
+            .filter_map(|k| Some(format!("{}: {}", k.kind, k.why_not?)))
+            .collect();
+        (seen.join(", "), missing)
+    };
+    writeln!(out, "memory kinds this kernel tells apart:")?;
+    for (what, kinds) in [
+        ("per thread", &r.memory_kinds.per_thread),
+        ("per memcg", &r.memory_kinds.per_memcg),
+    ] {
+        if kinds.is_empty() {
+            writeln!(out, "  {what:<11} not read here")?;
+            continue;
+        }
+        let (seen, missing) = line(kinds);
+        writeln!(out, "  {what:<11} {seen}")?;
+        for m in missing {
+            writeln!(out, "  {:<11} not counted: {m}", "")?;
+        }
+    }
+    writeln!(
+        out,
+        "  (per thread: the charge hook, exact for the thread that charged; per memcg: memory.stat, never a thread's)"
+    )?;
     Ok(())
 }
 

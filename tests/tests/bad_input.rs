@@ -261,6 +261,42 @@ fn doctor_asks_the_kernel_about_fentry_and_kprobes() -> Result<()> {
         d["kprobes"] == true,
         "{d}"
     );
+    // The kinds it says a memcg's counters give are the keys the kernel's own memory.stat has
+    // (the root memcg's); each one missing says why.
+    let ctl = oomtrace::cgroupfs::MemoryController::detect()?;
+    let stat = std::fs::read_to_string(ctl.mount.join("memory.stat"))?;
+    let has = |key: &str| stat.lines().any(|l| l.split(' ').next() == Some(key));
+    let kinds = d["memory_kinds"]["per_memcg"]
+        .as_array()
+        .context("memory_kinds.per_memcg")?;
+    for k in kinds {
+        let kind = k["kind"].as_str().unwrap_or_default();
+        if [
+            "sock",
+            "slab",
+            "pagetables",
+            "sec_pagetables",
+            "kernel_stack",
+        ]
+        .contains(&kind)
+        {
+            assert_eq!(
+                k["available"] == true,
+                has(kind),
+                "{kind}: {k} vs memory.stat"
+            );
+        }
+        assert_eq!(k["available"] == false, k["why_not"].is_string(), "{k}");
+    }
+    let per_thread = d["memory_kinds"]["per_thread"]
+        .as_array()
+        .context("memory_kinds.per_thread")?;
+    assert!(
+        per_thread
+            .iter()
+            .any(|k| k["kind"] == "anon" && k["available"] == true),
+        "{per_thread:?}"
+    );
     Ok(())
 }
 

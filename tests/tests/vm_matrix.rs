@@ -429,7 +429,40 @@ fn doctor(console: &str) -> Vec<String> {
             "doctor chose {chosen:?}, tail traced with {traced:?}"
         )];
     }
-    Vec::new()
+    // cgroup v2 counts socket buffers and kernel stacks per memcg (v1 does not): said so.
+    let per_memcg = report["memory_kinds"]["per_memcg"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let available = |kind: &str| {
+        per_memcg
+            .iter()
+            .any(|k| k["kind"] == kind && k["available"] == true)
+    };
+    let mut misses = Vec::new();
+    for kind in [
+        "anon",
+        "page_cache",
+        "shmem",
+        "sock",
+        "kernel_stack",
+        "pagetables",
+    ] {
+        if !available(kind) {
+            misses.push(format!(
+                "doctor: cgroup v2 per-memcg kind {kind} not available: {per_memcg:?}"
+            ));
+        }
+    }
+    if per_memcg
+        .iter()
+        .any(|k| k["available"] == false && !k["why_not"].is_string())
+    {
+        misses.push(format!(
+            "doctor: a kind missing without a reason: {per_memcg:?}"
+        ));
+    }
+    misses
 }
 
 fn exec_join(series: guest::Series, console: &str) -> Vec<String> {
