@@ -136,7 +136,7 @@ pub fn gather() -> Report {
         Err(_) => (Vec::new(), None),
     };
     let perf_event_to_open = hooks.iter().any(|h| {
-        h.lazy && h.tier != "off" && h.attach.iter().any(bpf::plan::Attach::through_perf_event)
+        h.lazy && !h.tier.is_off() && h.attach.iter().any(bpf::plan::Attach::through_perf_event)
     }) && privileges::perf_events_need_sys_admin();
     let kept_after_start =
         privileges::still_needed_why(&caps::runtime::thread_all_supported(), perf_event_to_open)

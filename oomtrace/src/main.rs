@@ -447,7 +447,7 @@ fn run(cli: Cli) -> Result<()> {
                     let used: Vec<String> = started
                         .choices
                         .iter()
-                        .filter(|c| c.tier != "off")
+                        .filter(|c| !c.tier.is_off())
                         .map(|c| format!("{} {}", c.tier, c.target))
                         .collect();
                     eprintln!(

@@ -64,7 +64,7 @@ pub fn load(
 ) -> Result<Probes> {
     let (facts, _) = facts::gather(tracefs, Some(kbtf), true);
     let choices = plan::plan(&facts, forced).map_err(anyhow::Error::msg)?;
-    if let Some(missing) = choices.iter().find(|c| c.required && c.tier == "off") {
+    if let Some(missing) = choices.iter().find(|c| c.required && c.tier.is_off()) {
         bail!(
             "oomtrace needs the {} hook and this kernel offers no way to it: {}",
             missing.hook,
@@ -74,7 +74,7 @@ pub fn load(
     let items = &kbtf.items;
     let charge_tp = choices
         .iter()
-        .any(|c| c.hook == plan::CHARGE_HOOK && c.tier == "tracepoint");
+        .any(|c| c.hook == plan::CHARGE_HOOK && c.tier == Tier::Tracepoint);
     if charge_tp && (items.anon < 0 || items.file < 0) {
         bail!("this kernel's BTF has no NR_ANON_MAPPED/NR_FILE_PAGES in enum node_stat_item");
     }
@@ -88,7 +88,7 @@ pub fn load(
         Format::read(tracefs, "vmscan", "mm_vmscan_memcg_reclaim_end").unwrap_or_default();
     let guest = choices
         .iter()
-        .any(|c| (c.hook == "guest-fault" || c.hook == GUEST_RAM_HOOK) && c.tier != "off");
+        .any(|c| (c.hook == "guest-fault" || c.hook == GUEST_RAM_HOOK) && !c.tier.is_off());
     let field = |name: &str| lruvec.field(name).map_or(0, |f| f.offset);
     let (lv_id, lv_item, lv_val) = (field("id"), field("item"), field("val"));
     let path = kbtf.memcg_id_path;
@@ -223,7 +223,7 @@ impl Probes {
     pub fn attach(&mut self) -> Result<()> {
         let mut btf = None;
         for choice in self.choices.iter_mut() {
-            if choice.tier == "off" || choice.lazy {
+            if choice.tier.is_off() || choice.lazy {
                 continue;
             }
             let mut result = attach_all(&mut self.ebpf, &choice.attach, &mut btf);
@@ -259,7 +259,7 @@ impl Probes {
                         }
                     )));
                 }
-                choice.tier = "off";
+                choice.tier = Tier::Off;
                 choice.reason = format!("attach failed: {e:#}");
             }
         }
@@ -277,7 +277,7 @@ impl Probes {
     pub fn skipped_runs_by_program(&self) -> Vec<(&'static str, u64)> {
         self.choices
             .iter()
-            .filter(|c| c.tier != "off")
+            .filter(|c| !c.tier.is_off())
             .flat_map(|c| c.programs.iter())
             .filter_map(|name| {
                 let fd = self.ebpf.program(name)?.fd().ok()?;
@@ -291,7 +291,7 @@ impl Probes {
     pub fn lazy_attach_opens_perf_events(&self) -> bool {
         self.choices.iter().any(|c| {
             c.lazy
-                && c.tier != "off"
+                && !c.tier.is_off()
                 && c.attach.iter().any(|a| {
                     a.through_perf_event()
                         && self
@@ -307,7 +307,7 @@ impl Probes {
         let Some(choice) = self.choices.iter_mut().find(|c| c.hook == name && c.lazy) else {
             return Ok(false);
         };
-        if choice.tier == "off" {
+        if choice.tier.is_off() {
             return Ok(false);
         }
         let loaded = choice.attach.first().is_some_and(|a| {
@@ -319,7 +319,7 @@ impl Probes {
             return Ok(true);
         }
         if let Err(e) = attach_all(&mut self.ebpf, &choice.attach, &mut None) {
-            choice.tier = "off";
+            choice.tier = Tier::Off;
             choice.reason = format!("attach failed: {e:#}");
             return Ok(false);
         }

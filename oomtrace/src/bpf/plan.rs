@@ -8,15 +8,20 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+/// How a hook is served, best first; `Off`: not at all (an optional hook this kernel cannot
+/// serve). Serialized as its name ("fentry", "kprobe", "tracepoint", "off").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     Fentry,
     Kprobe,
     Tracepoint,
+    #[value(skip)]
+    Off,
 }
 
 impl Tier {
+    /// The tiers a hook can be served by, best first.
     pub const ALL: [Tier; 3] = [Tier::Fentry, Tier::Kprobe, Tier::Tracepoint];
 
     pub fn name(self) -> &'static str {
@@ -24,7 +29,18 @@ impl Tier {
             Tier::Fentry => "fentry",
             Tier::Kprobe => "kprobe",
             Tier::Tracepoint => "tracepoint",
+            Tier::Off => "off",
         }
+    }
+
+    pub fn is_off(self) -> bool {
+        self == Tier::Off
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -116,8 +132,7 @@ impl Attach {
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct HookChoice {
     pub hook: &'static str,
-    /// "fentry", "kprobe", "tracepoint" or "off".
-    pub tier: &'static str,
+    pub tier: Tier,
     /// The kernel function or tracepoint hooked (the first one tried when off).
     pub target: String,
     pub programs: Vec<&'static str>,
@@ -425,7 +440,15 @@ const HOOKS: &[Hook] = &[
 ];
 
 /// A tier that cannot serve a hook, and why.
-type Verdict = Result<(String, Vec<Attach>, String), String>;
+/// How a tier would serve a hook: what it attaches to, the programs, and the note doctor shows.
+struct Served {
+    target: String,
+    attach: Vec<Attach>,
+    note: String,
+}
+
+/// A tier's answer for a hook: served, or why not.
+type Verdict = Result<Served, String>;
 
 fn function_tier(h: &FunctionHook, tier: Tier, k: &KernelFacts) -> Verdict {
     if h.needs_memcg_path && !k.memcg_id_path {
@@ -459,7 +482,11 @@ fn function_tier(h: &FunctionHook, tier: Tier, k: &KernelFacts) -> Verdict {
                 program: h.entry.0,
                 function: f.clone(),
             });
-            Ok((f, attach, note))
+            Ok(Served {
+                target: f,
+                attach,
+                note,
+            })
         }
         Tier::Kprobe => {
             k.kprobe.as_ref().map_err(|e| format!("refused ({e})"))?;
@@ -482,9 +509,14 @@ fn function_tier(h: &FunctionHook, tier: Tier, k: &KernelFacts) -> Verdict {
                 program: h.entry.1,
                 function: sym,
             });
-            Ok((name.to_string(), attach, note))
+            Ok(Served {
+                target: name.to_string(),
+                attach,
+                note,
+            })
         }
         Tier::Tracepoint => Err("no tracepoint".into()),
+        Tier::Off => Err("not a tier to serve a hook by".into()),
     }
 }
 
@@ -563,11 +595,11 @@ fn tracepoint_tier(hook: &Hook, t: &TracepointHook, k: &KernelFacts) -> Verdict 
         } else {
             "reads no argument"
         };
-        return Ok((
+        return Ok(Served {
             target,
             attach,
-            format!("raw tracepoint {}: {how}{lazy}", t.name),
-        ));
+            note: format!("raw tracepoint {}: {how}{lazy}", t.name),
+        });
     }
     let mut program = t.program;
     let mut note = format!("tracepoint present{lazy}");
@@ -595,7 +627,11 @@ fn tracepoint_tier(hook: &Hook, t: &TracepointHook, k: &KernelFacts) -> Verdict 
         category: t.category,
         name: t.name,
     });
-    Ok((target, attach, note))
+    Ok(Served {
+        target,
+        attach,
+        note,
+    })
 }
 
 /// The plan for every hook; Err names the hook a forced tier cannot serve and why.
@@ -607,6 +643,7 @@ fn choose(h: &Hook, k: &KernelFacts, forced: Option<Tier>) -> Result<HookChoice,
     let has_tier = |t: Tier| match t {
         Tier::Fentry | Tier::Kprobe => h.function.is_some(),
         Tier::Tracepoint => h.tracepoint.is_some(),
+        Tier::Off => false,
     };
     // A forced tier applies to the hooks that have it. Tracepoint-only hooks (the baseline)
     // keep their tracepoint under a forced fentry/kprobe; function-only hooks are off under a
@@ -644,7 +681,11 @@ fn choose(h: &Hook, k: &KernelFacts, forced: Option<Tier>) -> Result<HookChoice,
             continue;
         };
         match verdict {
-            Ok((target, attach, note)) => {
+            Ok(Served {
+                target,
+                attach,
+                note,
+            }) => {
                 let mut reason = note;
                 // Also what the kernel said of the tiers after this one: doctor shows it all.
                 for later in &tiers[i + 1..] {
@@ -668,14 +709,14 @@ fn choose(h: &Hook, k: &KernelFacts, forced: Option<Tier>) -> Result<HookChoice,
                             ..k.clone()
                         };
                         tracepoint_tier(h, t, &classic)
-                            .map(|(_, a, _)| a)
+                            .map(|s| s.attach)
                             .unwrap_or_default()
                     }
                     _ => Vec::new(),
                 };
                 return Ok(HookChoice {
                     hook: h.hook,
-                    tier: tier.name(),
+                    tier: *tier,
                     target,
                     programs: attach.iter().map(Attach::program).collect(),
                     required: h.required,
@@ -707,7 +748,7 @@ fn choose(h: &Hook, k: &KernelFacts, forced: Option<Tier>) -> Result<HookChoice,
     }
     Ok(HookChoice {
         hook: h.hook,
-        tier: "off",
+        tier: Tier::Off,
         target: first_target,
         programs: Vec::new(),
         required: h.required,
@@ -864,7 +905,7 @@ mod tests {
     fn tiers_fall_back_to_tracepoints_and_say_why_when_fentry_and_kprobes_are_refused() {
         let p = plan(&tracepoints_only(), None).expect("plan");
         let charge = hook(&p, "charge");
-        assert_eq!(charge.tier, "tracepoint");
+        assert_eq!(charge.tier, Tier::Tracepoint);
         assert!(
             charge.reason.contains("fentry: refused (EPERM)"),
             "{}",
@@ -876,9 +917,9 @@ mod tests {
             charge.reason
         );
         let oom = hook(&p, "oom");
-        assert_eq!(oom.tier, "off");
+        assert_eq!(oom.tier, Tier::Off);
         assert!(oom.reason.contains("mark_victim"), "{}", oom.reason);
-        assert_eq!(hook(&p, "guest-fault").tier, "tracepoint");
+        assert_eq!(hook(&p, "guest-fault").tier, Tier::Tracepoint);
         assert_eq!(
             hook(&p, "guest-fault").attach.len(),
             2,
@@ -967,7 +1008,7 @@ mod tests {
         let p = plan(&debian_6_1(), None).expect("plan");
         let charge = hook(&p, "charge");
         assert_eq!(
-            (charge.tier, charge.target.as_str()),
+            (charge.tier.name(), charge.target.as_str()),
             ("kprobe", "try_charge_memcg")
         );
         assert_eq!(
@@ -982,7 +1023,7 @@ mod tests {
             ["folio_charge_fentry", "uncharge_fentry", "charge_fentry"]
         );
         let oom = hook(&p, "oom");
-        assert_eq!(oom.tier, "fentry");
+        assert_eq!(oom.tier, Tier::Fentry);
         assert_eq!(
             oom.programs,
             ["oom_end_fexit", "oom_start_fentry"],
@@ -990,7 +1031,8 @@ mod tests {
         );
         let guest = hook(&p, "guest-fault");
         assert_eq!(
-            guest.tier, "kprobe",
+            guest.tier,
+            Tier::Kprobe,
             "kvm_mmu_page_fault is not in vmlinux BTF"
         );
         assert!(
@@ -1009,10 +1051,10 @@ mod tests {
         let mut k = debian_6_1();
         k.tracepoints.insert("memcg:mod_memcg_lruvec_state".into());
         let p = plan(&k, None).expect("plan");
-        assert_eq!(hook(&p, "charge").tier, "tracepoint");
+        assert_eq!(hook(&p, "charge").tier, Tier::Tracepoint);
         assert_eq!(
             hook(&p, "oom").tier,
-            "fentry",
+            Tier::Fentry,
             "other hooks keep fentry first"
         );
         k.uncharge_gather = false;
@@ -1029,12 +1071,12 @@ mod tests {
     #[test]
     fn tiers_forced_kprobe_applies_to_function_hooks_and_keeps_tracepoint_only_hooks() {
         let p = plan(&debian_6_1(), Some(Tier::Kprobe)).expect("plan");
-        assert_eq!(hook(&p, "charge").tier, "kprobe");
+        assert_eq!(hook(&p, "charge").tier, Tier::Kprobe);
         assert_eq!(
             hook(&p, "oom").programs,
             ["oom_end_kretprobe", "oom_start_kprobe"]
         );
-        assert_eq!(hook(&p, "oom-victim").tier, "tracepoint");
+        assert_eq!(hook(&p, "oom-victim").tier, Tier::Tracepoint);
         assert!(hook(&p, "charge").reason.ends_with("[forced]"));
     }
 
@@ -1066,7 +1108,7 @@ mod tests {
         ));
         k.memcg_id_path = false;
         let p = plan(&k, None).expect("plan");
-        assert_eq!(hook(&p, "charge").tier, "off");
+        assert_eq!(hook(&p, "charge").tier, Tier::Off);
         assert!(
             plan(&k, None).is_ok(),
             "auto never errs; load refuses a required hook off"

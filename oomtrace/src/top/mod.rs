@@ -233,7 +233,7 @@ fn live(opts: Options, color: bool) -> Result<()> {
                 *builder.borrow_mut() = Some(FrameBuilder::new(
                     started.clock,
                     kernel.trim(),
-                    started.choices.iter().map(|c| (c.hook, c.tier)),
+                    started.choices.iter().map(|c| (c.hook, c.tier.name())),
                 ));
                 let shared = shared.clone();
                 drawing = Some(std::thread::spawn(move || {
