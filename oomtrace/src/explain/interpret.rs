@@ -410,6 +410,12 @@ fn summary(e: &Explanation) -> String {
     let head = match e.oom_kind {
         "memcg" => format!("Memory cgroup OOM{whose}"),
         "global" => "System-wide OOM (no cgroup limit involved)".into(),
+        "cpuset" => {
+            "OOM in a cpuset (the memory nodes it may use are full, not the machine)".into()
+        }
+        "mempolicy" => {
+            "OOM under a NUMA memory policy (its bound nodes are full, not the machine)".into()
+        }
         k => format!("OOM ({k}){whose}"),
     };
     let who = match (&e.invoker_comm, e.invoker_class) {

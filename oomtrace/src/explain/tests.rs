@@ -293,6 +293,39 @@ fn global_oom_is_told_apart_from_memcg_oom() {
     assert_eq!(e.victim_anon_rss_kb, Some(90));
 }
 
+/// cpuset and mempolicy OOMs, in the kernel's words (mm/oom_kill.c's constraint names and
+/// dump_oom_summary's line; the victim line is the global "Out of memory:" one): no public
+/// report was found to put in the corpus, so these are written from the source.
+#[test]
+fn cpuset_and_mempolicy_ooms_are_named_by_their_constraint() {
+    for (constraint, nodemask, kind, head) in [
+        ("CONSTRAINT_CPUSET", "(null)", "cpuset", "OOM in a cpuset"),
+        (
+            "CONSTRAINT_MEMORY_POLICY",
+            "1",
+            "mempolicy",
+            "OOM under a NUMA memory policy",
+        ),
+    ] {
+        let text = format!(
+            "\
+[  7.0] numa-app invoked oom-killer: gfp_mask=0x140dca(GFP_HIGHUSER_MOVABLE|__GFP_COMP|__GFP_ZERO), order=0, oom_score_adj=0
+[  7.0] CPU: 3 PID: 4242 Comm: numa-app Not tainted 6.1.0-27-cloud-amd64 #1 Debian 6.1.115-1
+[  7.0] oom-kill:constraint={constraint},nodemask={nodemask},cpuset=pinned,mems_allowed=1,task_memcg=/system.slice/numa.service,task=numa-app,pid=4240,uid=0
+[  7.0] Out of memory: Killed process 4240 (numa-app) total-vm:2100kB, anon-rss:2000kB, file-rss:0kB, shmem-rss:0kB, UID:0 pgtables:12kB oom_score_adj:0
+"
+        );
+        let e = explain(one(&text), &Hints::default());
+        assert_eq!(e.oom_kind, kind, "{constraint}");
+        assert_eq!(
+            (e.invoker_pid, e.victim_pid, e.victim_comm.as_deref()),
+            (Some(4242), Some(4240), Some("numa-app")),
+            "{constraint}"
+        );
+        assert!(e.summary.starts_with(head), "{}", e.summary);
+    }
+}
+
 #[test]
 fn a_report_cut_before_its_killed_line_still_names_the_victim() {
     // 4.19+: the oom-kill line names it; before: the "Kill process ... or sacrifice child" line.
