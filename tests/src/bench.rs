@@ -1,4 +1,4 @@
-//! `oomtrace bench` (hidden; run through `./x bench`): measures what oomtrace costs the node and
+//! `oomtrace-bench bench` (tests' benchmark binary; run through `./x bench`): measures what oomtrace costs the node and
 //! writes BENCHMARKS.md. Numbers come from one interleaved run (A/B/A/B) so that the noisy
 //! machine affects every variant alike; medians, with min and max.
 use std::{
@@ -281,7 +281,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(
         md,
-        "# oomtrace benchmarks\n\nProduced by `sudo ./x bench` (`oomtrace bench`), one interleaved run; not part of the test pass/fail.\n\n\
+        "# oomtrace benchmarks\n\nProduced by `sudo ./x bench` (`oomtrace-bench bench`, of the tests crate), one interleaved run; not part of the test pass/fail.\n\n\
          Machine: {cpu}, {cores} cores; kernel {}; memory cgroup {:?}; tier: tracepoints (this kernel has no kprobes; fentry gives EPERM).\n",
         uname.trim(),
         ctl.version

@@ -135,7 +135,7 @@ struct Sample {
     pods_made: u64,
 }
 
-/// Where this section of BENCHMARKS.md starts (`oomtrace bench` keeps it).
+/// Where this section of BENCHMARKS.md starts (`oomtrace-bench bench` keeps it).
 const HEADING: &str = "## Soak";
 
 /// Replaces (or adds) the soak's section at the end of `file`.
