@@ -1,4 +1,4 @@
-//! `oomtrace-bench bench` (tests' benchmark binary; run through `./x bench`): measures what oomtrace costs the node and
+//! `oomtrace-bench bench` (run by `./x bench`): measures what oomtrace costs the node and
 //! writes BENCHMARKS.md. Numbers come from one interleaved run (A/B/A/B) so that the noisy
 //! machine affects every variant alike; medians, with min and max.
 use std::{
