@@ -256,11 +256,15 @@ impl FrameBuilder {
                 .as_ref()
                 .map_or(row.memcg_id, |p| p.memcg.memcg_id),
             summary: format!(
-                "{:>8.1} s  {}: {} ({}) killed; invoked by {} ({}, {})",
+                "{:>8.1} s  {}: {} ({}){} killed; invoked by {} ({}, {})",
                 self.clock.since_start(row.ts_ns),
                 visible(&who),
                 visible(&row.victim_comm),
                 row.victim_pid,
+                match row.group_victims.len() {
+                    0 => String::new(),
+                    n => format!(" and {n} more of its memory.oom.group"),
+                },
                 visible(&row.invoker_comm),
                 row.invoker_pid,
                 row.invoker_class.name()
