@@ -7,7 +7,10 @@ use anyhow::{Context as _, Result, bail};
 
 /// The fuzz targets and the seed directories each starts from (besides its own corpus).
 const TARGETS: &[(&str, &[&str])] = &[
-    ("explain", &["tests/data", "tests/data/corpus", "fuzz/seeds/explain"]),
+    (
+        "explain",
+        &["tests/data", "tests/data/corpus", "fuzz/seeds/explain"],
+    ),
     ("capture", &["fuzz/seeds/capture", "tests/data"]),
     ("kubepods_path", &["fuzz/seeds/kubepods_path"]),
     ("cmdline", &["fuzz/seeds/cmdline"]),
