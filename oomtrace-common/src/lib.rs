@@ -131,6 +131,10 @@ pub struct OomVictimEvent {
     /// set, whose every task the kernel kills with it in this OOM; 0: none, or not known here
     /// (only the raw mark_victim program reads the victim's task).
     pub group_memcg_id: u64,
+    /// When the mem_cgroup_out_of_memory call that made this kill began (kernel-function tier
+    /// of the oom hook; 0: not attached, or a global OOM): kills with the same start are one
+    /// OOM (a memory.oom.group kill), whatever this kernel's mark_victim can read.
+    pub oom_start_ns: u64,
 }
 
 /// A tracked thread exec'd: sent by the thread itself after the new program is loaded, so
@@ -339,7 +343,7 @@ pub mod maps {
 // side only must not compile.
 const _: () = {
     assert!(size_of::<ChargeEvent>() == 80);
-    assert!(size_of::<OomVictimEvent>() == 128);
+    assert!(size_of::<OomVictimEvent>() == 136);
     assert!(size_of::<OomAttemptEvent>() == 64);
     assert!(size_of::<ReclaimEvent>() == 64);
     assert!(size_of::<ThreadExitEvent>() == 40);

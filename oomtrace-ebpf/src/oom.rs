@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use oomtrace_common::{KIND_OOM_VICTIM, OomVictimEvent};
+use oomtrace_common::{KIND_OOM_VICTIM, OomStart, OomVictimEvent};
 
 use crate::{
     globals::{self as g, get},
@@ -24,9 +24,19 @@ fn field<T: Default>(ctx: &TracePointContext, offset: i32) -> T {
     unsafe { ctx.read_at::<T>(offset as usize) }.unwrap_or_default()
 }
 
+/// The OOM this kill is part of, from the kernel-function tier's entry record (zeros without it).
+#[inline(always)]
+fn oom_start(tid: u32) -> OomStart {
+    // SAFETY: a map value pointer is valid for this program's run; copied at once.
+    OOM_START
+        .get_ptr(&tid)
+        .map_or(OomStart::default(), |s| unsafe { *s })
+}
+
 #[tracepoint]
 pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
     let (tid, tgid) = current_ids();
+    let start = oom_start(tid);
     let mut event = OomVictimEvent {
         kind: KIND_OOM_VICTIM,
         invoker_tid: tid,
@@ -45,12 +55,10 @@ pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
         // The kernel's own facts at the kill, not what oomtrace remembers of this thread: it
         // may have charged other memcgs before it moved and exec'd.
         invoker_memcg_id: current_memcg_id().unwrap_or(0),
-        // SAFETY: a map value pointer is valid for this program's run; copied at once.
-        oom_memcg_id: OOM_START
-            .get_ptr(&tid)
-            .map_or(0, |s| unsafe { (*s).memcg_id }),
+        oom_memcg_id: start.memcg_id,
         // The classic record names the victim by pid only: its memcgs are out of reach.
         group_memcg_id: 0,
+        oom_start_ns: start.start_ns,
     };
     let comm_off = get(&g::OFF_VICTIM_COMM);
     if comm_off >= 0 {
@@ -73,6 +81,7 @@ pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
 pub fn oom_mark_victim_raw(ctx: RawTracePointContext) -> u32 {
     let task: u64 = ctx.arg(0);
     let (tid, tgid) = current_ids();
+    let start = oom_start(tid);
     // SAFETY: bpf_probe_read_kernel checks every address; offsets from this kernel's BTF.
     let pid: i32 =
         unsafe { bpf_probe_read_kernel((task + get(&g::OFF_TASK_PID)) as *const i32) }.unwrap_or(0);
@@ -115,11 +124,9 @@ pub fn oom_mark_victim_raw(ctx: RawTracePointContext) -> u32 {
         invoker_comm: current_comm(),
         victim_comm,
         invoker_memcg_id: current_memcg_id().unwrap_or(0),
-        // SAFETY: a map value pointer is valid for this program's run; copied at once.
-        oom_memcg_id: OOM_START
-            .get_ptr(&tid)
-            .map_or(0, |s| unsafe { (*s).memcg_id }),
+        oom_memcg_id: start.memcg_id,
         group_memcg_id: task_oom_group(task),
+        oom_start_ns: start.start_ns,
     };
     send(&event);
     0

@@ -41,6 +41,9 @@ pub struct OomKill {
     pub invoker_memcg_id: u64,
     pub oom_memcg_id: u64,
     pub group_memcg_id: u64,
+    /// When the memcg OOM that made this kill began (kernel-function tier; 0: not known):
+    /// kills with the same start are one OOM.
+    pub oom_start_ns: u64,
 }
 
 /// An OOM kill as captures before memory.oom.group facts stored it (read, never made).
@@ -58,6 +61,7 @@ impl From<&OomKillBeforeGroups> for OomKill {
             invoker_memcg_id: k.invoker_memcg_id,
             oom_memcg_id: k.oom_memcg_id,
             group_memcg_id: 0,
+            oom_start_ns: 0,
         }
     }
 }
@@ -230,6 +234,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                 invoker_memcg_id: e.invoker_memcg_id,
                 oom_memcg_id: e.oom_memcg_id,
                 group_memcg_id: e.group_memcg_id,
+                oom_start_ns: e.oom_start_ns,
             })
         }
         c::KIND_EXEC => {
@@ -410,13 +415,19 @@ mod tests {
             invoker_memcg_id: 3001,
             oom_memcg_id: 2999,
             group_memcg_id: 3000,
+            oom_start_ns: 8,
         };
         let Ok(Event::OomKill(k)) = decode(&bytes_of(&v)) else {
             panic!("not an OOM kill")
         };
         assert_eq!(
-            (k.invoker_memcg_id, k.oom_memcg_id, k.group_memcg_id),
-            (3001, 2999, 3000)
+            (
+                k.invoker_memcg_id,
+                k.oom_memcg_id,
+                k.group_memcg_id,
+                k.oom_start_ns
+            ),
+            (3001, 2999, 3000, 8)
         );
         assert_eq!(k.victim.invoker_comm, "memhold");
         assert_eq!(k.victim.victim_comm, "qemu-system-x86");

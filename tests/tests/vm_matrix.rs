@@ -234,10 +234,17 @@ fn group_kill(series: guest::Series, console: &str) -> Vec<String> {
         misses.push(format!("{name}: group kill: no start line: {lines:?}"));
         return misses;
     };
-    let raw = start["hooks"]
-        .as_array()
-        .and_then(|h| h.iter().find(|h| h["hook"] == "oom-victim"))
-        .is_some_and(|h| h["programs"] == serde_json::json!(["oom_mark_victim_raw"]));
+    let hook = |name: &str| {
+        start["hooks"]
+            .as_array()
+            .and_then(|h| h.iter().find(|h| h["hook"] == name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    // The raw mark_victim reads the victim's memcgs (6.8+): the group is named. Else the
+    // kernel-function tier of the oom hook sees the OOM call: its kills are one OOM, unnamed.
+    let raw = hook("oom-victim")["programs"] == serde_json::json!(["oom_mark_victim_raw"]);
+    let call_seen = hook("oom")["tier"] != "off";
     let ooms = rows(&lines, "oom");
     let members = rows(&lines, "oom_group_victim");
     let victim = |v: &Value, pid: &str, comm: &str| {
@@ -247,11 +254,19 @@ fn group_kill(series: guest::Series, console: &str) -> Vec<String> {
         )
     };
     let mut seen: BTreeSet<(u64, String)> = BTreeSet::new();
-    if raw {
-        let group = format!("/groupkill/kubepods/pod{GROUP_KILL_UID}/ctr");
-        if ooms.len() != 1 || ooms[0]["group"] != group.as_str() {
+    if raw || call_seen {
+        let group = if raw {
+            format!("/groupkill/kubepods/pod{GROUP_KILL_UID}/ctr")
+        } else {
+            "(memory.oom.group; this kernel does not name its memcg)".to_string()
+        };
+        let row = rows(&lines, "summary")
+            .pop()
+            .map(|s| s["ooms"][0]["group"].clone())
+            .unwrap_or_default();
+        if ooms.len() != 1 || row != group.as_str() {
             misses.push(format!(
-                "{name}: group kill: {} oom rows, want one of group {group}: {ooms:?}",
+                "{name}: group kill: {} oom rows (stored group {row}), want one of group {group}: {ooms:?}",
                 ooms.len()
             ));
         }
@@ -291,7 +306,7 @@ fn group_kill(series: guest::Series, console: &str) -> Vec<String> {
         seen.extend(ooms.iter().map(|o| victim(o, "victim_pid", "victim_comm")));
         if !members.is_empty() || ooms.iter().any(|o| !o["group"].is_null()) {
             misses.push(format!(
-                "{name}: group kill: classic mark_victim cannot read the group: {ooms:?}"
+                "{name}: group kill: nothing here can tell the group: {ooms:?}"
             ));
         }
     }
@@ -305,10 +320,10 @@ fn group_kill(series: guest::Series, console: &str) -> Vec<String> {
         kernel.len(),
         ooms.len(),
         members.len(),
-        if raw {
-            "raw mark_victim"
-        } else {
-            "classic mark_victim"
+        match (raw, call_seen) {
+            (true, _) => "raw mark_victim: group named",
+            (false, true) => "classic mark_victim, OOM call seen: one OOM, group unnamed",
+            (false, false) => "classic mark_victim alone: an OOM per victim",
         }
     );
     // The shell's SIGKILL: a kill_signal row naming the shell as the sender.

@@ -431,6 +431,7 @@ impl Model {
                 invoker_memcg_id: 0,
                 oom_memcg_id: 0,
                 group_memcg_id: 0,
+                oom_start_ns: 0,
             })),
             Event::OomKillBeforeGroups(k) => Some(self.oom(&OomKill::from(k))),
             Event::OomKill(k) => Some(self.oom(k)),

@@ -11,6 +11,8 @@ use crate::decode::OomKill;
 const GROUP_GAP_NS: u64 = 2_000_000_000;
 /// Victims kept per group kill (a group is a container's processes).
 const MAX_GROUP_VICTIMS: usize = 4096;
+/// A group kill's memcg where this kernel's mark_victim cannot read it.
+pub const GROUP_UNNAMED: &str = "(memory.oom.group; this kernel does not name its memcg)";
 
 impl Model {
     /// The memcg whose limit was hit, from the memcg a charge went to: among it and its known
@@ -71,16 +73,20 @@ impl Model {
         )
     }
 
-    /// A further victim of the group kill the last OOM began: the same invoker and group memcg,
-    /// soon after the group's previous victim, a process not yet counted.
+    /// A further victim of the group kill the last OOM began, a process not yet counted: by the
+    /// same invoker in the same memcg OOM call (the kernel kills more than one process in one
+    /// call only for memory.oom.group), or, where the call is not seen, with the same group
+    /// memcg soon after the group's previous victim.
     fn group_member(&mut self, k: &OomKill) -> Option<OomGroupVictimRow> {
         let v = &k.victim;
         let last = self.ooms.last()?;
         let previous = last.group_victims.last().map_or(last.ts_ns, |g| g.ts_ns);
-        let same = k.group_memcg_id != 0
+        let same_call = k.oom_start_ns != 0 && last.oom_start_ns == k.oom_start_ns;
+        let same_group = k.group_memcg_id != 0
             && last.group_memcg_id == k.group_memcg_id
+            && v.ts_ns.saturating_sub(previous) <= GROUP_GAP_NS;
+        let same = (same_call || same_group)
             && last.invoker_tid == v.invoker_tid
-            && v.ts_ns.saturating_sub(previous) <= GROUP_GAP_NS
             && last.victim_pid != v.victim_pid
             && !last.group_victims.iter().any(|g| g.pid == v.victim_pid);
         if !same {
@@ -101,6 +107,10 @@ impl Model {
             charged: self.charged_by(v.victim_pid).0,
         };
         let row = self.ooms.last_mut()?;
+        if row.group.is_none() {
+            // Known only as a second kill of the same OOM call: the group memcg is not named.
+            row.group = Some(GROUP_UNNAMED.into());
+        }
         if row.group_victims.len() < MAX_GROUP_VICTIMS {
             row.group_victims.push(victim.clone());
         }
@@ -195,6 +205,7 @@ impl Model {
             post_mortem,
             group: (group_memcg_id != 0).then(|| self.memcg_path(group_memcg_id)),
             group_memcg_id,
+            oom_start_ns: k.oom_start_ns,
             group_victims: Vec::new(),
         };
         self.ooms.push(row.clone());

@@ -82,6 +82,9 @@ pub struct OomRow {
     pub group: Option<String>,
     #[serde(skip)]
     pub group_memcg_id: u64,
+    /// The start of the memcg OOM that made this kill (kernel-function tier; 0: not known).
+    #[serde(skip)]
+    pub oom_start_ns: u64,
     /// The group's other tasks killed with the victim, in the kernel's order.
     pub group_victims: Vec<GroupVictim>,
 }

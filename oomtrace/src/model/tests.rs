@@ -372,6 +372,7 @@ fn kill(ts: u64, invoker: (u32, u32, &str), invoker_memcg: u64, victim: u32) -> 
         invoker_memcg_id: invoker_memcg,
         oom_memcg_id: 0,
         group_memcg_id: 0,
+        oom_start_ns: 0,
     })
 }
 
@@ -442,6 +443,28 @@ fn a_group_kill_is_one_oom_with_every_victim_and_separate_kills_stay_apart() {
     };
     assert_eq!(o.group, None);
     assert_eq!(m.oom_rows().len(), 5);
+    // Where mark_victim cannot read the group (before 6.8) but the memcg OOM call is seen
+    // (kernel-function tier): kills of one call are one OOM, kills of two calls two.
+    let in_call = |ts: u64, pid: u32, start: u64| match kill(ts, (50, 50, "w"), 1, pid) {
+        Event::OomKill(k) => Event::OomKill(crate::decode::OomKill {
+            oom_start_ns: start,
+            ..k
+        }),
+        e => e,
+    };
+    assert!(matches!(
+        m.apply(&in_call(30 * S, 20, 29 * S)),
+        Some(Change::Oom(_))
+    ));
+    let Some(Change::OomGroupVictim(g)) = m.apply(&in_call(30 * S + 10, 21, 29 * S)) else {
+        panic!("a second kill of the same OOM call joins it")
+    };
+    assert_eq!(g.group, crate::model::oom::GROUP_UNNAMED);
+    assert!(matches!(
+        m.apply(&in_call(31 * S, 22, 31 * S - 5)),
+        Some(Change::Oom(_))
+    ));
+    assert_eq!(m.oom_rows().len(), 7);
 }
 
 /// The seed's scenario as `kubectl exec` makes it: a shell charges in the runtime's memcg (9),
