@@ -257,13 +257,16 @@ impl Assembler {
         if let Some(c) = caps(&KILLED, t) {
             let victim = killed_victim(&c);
             // memory.oom.group: every task of the group is killed after the chosen one, each
-            // with its own Killed line, in the same report.
+            // with its own Killed line, in the same report. The chosen one is in the group too:
+            // the kernel prints its Killed line a second time (seen on 5.10), not a new victim.
             if let Some(r) = self
                 .current
                 .as_mut()
                 .filter(|r| r.victim.is_some() && r.oom_group.is_some())
             {
-                if r.group_victims.len() < MAX_TASKS {
+                let again = r.victim.as_ref().is_some_and(|v| v.pid == victim.pid)
+                    || r.group_victims.iter().any(|g| g.pid == victim.pid);
+                if !again && r.group_victims.len() < MAX_TASKS {
                     r.group_victims.push(victim);
                 }
                 self.lines_since_kill = Some(0);

@@ -10,6 +10,8 @@ use crate::kubevirt::ThreadClass;
 const SEED1: &str = include_str!("../../../tests/data/seed-example1-journal.log");
 const SEED2: &str = include_str!("../../../tests/data/seed-example2-dmesg-T.log");
 const SEED3: &str = include_str!("../../../tests/data/seed-example3-memhold-dmesg.log");
+/// A real group kill, printed by Debian's 5.10 in the kernel matrix (cgroup v2).
+const GROUP_KILL_5_10: &str = include_str!("../../../tests/data/matrix-5.10-group-kill.log");
 
 fn reports(text: &str) -> Vec<OomReport> {
     let mut a = Assembler::new();
@@ -396,6 +398,27 @@ fn a_group_kill_reports_every_victim_in_one_report() {
         "{}",
         e.summary
     );
+}
+
+#[test]
+fn a_real_group_kill_lists_each_task_once_though_the_kernel_prints_the_chosen_one_twice() {
+    let r = one(GROUP_KILL_5_10);
+    assert_eq!(r.victim.as_ref().map(|v| v.pid), Some(942));
+    assert_eq!(
+        r.oom_group.as_deref(),
+        Some("/groupkill/kubepods/pod9e8d7c6b-5a49-4838-a726-150000000001/ctr")
+    );
+    let others: Vec<(u32, &str)> = r
+        .group_victims
+        .iter()
+        .map(|g| (g.pid, g.comm.as_str()))
+        .collect();
+    assert_eq!(
+        others,
+        vec![(935, "sidecar-a"), (937, "sidecar-c"), (936, "sidecar-b")]
+    );
+    let e = explain(r, &Hints::default());
+    assert!(e.summary.contains("3 more tasks"), "{}", e.summary);
 }
 
 #[test]
