@@ -426,15 +426,15 @@ impl Model {
         self.counters.events += 1;
         match event {
             Event::Charge(c) => self.charge(c).map(Change::Charge),
-            Event::OomVictim(v) => Some(self.oom(&OomKill {
+            Event::OomVictim(v) => self.oom(&OomKill {
                 victim: v.clone(),
                 invoker_memcg_id: 0,
                 oom_memcg_id: 0,
                 group_memcg_id: 0,
                 oom_start_ns: 0,
-            })),
-            Event::OomKillBeforeGroups(k) => Some(self.oom(&OomKill::from(k))),
-            Event::OomKill(k) => Some(self.oom(k)),
+            }),
+            Event::OomKillBeforeGroups(k) => self.oom(&OomKill::from(k)),
+            Event::OomKill(k) => self.oom(k),
             Event::Exec(e) => Some(Change::Exec(self.exec(e))),
             Event::Reclaim(r) => Some(Change::Reclaim(self.reclaim(r))),
             Event::ThreadExit(e) => Some(Change::Exit(self.exit(e))),

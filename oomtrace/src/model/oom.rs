@@ -11,6 +11,16 @@ use crate::decode::OomKill;
 const GROUP_GAP_NS: u64 = 2_000_000_000;
 /// Victims kept per group kill (a group is a container's processes).
 const MAX_GROUP_VICTIMS: usize = 4096;
+/// Whether a kill joins the last OOM.
+enum Member {
+    /// A further process of its group kill.
+    Yes(OomGroupVictimRow),
+    /// A process it already counted (another of its threads).
+    Again,
+    /// A new OOM.
+    No,
+}
+
 /// A group kill's memcg where this kernel's mark_victim cannot read it.
 pub const GROUP_UNNAMED: &str = "(memory.oom.group; this kernel does not name its memcg)";
 
@@ -77,20 +87,25 @@ impl Model {
     /// same invoker in the same memcg OOM call (the kernel kills more than one process in one
     /// call only for memory.oom.group), or, where the call is not seen, with the same group
     /// memcg soon after the group's previous victim.
-    fn group_member(&mut self, k: &OomKill) -> Option<OomGroupVictimRow> {
+    fn group_member(&mut self, k: &OomKill) -> Member {
         let v = &k.victim;
-        let last = self.ooms.last()?;
+        let Some(last) = self.ooms.last() else {
+            return Member::No;
+        };
         let previous = last.group_victims.last().map_or(last.ts_ns, |g| g.ts_ns);
         let same_call = k.oom_start_ns != 0 && last.oom_start_ns == k.oom_start_ns;
         let same_group = k.group_memcg_id != 0
             && last.group_memcg_id == k.group_memcg_id
             && v.ts_ns.saturating_sub(previous) <= GROUP_GAP_NS;
-        let same = (same_call || same_group)
-            && last.invoker_tid == v.invoker_tid
-            && last.victim_pid != v.victim_pid
-            && !last.group_victims.iter().any(|g| g.pid == v.victim_pid);
-        if !same {
-            return None;
+        if !(same_call || same_group) || last.invoker_tid != v.invoker_tid {
+            return Member::No;
+        }
+        // The kernel walks the group's threads: a further thread of a process already killed
+        // is marked (and printed) too, under its own id. One process, counted once.
+        let process = self.process_of_thread(v.victim_pid);
+        let counted = |pid: u32| pid == v.victim_pid || pid == process;
+        if counted(last.victim_pid) || last.group_victims.iter().any(|g| counted(g.pid)) {
+            return Member::Again;
         }
         let victim = GroupVictim {
             ts_ns: v.ts_ns,
@@ -106,7 +121,9 @@ impl Model {
             shmem_rss_kb: v.shmem_rss_kb,
             charged: self.charged_by(v.victim_pid).0,
         };
-        let row = self.ooms.last_mut()?;
+        let Some(row) = self.ooms.last_mut() else {
+            return Member::No;
+        };
         if row.group.is_none() {
             // Known only as a second kill of the same OOM call: the group memcg is not named.
             row.group = Some(GROUP_UNNAMED.into());
@@ -114,7 +131,7 @@ impl Model {
         if row.group_victims.len() < MAX_GROUP_VICTIMS {
             row.group_victims.push(victim.clone());
         }
-        Some(OomGroupVictimRow {
+        Member::Yes(OomGroupVictimRow {
             oom_ts_ns: row.ts_ns,
             invoker_tid: row.invoker_tid,
             group: row.group.clone().unwrap_or_default(),
@@ -122,12 +139,22 @@ impl Model {
         })
     }
 
-    /// An OOM kill: a new OOM, or a further victim of the group kill the last one began.
-    pub(super) fn oom(&mut self, k: &OomKill) -> Change {
-        if let Some(member) = self.group_member(k) {
-            return Change::OomGroupVictim(member);
+    /// The process a thread id belongs to, as far as its charges told; itself when unknown.
+    fn process_of_thread(&self, tid: u32) -> u32 {
+        self.keys_of_thread(tid)
+            .first()
+            .and_then(|key| self.threads.get(key))
+            .map_or(tid, |t| t.tgid)
+    }
+
+    /// An OOM kill: a new OOM, a further victim of the group kill the last one began, or
+    /// nothing new (another thread of a process that kill already counted).
+    pub(super) fn oom(&mut self, k: &OomKill) -> Option<Change> {
+        match self.group_member(k) {
+            Member::Yes(member) => Some(Change::OomGroupVictim(member)),
+            Member::Again => None,
+            Member::No => Some(Change::Oom(self.new_oom(k))),
         }
-        Change::Oom(self.new_oom(k))
     }
 
     fn new_oom(&mut self, k: &OomKill) -> OomRow {

@@ -465,6 +465,11 @@ fn a_group_kill_is_one_oom_with_every_victim_and_separate_kills_stay_apart() {
         Some(Change::Oom(_))
     ));
     assert_eq!(m.oom_rows().len(), 7);
+    // The kernel walks the group's threads: a thread of the chosen victim (6.1 marks it under
+    // its own id) is the same process, not one more victim.
+    m.apply(&charge(23, 22, 1, "toucher", 4096));
+    assert!(m.apply(&in_call(31 * S + 10, 23, 31 * S - 5)).is_none());
+    assert!(m.oom_rows()[6].group_victims.is_empty());
 }
 
 /// The seed's scenario as `kubectl exec` makes it: a shell charges in the runtime's memcg (9),
