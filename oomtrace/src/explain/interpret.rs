@@ -133,14 +133,22 @@ fn kind(r: &OomReport) -> &'static str {
     }
 }
 
-/// The limit that stopped the charge: the one at its limit; memory+swap when both are (v1
-/// charges memory+swap first, so a full memory+swap fails the charge before memory is tried;
-/// failcnt counts every failure since the memcg was made, not this one).
+/// The limit that stopped the charge: the one at its limit. When both are (v1 with swap
+/// accounting), memory+swap where swap is in use (its usage is above memory's: the memsw limit
+/// is what binds) or where it failed more often (v1 charges memory+swap first); else memory:
+/// with no swap in use both count the same pages, and memory is the limit people set.
 fn limit_hit(r: &OomReport) -> Option<&super::report::Counter> {
     let slack = charge_slack_kb(r);
     let mem = r.counter("memory").filter(|c| c.at_limit(slack));
     let memsw = r.counter("memory+swap").filter(|c| c.at_limit(slack));
-    memsw.or(mem)
+    match (mem, memsw) {
+        (Some(m), Some(s)) => Some(if s.usage_kb > m.usage_kb || s.failcnt > m.failcnt {
+            s
+        } else {
+            m
+        }),
+        (m, s) => m.or(s),
+    }
 }
 
 /// How far below its limit a memcg can be when a charge fails: the request (2^order pages, or
