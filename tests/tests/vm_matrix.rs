@@ -276,12 +276,6 @@ fn group_kill(series: guest::Series, console: &str) -> Vec<String> {
                 ooms.len()
             ));
         }
-        for o in &ooms {
-            seen.insert(victim(o, "victim_pid", "victim_comm"));
-            for g in o["group_victims"].as_array().into_iter().flatten() {
-                seen.insert(victim(g, "pid", "comm"));
-            }
-        }
         // The stored OOM (the summary's) holds every victim too, and the stream said each.
         let summary = rows(&lines, "summary").pop().unwrap_or_default();
         let stored: BTreeSet<(u64, String)> = summary["ooms"]
@@ -314,6 +308,8 @@ fn group_kill(series: guest::Series, console: &str) -> Vec<String> {
                 "{name}: group kill: summary {stored:?}, stream {streamed:?}, kernel {kernel:?}"
             ));
         }
+        // (The stream's oom line comes at the first victim; the stored row holds them all.)
+        seen.extend(stored);
     } else {
         seen.extend(ooms.iter().map(|o| victim(o, "victim_pid", "victim_comm")));
         if !members.is_empty() || ooms.iter().any(|o| !o["group"].is_null()) {
