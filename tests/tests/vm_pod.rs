@@ -46,20 +46,32 @@ fn start_qemu(container: &str) -> Result<(Child, mpsc::Receiver<String>)> {
     guest::ensure_tools()?;
     let kernel = guest::debian_cloud_kernel()?;
     let initrd = guest::initramfs("vm-pod", &guest_init())?;
-    let qemu = guest::qemu_command(&kernel, &initrd, "quiet");
-    let mut args: Vec<String> = vec![qemu.get_program().to_string_lossy().into_owned()];
-    args.extend(qemu.get_args().map(|a| a.to_string_lossy().into_owned()));
-    args.extend(
-        [
-            "-name",
-            "guest=default_vm1,debug-threads=on",
+    spawn_qemu_in(
+        container,
+        &kernel,
+        &initrd,
+        &[
             "-m",
             &GUEST_MIB.to_string(),
             "-object",
             "iothread,id=iothread1",
-        ]
-        .map(str::to_string),
-    );
+        ],
+    )
+}
+
+/// qemu (named as KubeVirt names it, `extra` arguments added) in `container`'s memcg, its
+/// serial console line by line.
+fn spawn_qemu_in(
+    container: &str,
+    kernel: &std::path::Path,
+    initrd: &std::path::Path,
+    extra: &[&str],
+) -> Result<(Child, mpsc::Receiver<String>)> {
+    let qemu = guest::qemu_command(kernel, initrd, "quiet");
+    let mut args: Vec<String> = vec![qemu.get_program().to_string_lossy().into_owned()];
+    args.extend(qemu.get_args().map(|a| a.to_string_lossy().into_owned()));
+    args.extend(["-name", "guest=default_vm1,debug-threads=on"].map(str::to_string));
+    args.extend(extra.iter().map(|a| a.to_string()));
     // Join the container's memcg first, then become qemu.
     let mut child = Command::new("sh")
         .arg("-c")
@@ -346,48 +358,19 @@ fn guest_disk_run(cache: &str) -> Result<()> {
 
     let tail = Tail::start(&["--cgroup", &pod.path.display().to_string()])?;
     let before = memcg_page_cache(&pod.path)?;
-    let qemu = guest::qemu_command(&kernel.vmlinuz, &initrd, "quiet");
-    let mut args: Vec<String> = vec![qemu.get_program().to_string_lossy().into_owned()];
-    args.extend(qemu.get_args().map(|a| a.to_string_lossy().into_owned()));
-    args.extend(
-        [
-            "-name",
-            "guest=default_vm1,debug-threads=on",
-            "-m",
-            "256",
-            "-drive",
-            &format!(
-                "file={},if=virtio,format=raw,cache={cache},aio=threads",
-                disk.display()
-            ),
-        ]
-        .map(str::to_string),
+    let drive = format!(
+        "file={},if=virtio,format=raw,cache={cache},aio=threads",
+        disk.display()
     );
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && exec \"$@\"",
-            container.display()
-        ))
-        .arg("sh")
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start qemu")?;
+    let (mut child, rx) = spawn_qemu_in(
+        &container.display().to_string(),
+        &kernel.vmlinuz,
+        &initrd,
+        &["-m", "256", "-drive", &drive],
+    )?;
     let qemu_pid = child.id();
-    let stdout = child.stdout.take().context("qemu stdout")?;
     let mut written = false;
     let mut console = Vec::new();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
     while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
         match rx.recv_timeout(left) {
