@@ -105,6 +105,20 @@ struct TraceArgs {
     tier: Option<oomtrace::bpf::Tier>,
 }
 
+impl TraceArgs {
+    /// The collector's configuration for what and how to trace; the command adds the rest.
+    fn config(self) -> Result<Config> {
+        Ok(Config {
+            target: target_of(self.cgroup, self.pid),
+            duration: self.duration,
+            flush_bytes: positive_flush(self.flush_bytes)?,
+            tier: self.tier,
+            least_privilege: true,
+            ..Config::default()
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Stream charges, reclaim and OOM kills live, one line per event.
@@ -307,14 +321,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Record {
             output,
-            trace:
-                TraceArgs {
-                    cgroup,
-                    pid,
-                    duration,
-                    flush_bytes,
-                    tier,
-                },
+            trace,
             max_size,
             keep,
             json,
@@ -328,11 +335,8 @@ fn run(cli: Cli) -> Result<()> {
             // A capture on standard output: the summary goes to standard error.
             let capture_on_stdout = oomtrace::private_file::is_stdout(&output);
             let cfg = Config {
-                target: target_of(cgroup, pid),
                 json,
                 charges: false,
-                duration,
-                flush_bytes: positive_flush(flush_bytes)?,
                 record: Some(RecordTo {
                     path: output,
                     max_size,
@@ -340,9 +344,7 @@ fn run(cli: Cli) -> Result<()> {
                     resume: false,
                 }),
                 status_line: true,
-                tier,
-                least_privilege: true,
-                ..Config::default()
+                ..trace.config()?
             };
             let rt = runtime()?;
             let summary = rt.block_on(collector::run(cfg, &mut std::io::sink(), |started| {
@@ -403,14 +405,7 @@ fn run(cli: Cli) -> Result<()> {
             None => offline::export(&file, format, &mut out)?,
         },
         Command::Tail {
-            trace:
-                TraceArgs {
-                    cgroup,
-                    pid,
-                    duration,
-                    flush_bytes,
-                    tier,
-                },
+            trace,
             json,
             by,
             every,
@@ -419,19 +414,12 @@ fn run(cli: Cli) -> Result<()> {
             from: None,
             speed: _,
         } => {
-            let target = target_of(cgroup, pid);
-            let flush_bytes = positive_flush(flush_bytes)?;
             let cfg = Config {
-                target,
                 json,
-                duration,
-                flush_bytes,
                 by,
                 every,
                 budget: (budget_profile(&kubevirt, overhead_ratio)?, overhead_ratio),
-                tier,
-                least_privilege: true,
-                ..Config::default()
+                ..trace.config()?
             };
             let rt = runtime()?;
             let summary = rt.block_on(collector::run(cfg, &mut out, |started| {
