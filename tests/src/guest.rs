@@ -271,6 +271,15 @@ fn fetch_kernel(series: Series) -> Result<GuestKernel> {
     found(&root).context("the kernel package has no boot/vmlinuz-*")
 }
 
+/// Init-script lines loading `modules` (guest paths) in order, each one's complaint prefixed
+/// `INSMOD: ` on the console.
+pub fn insmod_lines(modules: &[String]) -> String {
+    modules
+        .iter()
+        .map(|m| format!("insmod {m} 2>&1 | sed 's/^/INSMOD: /'\n"))
+        .collect()
+}
+
 /// kvm and kvm_amd of `k` with their dependencies, in insmod order.
 pub fn kvm_modules(k: &GuestKernel) -> Result<Vec<PathBuf>> {
     modules(k, &["kvm_amd"])

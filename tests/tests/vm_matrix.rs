@@ -49,10 +49,7 @@ const GROUP_SIDECARS: [&str; 3] = ["sidecar-a", "sidecar-b", "sidecar-c"];
 
 fn init_script(bin: &str, caps: &str, tiny_kvm: &str, modules: &[String]) -> String {
     let touch = |name: &str, mib: i64| format!("{name}={mib}@400");
-    let insmods: String = modules
-        .iter()
-        .map(|m| format!("insmod {m} 2>&1 | sed 's/^/INSMOD: /'\n"))
-        .collect();
+    let insmods = guest::insmod_lines(modules);
     format!(
         r#"#!/bin/sh
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev

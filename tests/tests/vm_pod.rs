@@ -302,10 +302,7 @@ fn real_qemu_vm_pod_guest_ram_memhold_and_post_mortem_match_the_kernel() -> Resu
 const DISK_MIB: u64 = 160;
 
 fn disk_guest_init(modules: &[String]) -> String {
-    let insmods: String = modules
-        .iter()
-        .map(|m| format!("insmod {m} 2>&1 | sed 's/^/INSMOD: /'\n"))
-        .collect();
+    let insmods = guest::insmod_lines(modules);
     format!(
         r#"#!/bin/sh
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
