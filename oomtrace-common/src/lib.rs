@@ -83,7 +83,9 @@ pub struct ChargeValue {
     pub totals: ChargeTotals,
     /// `totals.total()` when the last record for this pair was sent.
     pub emitted_total: i64,
-    pub last_emit_ns: u64,
+    /// When the last record was sent, on the program's flush clock: ticks (jiffies) for the
+    /// tracepoint programs, ns for the kernel-function ones.
+    pub last_emit: u64,
     pub tgid: u32,
     pub _pad: u32,
 }
@@ -252,6 +254,7 @@ pub mod globals {
     pub const FILTER_ON: &str = "FILTER_ON";
     pub const FLUSH_BYTES: &str = "FLUSH_BYTES";
     pub const FLUSH_NS: &str = "FLUSH_NS";
+    pub const FLUSH_JIFFIES: &str = "FLUSH_JIFFIES";
     pub const PAGE_SIZE: &str = "PAGE_SIZE";
     pub const GUEST_TRACKING: &str = "GUEST_TRACKING";
     pub const LRUVEC_VAL_LONG: &str = "LRUVEC_VAL_LONG";

@@ -49,7 +49,7 @@ fn charge_request<C: EbpfContext>(ctx: &C, memcg: u64, nr_pages: u64) {
     let Some(id) = memcg_id(memcg) else {
         return;
     };
-    let _ = account(ctx, kind, (nr_pages as i64) * get(&g::PAGE_SIZE), id);
+    let _ = account::<_, false>(ctx, kind, (nr_pages as i64) * get(&g::PAGE_SIZE), id);
 }
 
 #[inline(always)]
@@ -100,7 +100,7 @@ fn uncharge(ctx: &impl EbpfContext, ug: u64) {
         return;
     };
     let page = get(&g::PAGE_SIZE);
-    let _ = account(
+    let _ = account::<_, false>(
         ctx,
         Kind::Freed((kmem.min(pages) as i64) * page),
         (pages as i64) * page,

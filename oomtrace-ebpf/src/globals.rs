@@ -11,6 +11,8 @@ macro_rules! global {
 global!(FILTER_ON: u32 = 0);
 global!(FLUSH_BYTES: i64 = 256 * 1024);
 global!(FLUSH_NS: u64 = 1_000_000_000);
+// FLUSH_NS in ticks (jiffies), for the programs whose flush check reads the tick count.
+global!(FLUSH_JIFFIES: u64 = 250);
 global!(PAGE_SIZE: i64 = 4096);
 global!(GUEST_TRACKING: u32 = 0);
 // 1: the raw mod_memcg_lruvec_state's `val` is a long (7.0+); 0: an int, whose upper half of

@@ -111,3 +111,11 @@ pub fn now_ns() -> u64 {
     // SAFETY: bpf_ktime_get_ns has no preconditions; it reads the monotonic clock.
     unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
 }
+
+/// The tick count (jiffies): a word read, where the precise clock reads the clocksource (and
+/// bpf_ktime_get_coarse_ns is not allowed in tracing programs). Kernel 5.5+.
+#[inline(always)]
+pub fn jiffies() -> u64 {
+    // SAFETY: bpf_jiffies64 has no preconditions.
+    unsafe { aya_ebpf::helpers::bpf_jiffies64() }
+}

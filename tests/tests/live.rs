@@ -25,7 +25,19 @@ fn attribution_matches_what_each_thread_touched_within_5_percent() -> Result<()>
     if !require_root("attribution_matches_what_each_thread_touched_within_5_percent") {
         return Ok(());
     }
-    attribution(&[], "memcg_lruvec_state_raw")
+    attribution(&[], "memcg_lruvec_state_btf")
+}
+
+/// The untyped raw-tracepoint program (where the typed one is refused) attributes the same.
+#[test]
+fn attribution_with_untyped_raw_tracepoints_matches_too() -> Result<()> {
+    if !require_root("attribution_with_untyped_raw_tracepoints_matches_too") {
+        return Ok(());
+    }
+    attribution(
+        &[("OOMTRACE_UNTYPED_RAW_TRACEPOINTS", "1")],
+        "memcg_lruvec_state_raw",
+    )
 }
 
 /// The classic tracepoint programs (the fallback where a raw prototype differs) attribute the same.

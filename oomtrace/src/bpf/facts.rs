@@ -129,6 +129,8 @@ pub fn probe_kernel_functions(
 
 /// Set (to anything): the tracepoint tier uses classic tracepoints even where raw ones serve.
 pub const CLASSIC_TRACEPOINTS: &str = "OOMTRACE_CLASSIC_TRACEPOINTS";
+/// Set (to anything): untyped raw-tracepoint programs even where BTF-typed ones serve.
+pub const UNTYPED_RAW_TRACEPOINTS: &str = "OOMTRACE_UNTYPED_RAW_TRACEPOINTS";
 
 /// Everything the planner needs. `probe`: ask the kernel (needs root); otherwise the fentry and
 /// kprobe tiers count as unavailable with that said.
@@ -176,6 +178,7 @@ pub fn gather(
             .map(|b| b.raw_tracepoints.iter().cloned().collect())
             .unwrap_or_default(),
         classic_only: std::env::var_os(CLASSIC_TRACEPOINTS).is_some(),
+        untyped_raw_only: std::env::var_os(UNTYPED_RAW_TRACEPOINTS).is_some(),
         btf_functions,
         symbols,
         memcg_id_path: btf.is_some_and(|b| b.memcg_id_path.is_some()),

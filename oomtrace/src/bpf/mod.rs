@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, FExit, KProbe, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint, TracePoint},
 };
 use oomtrace_common::{ChargeKey, ChargeValue, GuestRanges, globals as g, maps as m, stat};
 
@@ -147,6 +147,8 @@ pub fn load(
     }
     loader.override_global(g::FLUSH_BYTES, &opts.flush_bytes, true);
     loader.override_global(g::FLUSH_NS, &opts.flush_ns, true);
+    let flush_ticks = ticks(opts.flush_ns);
+    loader.override_global(g::FLUSH_JIFFIES, &flush_ticks, true);
     loader.override_global(g::PAGE_SIZE, &page, true);
     if let Some(p) = &path {
         loader.override_global(g::OFF_MEMCG_CGROUP, &p.memcg_cgroup, true);
@@ -230,12 +232,22 @@ impl Probes {
             if let Err(e) = &result
                 && !choice.fallback.is_empty()
             {
-                // A raw program the kernel refused: its classic tracepoint instead.
+                // A raw program the kernel refused: the next simpler program instead (untyped
+                // raw for typed, classic for untyped raw).
+                let instead = if choice
+                    .fallback
+                    .iter()
+                    .any(|a| matches!(a, Attach::RawTracepoint { .. }))
+                {
+                    "untyped raw tracepoint"
+                } else {
+                    "classic tracepoint"
+                };
                 log::warn!(
-                    "{} hook: raw tracepoint refused ({e:#}); using its classic tracepoint",
+                    "{} hook: raw tracepoint refused ({e:#}); using its {instead}",
                     choice.hook
                 );
-                let reason = format!("classic tracepoint (the raw program was refused: {e:#})");
+                let reason = format!("{instead} (the raw program was refused: {e:#})");
                 result = attach_all(&mut self.ebpf, &choice.fallback, &mut btf);
                 if result.is_ok() {
                     choice.attach = std::mem::take(&mut choice.fallback);
@@ -431,6 +443,32 @@ fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
     (r == 0).then_some(info.recursion_misses)
 }
 
+/// `ns` in the kernel's ticks (jiffies), at least one. A tick is the resolution of the coarse
+/// clocks (TICK_NSEC); where that cannot be read, 1 ms (HZ 1000, the shortest): the flush comes
+/// early, never late.
+fn ticks(ns: u64) -> u64 {
+    let mut res = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `res` is a valid, writable timespec for the duration of the call.
+    let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &raw mut res) } == 0;
+    let tick = if ok && res.tv_sec == 0 && res.tv_nsec > 0 {
+        res.tv_nsec as u64
+    } else {
+        1_000_000
+    };
+    ns.div_ceil(tick).max(1)
+}
+
+/// The kernel's BTF, parsed at the first program that needs it.
+fn kernel_btf(btf: &mut Option<aya::Btf>) -> Result<&aya::Btf> {
+    if btf.is_none() {
+        *btf = Some(aya::Btf::from_sys_fs().context("cannot read the kernel BTF")?);
+    }
+    btf.as_ref().context("kernel BTF")
+}
+
 /// Loads and attaches one hook's programs, in plan order (companions and exits before the entry
 /// program, so no entry is ever seen without its end). `btf` is parsed at the first fentry.
 fn attach_all(ebpf: &mut Ebpf, attach: &[Attach], btf: &mut Option<aya::Btf>) -> Result<()> {
@@ -450,11 +488,13 @@ fn attach_all(ebpf: &mut Ebpf, attach: &[Attach], btf: &mut Option<aya::Btf>) ->
                 p.load()?;
                 p.attach(name)?;
             }
+            Attach::BtfTracepoint { name, .. } => {
+                let p: &mut BtfTracePoint = prog.try_into()?;
+                p.load(name, kernel_btf(btf)?)?;
+                p.attach()?;
+            }
             Attach::FEntry { function, .. } | Attach::FExit { function, .. } => {
-                if btf.is_none() {
-                    *btf = Some(aya::Btf::from_sys_fs().context("cannot read the kernel BTF")?);
-                }
-                let b = btf.as_ref().context("kernel BTF")?;
+                let b = kernel_btf(btf)?;
                 if matches!(a, Attach::FEntry { .. }) {
                     let p: &mut FEntry = prog.try_into()?;
                     p.load(function, b)?;

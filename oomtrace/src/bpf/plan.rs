@@ -57,6 +57,9 @@ pub struct KernelFacts {
     pub raw_tracepoints: BTreeSet<String>,
     /// Classic tracepoint programs only, as asked for (OOMTRACE_CLASSIC_TRACEPOINTS).
     pub classic_only: bool,
+    /// Untyped raw programs where BTF-typed ones would serve, as asked for
+    /// (OOMTRACE_UNTYPED_RAW_TRACEPOINTS).
+    pub untyped_raw_only: bool,
     /// Hooked functions present in vmlinux BTF (fentry targets).
     pub btf_functions: BTreeSet<String>,
     /// Hooked function → its kallsyms symbol (kprobe targets; a compiler clone such as
@@ -81,6 +84,11 @@ pub enum Attach {
         name: &'static str,
     },
     RawTracepoint {
+        program: &'static str,
+        name: &'static str,
+    },
+    /// A raw tracepoint whose program has the tracepoint's typed (BTF) arguments (tp_btf).
+    BtfTracepoint {
         program: &'static str,
         name: &'static str,
     },
@@ -120,6 +128,7 @@ impl Attach {
         match self {
             Attach::Tracepoint { program, .. }
             | Attach::RawTracepoint { program, .. }
+            | Attach::BtfTracepoint { program, .. }
             | Attach::FEntry { program, .. }
             | Attach::FExit { program, .. }
             | Attach::KProbe { program, .. }
@@ -143,8 +152,9 @@ pub struct HookChoice {
     /// Attached on demand (`Probes::attach_lazy`), not at start.
     #[serde(skip)]
     pub lazy: bool,
-    /// The classic tracepoint programs, when `attach` holds raw ones: what is attached instead
-    /// if the kernel refuses a raw program (its verifier, an unexpected prototype).
+    /// What is attached instead if the kernel refuses a raw program (its verifier, an
+    /// unexpected prototype): the untyped raw programs for typed ones, the classic tracepoint
+    /// programs for untyped raw ones.
     #[serde(skip)]
     pub fallback: Vec<Attach>,
 }
@@ -199,6 +209,9 @@ struct RawVariant {
     /// Reads the tracepoint's arguments: then only where the kernel's BTF prototype is the one
     /// it reads (kernel_btf::RAW_TRACEPOINTS). One that reads none serves on every kernel.
     reads_args: bool,
+    /// The same program with typed (BTF) arguments, where it reads kernel memory through them:
+    /// plain loads the verifier checks instead of helper calls.
+    typed: Option<&'static str>,
 }
 
 struct Hook {
@@ -262,6 +275,7 @@ const HOOKS: &[Hook] = &[
                 program: "memcg_lruvec_state_raw",
                 also: None,
                 reads_args: true,
+                typed: Some("memcg_lruvec_state_btf"),
             }),
         }),
         without: "",
@@ -298,6 +312,7 @@ const HOOKS: &[Hook] = &[
                 program: "oom_mark_victim_raw",
                 also: None,
                 reads_args: true,
+                typed: None,
             }),
         }),
         without: "",
@@ -316,6 +331,7 @@ const HOOKS: &[Hook] = &[
                 program: "sched_exit_raw",
                 also: None,
                 reads_args: true,
+                typed: None,
             }),
         }),
         without: "",
@@ -334,6 +350,7 @@ const HOOKS: &[Hook] = &[
                 program: "sched_exec_raw",
                 also: None,
                 reads_args: true,
+                typed: None,
             }),
         }),
         without: "a thread's name after exec is learned from its next charge record",
@@ -354,6 +371,7 @@ const HOOKS: &[Hook] = &[
                 program: "kill_signal_raw",
                 also: None,
                 reads_args: true,
+                typed: None,
             }),
         }),
         without: "kills sent by other processes (kubelet, userspace OOM killers) are not seen",
@@ -372,6 +390,7 @@ const HOOKS: &[Hook] = &[
                 program: "memcg_reclaim_begin_raw",
                 also: None,
                 reads_args: false,
+                typed: None,
             }),
         }),
         without: "reclaim at the limit is not shown",
@@ -390,6 +409,7 @@ const HOOKS: &[Hook] = &[
                 program: "memcg_reclaim_end_raw",
                 also: None,
                 reads_args: true,
+                typed: None,
             }),
         }),
         without: "reclaim at the limit is not shown",
@@ -415,6 +435,7 @@ const HOOKS: &[Hook] = &[
                 program: "kvm_page_fault_raw",
                 also: Some("kvm_entry_raw"),
                 reads_args: false,
+                typed: None,
             }),
         }),
         without: "kvm not loaded: KVM guest RAM is told apart by thread class only",
@@ -433,6 +454,7 @@ const HOOKS: &[Hook] = &[
                 program: "guest_ram_fault_raw",
                 also: None,
                 reads_args: true,
+                typed: None,
             }),
         }),
         without: "TCG guest RAM is told apart by thread class only",
@@ -586,14 +608,21 @@ fn tracepoint_tier(hook: &Hook, t: &TracepointHook, k: &KernelFacts) -> Verdict 
         if let (Some((_, name, _)), Some(program)) = (t.also, raw.also) {
             attach.push(Attach::RawTracepoint { program, name });
         }
-        attach.push(Attach::RawTracepoint {
-            program: raw.program,
-            name: t.name,
+        let typed = raw.typed.filter(|_| !k.untyped_raw_only);
+        attach.push(match typed {
+            Some(program) => Attach::BtfTracepoint {
+                program,
+                name: t.name,
+            },
+            None => Attach::RawTracepoint {
+                program: raw.program,
+                name: t.name,
+            },
         });
-        let how = if raw.reads_args {
-            "arguments read directly"
-        } else {
-            "reads no argument"
+        let how = match (typed, raw.reads_args) {
+            (Some(_), _) => "typed (BTF) arguments, kernel fields loaded directly",
+            (None, true) => "arguments read directly",
+            (None, false) => "reads no argument",
         };
         return Ok(Served {
             target,
@@ -699,16 +728,20 @@ fn choose(h: &Hook, k: &KernelFacts, forced: Option<Tier>) -> Result<HookChoice,
                 if forced == Some(*tier) {
                     reason.push_str(" [forced]");
                 }
+                let typed = attach
+                    .iter()
+                    .any(|a| matches!(a, Attach::BtfTracepoint { .. }));
                 let raw = attach
                     .iter()
                     .any(|a| matches!(a, Attach::RawTracepoint { .. }));
-                let fallback = match (&h.tracepoint, raw) {
-                    (Some(t), true) => {
-                        let classic = KernelFacts {
-                            classic_only: true,
+                let fallback = match &h.tracepoint {
+                    Some(t) if typed || raw => {
+                        let instead = KernelFacts {
+                            untyped_raw_only: true,
+                            classic_only: !typed,
                             ..k.clone()
                         };
-                        tracepoint_tier(h, t, &classic)
+                        tracepoint_tier(h, t, &instead)
                             .map(|s| s.attach)
                             .unwrap_or_default()
                     }
@@ -784,6 +817,7 @@ mod tests {
                 if let Some(r) = &t.raw {
                     names.push(r.program);
                     names.extend(r.also);
+                    names.extend(r.typed);
                 }
             }
         }
@@ -858,6 +892,7 @@ mod tests {
                 "signal_generate",
             ]),
             classic_only: false,
+            untyped_raw_only: false,
             btf_functions: set(&[
                 "try_charge_memcg",
                 "__mem_cgroup_charge",
@@ -930,9 +965,27 @@ mod tests {
     #[test]
     fn raw_tracepoints_serve_where_their_prototype_matches_and_classic_ones_otherwise() {
         let p = plan(&tracepoints_only(), None).expect("plan");
-        assert_eq!(hook(&p, "charge").programs, ["memcg_lruvec_state_raw"]);
+        // The charge program with typed arguments; refused, the untyped raw one.
+        let charge = hook(&p, "charge");
+        assert_eq!(charge.programs, ["memcg_lruvec_state_btf"]);
+        assert!(matches!(charge.attach[0], Attach::BtfTracepoint { .. }));
+        assert_eq!(
+            charge.fallback,
+            [Attach::RawTracepoint {
+                program: "memcg_lruvec_state_raw",
+                name: "mod_memcg_lruvec_state"
+            }]
+        );
         assert_eq!(hook(&p, GUEST_RAM_HOOK).programs, ["guest_ram_fault_raw"]);
         assert_eq!(hook(&p, "oom-victim").programs, ["oom_mark_victim_raw"]);
+        // Untyped ones asked for: the raw program, the classic one if refused.
+        let mut untyped = tracepoints_only();
+        untyped.untyped_raw_only = true;
+        let p = plan(&untyped, None).expect("plan");
+        let charge = hook(&p, "charge");
+        assert_eq!(charge.programs, ["memcg_lruvec_state_raw"]);
+        assert_eq!(charge.fallback.len(), 1);
+        assert_eq!(charge.fallback[0].program(), "memcg_lruvec_state");
         // The raw charge program reads the memcg id through BTF offsets.
         let mut no_path = tracepoints_only();
         no_path.memcg_id_path = false;
@@ -962,7 +1015,14 @@ mod tests {
         let p = plan(&classic, None).expect("plan");
         for c in &p {
             for a in &c.attach {
-                assert!(!matches!(a, Attach::RawTracepoint { .. }), "{}", c.hook);
+                assert!(
+                    !matches!(
+                        a,
+                        Attach::RawTracepoint { .. } | Attach::BtfTracepoint { .. }
+                    ),
+                    "{}",
+                    c.hook
+                );
             }
         }
         assert_eq!(
