@@ -15,6 +15,7 @@ use serde_json::Value;
 use oomtrace::{cgroupfs::MemoryController, scratch_cgroup::ScratchCgroup};
 
 mod agent_cost;
+mod guest_tiers;
 
 const GUEST_FILL_MIB: usize = 384;
 
@@ -62,6 +63,13 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
         s.last().copied().unwrap_or(f64::NAN),
     )
 }
+
+/// A way to run oomtrace: (short name, row label, environment).
+type Variant = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
 
 /// The page-fault storm's goal for the default program (issue 17).
 const STORM_GOAL: f64 = 1.05;
@@ -238,7 +246,10 @@ impl Tracer {
     /// The charge hook of oomtrace's start line: (tier, programs, reason).
     fn charge_hook(&self) -> Option<(String, String, String)> {
         let v: Value = serde_json::from_str(&self.ready_line).ok()?;
-        let h = v["hooks"].as_array()?.iter().find(|h| h["hook"] == "charge")?;
+        let h = v["hooks"]
+            .as_array()?
+            .iter()
+            .find(|h| h["hook"] == "charge")?;
         let programs: Vec<&str> = h["programs"]
             .as_array()?
             .iter()
@@ -357,13 +368,16 @@ pub fn run(opts: &Options) -> Result<()> {
 
     // 1. Page-fault storm: untraced vs oomtrace (as planned, and each simpler tracepoint
     // program) vs the bpftrace one-liner, interleaved.
-    let variants: [(&str, &[(&str, &str)]); 3] = [
-        ("", &[]),
+    // (short name for the raw numbers, row label, environment)
+    let variants: [Variant; 3] = [
+        ("oomtrace", "", &[]),
         (
+            "untyped",
             "untyped raw tracepoint program (OOMTRACE_UNTYPED_RAW_TRACEPOINTS=1)",
             &[(oomtrace::bpf::facts::UNTYPED_RAW_TRACEPOINTS, "1")],
         ),
         (
+            "classic",
             "classic tracepoint programs (OOMTRACE_CLASSIC_TRACEPOINTS=1)",
             &[(oomtrace::bpf::facts::CLASSIC_TRACEPOINTS, "1")],
         ),
@@ -376,7 +390,7 @@ pub fn run(opts: &Options) -> Result<()> {
     for i in 0..opts.pairs {
         base.push(storm(&cg, opts.storm_mib, 3)?);
         let mut line = format!("storm pair {i}: untraced {:.1} ns/page", base[i]);
-        for (v, (_, env)) in variants.iter().enumerate() {
+        for (v, (short, _, env)) in variants.iter().enumerate() {
             let t = Tracer::oomtrace_with_env(&["--cgroup", &cg], env)?;
             if v == 0 && planned.is_none() {
                 planned = t.charge_hook();
@@ -384,7 +398,7 @@ pub fn run(opts: &Options) -> Result<()> {
             let ns = storm(&cg, opts.storm_mib, 3)?;
             t.stop()?;
             runs[v].push(ns);
-            let _ = write!(line, ", variant {v} {ns:.1}");
+            let _ = write!(line, ", {short} {ns:.1}");
         }
         match Tracer::bpftrace()? {
             Some(b) => {
@@ -397,8 +411,7 @@ pub fn run(opts: &Options) -> Result<()> {
         }
         let _ = writeln!(raw, "{line}");
     }
-    let (tier, programs, reason) =
-        planned.unwrap_or_else(|| ("?".into(), "?".into(), "?".into()));
+    let (tier, programs, reason) = planned.unwrap_or_else(|| ("?".into(), "?".into(), "?".into()));
     let (bmin, bmed, bmax) = stats(&base);
     let _ = writeln!(
         md,
@@ -411,7 +424,7 @@ pub fn run(opts: &Options) -> Result<()> {
         opts.pairs,
         md_cell(&reason),
     );
-    for (v, (label, _)) in variants.iter().enumerate() {
+    for (v, (_, label, _)) in variants.iter().enumerate() {
         let (min, med, max) = stats(&runs[v]);
         let r = med / bmed;
         let (label, goal, result) = if v == 0 {
@@ -426,7 +439,11 @@ pub fn run(opts: &Options) -> Result<()> {
                 result,
             )
         } else {
-            (format!("the same with the {label}"), String::new(), String::new())
+            (
+                format!("the same with the {label}"),
+                String::new(),
+                String::new(),
+            )
         };
         let _ = writeln!(
             md,
@@ -451,7 +468,10 @@ pub fn run(opts: &Options) -> Result<()> {
             pmed / bmed
         );
     }
-    let _ = writeln!(md, "\nThe spread is the machine's: the untraced runs alone span {bmin:.0} to {bmax:.0} ns per page.\n");
+    let _ = writeln!(
+        md,
+        "\nThe spread is the machine's: the untraced runs alone span {bmin:.0} to {bmax:.0} ns per page.\n"
+    );
 
     // 1b. What the charge program itself costs per run, from the kernel's own accounting.
     eprintln!("bench: charge program run time (BPF_ENABLE_STATS)");
@@ -465,7 +485,7 @@ pub fn run(opts: &Options) -> Result<()> {
     );
     let mut cost: Vec<(String, Vec<f64>, f64)> = Vec::new();
     for _ in 0..PROGRAM_COST_PASSES {
-        for (v, (_, env)) in variants.iter().enumerate() {
+        for (v, (_, _, env)) in variants.iter().enumerate() {
             if let Some((name, ns, per_page)) = charge_program_cost(&cg, opts.storm_mib, env)? {
                 if cost.len() <= v {
                     cost.push((name, Vec::new(), per_page));
@@ -476,22 +496,33 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     for (name, ns, per_page) in &cost {
         let (min, med, max) = stats(ns);
-        let _ = writeln!(md, "| `{name}` | {min:.0} / {med:.0} / {max:.0} | {per_page:.1} |");
+        let _ = writeln!(
+            md,
+            "| `{name}` | {min:.0} / {med:.0} / {max:.0} | {per_page:.1} |"
+        );
         let _ = writeln!(raw, "charge program {name}: ns per run {ns:?}");
     }
     let _ = writeln!(md);
 
     // The function tiers, as this kernel's plan says of them.
-    let function_tiers = reason
-        .split_once(" (")
-        .map(|(_, why)| why.trim_end_matches(')').to_string())
-        .filter(|why| why.contains("refused") || why.contains("not available"));
+    let function_tiers = ["(kprobe: ", "(fentry: "]
+        .iter()
+        .filter_map(|t| reason.find(t))
+        .min()
+        .map(|at| {
+            reason[at + 1..]
+                .strip_suffix(')')
+                .unwrap_or(&reason[at + 1..])
+                .to_string()
+        });
     if let Some(why) = function_tiers {
         let _ = writeln!(
             md,
             "The function tiers are not measured on this kernel: {}.\n",
             md_cell(&why)
         );
+        eprintln!("bench: the tiers in a Debian guest");
+        guest_tiers::run(&mut md, &mut raw)?;
     }
 
     // 2. Page-cache writes.
