@@ -33,8 +33,8 @@ pub mod stat {
     pub const RING_DROPS: u32 = 0;
     /// The charge map was full, so a (thread, memcg) pair could not be tracked at all.
     pub const MAP_FULL: u32 = 1;
-    /// Memcg stat updates seen for watched memcgs (the tracepoint hits that did work).
-    pub const CHARGE_HITS: u32 = 2;
+    // 2 was the charge runs that did work, counted on every charge and never read: gone from
+    // the hot path, the slot kept so the others keep their indexes.
     /// Records written to the ring buffer.
     pub const EVENTS: u32 = 3;
     /// Rare events (OOM, reclaim, exit) lost because the ring buffer was full.

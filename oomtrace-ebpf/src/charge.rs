@@ -197,7 +197,6 @@ pub fn account<C: EbpfContext, const COARSE: bool>(
             }
         }
     };
-    count(stat::CHARGE_HITS);
     let guest = matches!(kind, Kind::Anon)
         && get(&g::GUEST_TRACKING) != 0
         && GUEST_SEEN.get(0).is_some_and(|s| *s != 0)

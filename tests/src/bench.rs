@@ -418,8 +418,8 @@ pub fn run(opts: &Options) -> Result<()> {
         "## 1. Overhead on a page-fault storm\n\n{} MiB of fresh anonymous pages per round (THP off), 3 rounds per run, in a watched memcg; \
          {} interleaved runs of each variant; ns per page (min / median / max). The charge hook as planned here: {tier} tier, \
          `{programs}` ({}).\n\n\
-         | variant | min | median | max | ratio to untraced | goal | result |\n|---|---|---|---|---|---|---|\n\
-         | untraced | {bmin:.0} | {bmed:.0} | {bmax:.0} | 1.00x | | |",
+         | variant | min | median | max | ratio to untraced | median of the pairs' ratios | goal | result |\n|---|---|---|---|---|---|---|---|\n\
+         | untraced | {bmin:.0} | {bmed:.0} | {bmax:.0} | 1.00x | | | |",
         opts.storm_mib,
         opts.pairs,
         md_cell(&reason),
@@ -427,6 +427,10 @@ pub fn run(opts: &Options) -> Result<()> {
     for (v, (_, label, _)) in variants.iter().enumerate() {
         let (min, med, max) = stats(&runs[v]);
         let r = med / bmed;
+        // Each run against the untraced run just before it: a slow spell of the machine
+        // moves both.
+        let pairs: Vec<f64> = runs[v].iter().zip(&base).map(|(t, u)| t / u).collect();
+        let paired = stats(&pairs).1;
         let (label, goal, result) = if v == 0 {
             let result = if r <= STORM_GOAL {
                 "met".to_string()
@@ -447,13 +451,13 @@ pub fn run(opts: &Options) -> Result<()> {
         };
         let _ = writeln!(
             md,
-            "| {label} | {min:.0} | {med:.0} | {max:.0} | {r:.2}x | {goal} | {result} |"
+            "| {label} | {min:.0} | {med:.0} | {max:.0} | {r:.2}x | {paired:.2}x | {goal} | {result} |"
         );
     }
     if peer.is_empty() {
         let _ = writeln!(
             md,
-            "| bpftrace one-liner | - | - | - | - | (peer) | not available{} |",
+            "| bpftrace one-liner | - | - | - | - | - | (peer) | not available{} |",
             if bpftrace_missing {
                 " (bpftrace missing or failed)"
             } else {
@@ -464,8 +468,16 @@ pub fn run(opts: &Options) -> Result<()> {
         let (pmin, pmed, pmax) = stats(&peer);
         let _ = writeln!(
             md,
-            "| bpftrace one-liner summing bytes per tid on memcg:mod_memcg_lruvec_state | {pmin:.0} | {pmed:.0} | {pmax:.0} | {:.2}x | (peer) | |",
-            pmed / bmed
+            "| bpftrace one-liner summing bytes per tid on memcg:mod_memcg_lruvec_state | {pmin:.0} | {pmed:.0} | {pmax:.0} | {:.2}x | {:.2}x | (peer) | |",
+            pmed / bmed,
+            stats(
+                &peer
+                    .iter()
+                    .zip(&base)
+                    .map(|(t, u)| t / u)
+                    .collect::<Vec<_>>()
+            )
+            .1
         );
     }
     let _ = writeln!(

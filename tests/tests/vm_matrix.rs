@@ -1,7 +1,8 @@
 //! The kernel matrix: stock Debian 6.1 and 6.12 cloud kernels booted under qemu (TCG) with the
 //! oomtrace binary, its libraries and `tiny_kvm` in a busybox initramfs. Inside each kernel:
 //!
-//! * for each tier forced in turn (fentry, kprobe, tracepoint): a cgroup v2 pod with a
+//! * for each tier forced in turn (fentry, kprobe, tracepoint, and the tracepoint again with the
+//!   untyped raw charge program): a cgroup v2 pod with a
 //!   memory.max, a qemu-named process whose "CPU 0/KVM" and "IO iothread1" threads touch known
 //!   amounts, a virt-launcher sidecar, and a memhold that grows until the memcg OOM killer
 //!   strikes. Each thread's charges are checked against what it touched (5%), the OOM against
@@ -33,7 +34,15 @@ const TOUCHERS: [(&str, i64); 3] = [
 const FREER: (&str, i64) = ("virtlogd", 12);
 const POD_LIMIT_MIB: i64 = 112;
 const KVM_PAGES: i64 = 200;
-const TIERS: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+/// The runs of the pod scenario: each tier forced in turn, then the tracepoint tier with the
+/// untyped raw charge program (the fallback where the typed one is refused).
+const RUNS: [&str; 4] = ["fentry", "kprobe", "tracepoint", UNTYPED];
+const UNTYPED: &str = "tracepoint-untyped";
+
+/// The tier a run forces.
+fn tier_of(run: &str) -> &str {
+    if run == UNTYPED { "tracepoint" } else { run }
+}
 /// The exec-join scenario (tests/tests/exec_join.rs) inside the guest, on cgroup v2.
 const EXEC_JOIN_RUNS: usize = 20;
 /// Completed by the run number in two digits.
@@ -67,11 +76,13 @@ $B kernel-btf /sys/kernel/btf/vmlinux | sed 's/^/KERNEL_BTF: /'
 wait_for() {{ i=0; while [ $i -lt $2 ]; do grep -q "$1" $3 && return 0; sleep 0.2; i=$((i+1)); done; return 1; }}
 # Until tail says it is tracing (or has exited with its one-line error).
 wait_started() {{ i=0; while [ $i -lt 300 ] && ! grep -q '"start"' $1 && kill -0 $2 2>/dev/null; do sleep 0.2; i=$((i+1)); done; }}
-for T in {tiers}; do
+for T in {pod_runs}; do
   P=/sys/fs/cgroup/pod-$T
   mkdir $P; echo {limit}M > $P/memory.max
+  TIER=$T; U=
+  [ $T = {untyped} ] && TIER=tracepoint && U=1
   # A record every 256 KiB: the peaks checked (5% of 12 MiB) need a finer grain than 1 MiB.
-  RUST_LOG=oomtrace::collector=debug $C $B tail --cgroup /pod-$T --json --tier $T --flush-bytes 262144 > /tmp/$T.out 2> /tmp/$T.err &
+  OOMTRACE_UNTYPED_RAW_TRACEPOINTS=$U RUST_LOG=oomtrace::collector=debug $C $B tail --cgroup /pod-$T --json --tier $TIER --flush-bytes 262144 > /tmp/$T.out 2> /tmp/$T.err &
   TP=$!
   wait_started /tmp/$T.out $TP
   echo "CAPS $T $(grep CapEff /proc/$TP/status)"
@@ -183,7 +194,8 @@ if [ -e /dev/kvm ]; then
 fi
 poweroff -f
 "#,
-        tiers = TIERS.join(" "),
+        pod_runs = RUNS.join(" "),
+        untyped = UNTYPED,
         caps = caps,
         limit = POD_LIMIT_MIB,
         kvm = touch(TOUCHERS[0].0, TOUCHERS[0].1),
@@ -624,8 +636,9 @@ fn matrix(series: guest::Series) -> Result<()> {
         .to_string();
     let fentry_lossy = preempt.contains("(full)") || preempt.contains("(lazy)");
     let manifest_mask: u64 = tests::manifest_caps()?.iter().map(|(_, n)| 1u64 << n).sum();
-    for tier in TIERS {
-        let lines = block(&console, tier);
+    for run in RUNS {
+        let tier = tier_of(run);
+        let lines = block(&console, run);
         let starts = rows(&lines, "start");
         let Some(start_row) = starts.first() else {
             // The kernel cannot serve this tier: one line naming the hook and why.
@@ -633,13 +646,13 @@ fn matrix(series: guest::Series) -> Result<()> {
                 .iter()
                 .filter_map(|l| l.strip_prefix("STDERR: "))
                 .collect();
-            assert_eq!(err.len(), 1, "{tier}: {lines:?}");
+            assert_eq!(err.len(), 1, "{run}: {lines:?}");
             assert!(
                 err[0].contains("hook charge") && err[0].contains(&format!("forced {tier} tier")),
-                "{tier}: {}",
+                "{run}: {}",
                 err[0]
             );
-            println!("{}: {tier}: refused as expected: {}", series.name(), err[0]);
+            println!("{}: {run}: refused as expected: {}", series.name(), err[0]);
             continue;
         };
         let charge = start_row["hooks"]
@@ -651,11 +664,12 @@ fn matrix(series: guest::Series) -> Result<()> {
             // 7.0+ runs tracepoint programs preemptible: the classic program lost thousands of
             // charges a run (skipped while another of ours was preempted on the CPU), the raw
             // one (typed or not), with its own recursion guard, none in the runs measured.
-            assert_eq!(
-                charge["programs"],
-                serde_json::json!(["memcg_lruvec_state_btf"]),
-                "{charge}"
-            );
+            let program = if run == UNTYPED {
+                "memcg_lruvec_state_raw"
+            } else {
+                "memcg_lruvec_state_btf"
+            };
+            assert_eq!(charge["programs"], serde_json::json!([program]), "{charge}");
         }
         // Started with exactly the DaemonSet's capabilities; once tracing, it holds only those
         // its start line says it kept: the four the running collector needs, of the manifest's
@@ -677,35 +691,35 @@ fn matrix(series: guest::Series) -> Result<()> {
         assert_eq!(
             kept_mask & !sys_admin,
             four & manifest_mask,
-            "{tier}: kept {kept:?}"
+            "{run}: kept {kept:?}"
         );
-        assert_eq!(kept_mask & !manifest_mask, 0, "{tier}: kept {kept:?}");
+        assert_eq!(kept_mask & !manifest_mask, 0, "{run}: kept {kept:?}");
         let cap_eff = console
             .lines()
             .find_map(|l| {
                 l.trim_end_matches('\r')
-                    .strip_prefix(&format!("CAPS {tier} CapEff:"))
+                    .strip_prefix(&format!("CAPS {run} CapEff:"))
             })
             .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok());
-        assert_eq!(cap_eff, Some(kept_mask), "{tier}: capabilities after start");
+        assert_eq!(cap_eff, Some(kept_mask), "{run}: capabilities after start");
         let charges = rows(&lines, "charge");
         let counters: Value = lines
             .iter()
             .find_map(|l| l.strip_prefix("\"counters\":"))
             .and_then(|c| serde_json::from_str(c).ok())
-            .with_context(|| format!("{tier}: no summary counters: {lines:?}"))?;
-        println!("{}: {tier}: counters {counters}", series.name());
-        let skipped = format!("HOOK_SKIPS {tier}: ");
+            .with_context(|| format!("{run}: no summary counters: {lines:?}"))?;
+        println!("{}: {run}: counters {counters}", series.name());
+        let skipped = format!("HOOK_SKIPS {run}: ");
         for l in console
             .lines()
             .filter_map(|l| l.strip_prefix(skipped.as_str()))
         {
-            println!("{}: {tier}: {l}", series.name());
+            println!("{}: {run}: {l}", series.name());
         }
         let mut peaks = Vec::new();
         for (name, mib) in TOUCHERS {
             let peak = peak_of(&charges, name, "total")
-                .with_context(|| format!("{tier}: no charges of thread {name}: {lines:?}"))?;
+                .with_context(|| format!("{run}: no charges of thread {name}: {lines:?}"))?;
             if tier == "fentry" && fentry_lossy && peak <= mib * MIB * 105 / 100 {
                 // Lost, but never silently: the kernel's count of skipped runs is shown.
                 if peak < mib * MIB * 95 / 100 {
@@ -722,7 +736,7 @@ fn matrix(series: guest::Series) -> Result<()> {
                 );
             } else if !within(peak, mib * MIB, 5.0) {
                 misses.push(format!(
-                    "{}/{tier}: {name} charged {peak} bytes, touched {mib} MiB",
+                    "{}/{run}: {name} charged {peak} bytes, touched {mib} MiB",
                     series.name()
                 ));
             }
@@ -733,7 +747,7 @@ fn matrix(series: guest::Series) -> Result<()> {
         let peak = peak_of(&charges, name, "total").unwrap_or(0);
         let last = final_of(&charges, name).unwrap_or(i64::MAX);
         println!(
-            "{}: {tier}: {name} touched {mib} MiB then freed it: peak {} KiB, now {} KiB",
+            "{}: {run}: {name} touched {mib} MiB then freed it: peak {} KiB, now {} KiB",
             series.name(),
             peak / 1024,
             last / 1024
@@ -746,16 +760,16 @@ fn matrix(series: guest::Series) -> Result<()> {
             && !(within(peak, mib * MIB, 5.0) && (!frees_seen || last.abs() <= mib * MIB * 5 / 100))
         {
             misses.push(format!(
-                "{}/{tier}: {name} peak {peak} and final {last} bytes after touching and freeing {mib} MiB",
+                "{}/{run}: {name} peak {peak} and final {last} bytes after touching and freeing {mib} MiB",
                 series.name()
             ));
         }
         if !(tier == "fentry" && fentry_lossy) {
-            per_tier.insert(tier, peaks);
+            per_tier.insert(run, peaks);
         }
         let ooms = rows(&lines, "oom");
-        assert!(!ooms.is_empty(), "{tier}: no OOM kill seen: {lines:?}");
-        assert_eq!(ooms[0]["memcg"], format!("/pod-{tier}"), "{}", ooms[0]);
+        assert!(!ooms.is_empty(), "{run}: no OOM kill seen: {lines:?}");
+        assert_eq!(ooms[0]["memcg"], format!("/pod-{run}"), "{}", ooms[0]);
         let attempts = rows(&lines, "oom_attempt");
         let oom_hook = start_row["hooks"]
             .as_array()
@@ -768,12 +782,12 @@ fn matrix(series: guest::Series) -> Result<()> {
             let a = attempts
                 .iter()
                 .find(|a| a["killed"] == true)
-                .with_context(|| format!("{tier}: no OOM start/outcome: {attempts:?}"))?;
-            assert_eq!(a["memcg"], format!("/pod-{tier}"), "{a}");
+                .with_context(|| format!("{run}: no OOM start/outcome: {attempts:?}"))?;
+            assert_eq!(a["memcg"], format!("/pod-{run}"), "{a}");
             assert!(a["duration_ns"].as_u64().is_some_and(|d| d > 0), "{a}");
         }
         println!(
-            "{}: {tier}: {} OOM kill(s), {} OOM start/outcome row(s)",
+            "{}: {run}: {} OOM kill(s), {} OOM start/outcome row(s)",
             series.name(),
             ooms.len(),
             attempts.len()

@@ -127,6 +127,11 @@ pub fn probe_kernel_functions(
     }
 }
 
+/// A variant switch: set to anything but the empty string.
+fn switched_on(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty())
+}
+
 /// Set (to anything): the tracepoint tier uses classic tracepoints even where raw ones serve.
 pub const CLASSIC_TRACEPOINTS: &str = "OOMTRACE_CLASSIC_TRACEPOINTS";
 /// Set (to anything): untyped raw-tracepoint programs even where BTF-typed ones serve.
@@ -177,8 +182,8 @@ pub fn gather(
         raw_tracepoints: btf
             .map(|b| b.raw_tracepoints.iter().cloned().collect())
             .unwrap_or_default(),
-        classic_only: std::env::var_os(CLASSIC_TRACEPOINTS).is_some(),
-        untyped_raw_only: std::env::var_os(UNTYPED_RAW_TRACEPOINTS).is_some(),
+        classic_only: switched_on(CLASSIC_TRACEPOINTS),
+        untyped_raw_only: switched_on(UNTYPED_RAW_TRACEPOINTS),
         btf_functions,
         symbols,
         memcg_id_path: btf.is_some_and(|b| b.memcg_id_path.is_some()),
