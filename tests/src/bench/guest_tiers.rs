@@ -49,6 +49,12 @@ poweroff -f
     )
 }
 
+/// What follows `marker` in `line`, wherever it is: the console's first line starts with the
+/// terminal resets the firmware and kernel print (ESC c, ESC [2J).
+fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.find(marker).map(|at| &line[at + marker.len()..])
+}
+
 /// Boots the guest, runs the storms, and writes the section (or why it could not be measured).
 pub fn run(md: &mut String, raw: &mut String) -> Result<()> {
     let _ = writeln!(
@@ -100,7 +106,7 @@ fn measure(raw: &mut String) -> Result<String> {
     let mut programs: Vec<String> = vec!["-".into(); TIERS.len()];
     let mut failed: Vec<String> = Vec::new();
     for line in console.lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("TIER_STORM ") {
+        if let Some(rest) = after(line, "TIER_STORM ") {
             let f: Vec<&str> = rest.split_whitespace().collect();
             let Some(ns) = f.get(2).and_then(|v| v.parse::<f64>().ok()) else {
                 continue;
@@ -111,7 +117,7 @@ fn measure(raw: &mut String) -> Result<String> {
                 None if f.get(1) == Some(&"untraced") => untraced.push(ns),
                 None => {}
             }
-        } else if let Some(rest) = line.strip_prefix("TIER_START ") {
+        } else if let Some(rest) = after(line, "TIER_START ") {
             let Some((tier, json)) = rest.split_once(' ') else {
                 continue;
             };
@@ -130,7 +136,7 @@ fn measure(raw: &mut String) -> Result<String> {
             if let (Some(i), Some(p)) = (TIERS.iter().position(|t| *t == tier), charge) {
                 programs[i] = p;
             }
-        } else if let Some(rest) = line.strip_prefix("TIER_FAILED ") {
+        } else if let Some(rest) = after(line, "TIER_FAILED ") {
             failed.push(md_cell(rest));
         }
     }
@@ -160,4 +166,17 @@ fn measure(raw: &mut String) -> Result<String> {
     }
     t.push('\n');
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::after;
+
+    /// The first console line of a real boot, as qemu's serial port gave it.
+    #[test]
+    fn a_marker_behind_the_consoles_terminal_resets_is_found() {
+        let first = "\u{1b}c\u{1b}[?7l\u{1b}[2JTIER_STORM 1 untraced 19430.4";
+        assert_eq!(after(first, "TIER_STORM "), Some("1 untraced 19430.4"));
+        assert_eq!(after("TIER_DONE", "TIER_STORM "), None);
+    }
 }
