@@ -360,6 +360,15 @@ fn run_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// The first lines of a guest's /init that traces memcgs: the kernel filesystems, tracefs, and
+/// cgroup v2 with the memory controller on for the cgroups it makes.
+pub const MEMCG_V2_INIT_HEAD: &str = "#!/bin/sh
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mount -t tracefs none /sys/kernel/tracing 2>/dev/null
+mount -t cgroup2 none /sys/fs/cgroup
+echo +memory > /sys/fs/cgroup/cgroup.subtree_control
+";
+
 /// A newc initramfs with busybox (and its applet links) and `init` as /init.
 pub fn initramfs(name: &str, init: &str) -> Result<PathBuf> {
     initramfs_with(name, init, &[], &[])

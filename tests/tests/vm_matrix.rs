@@ -60,12 +60,7 @@ fn init_script(bin: &str, caps: &str, tiny_kvm: &str, modules: &[String]) -> Str
     let touch = |name: &str, mib: i64| format!("{name}={mib}@400");
     let insmods = guest::insmod_lines(modules);
     format!(
-        r#"#!/bin/sh
-mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-mount -t tracefs none /sys/kernel/tracing 2>/dev/null
-mount -t cgroup2 none /sys/fs/cgroup
-echo +memory > /sys/fs/cgroup/cgroup.subtree_control
-B={bin}
+        r#"{head}B={bin}
 # The DaemonSet's privileges: root with exactly the manifest's capabilities, no new privileges.
 C="{caps}"
 echo "KERNEL: $(uname -r)"
@@ -194,6 +189,7 @@ if [ -e /dev/kvm ]; then
 fi
 poweroff -f
 "#,
+        head = guest::MEMCG_V2_INIT_HEAD,
         pod_runs = RUNS.join(" "),
         untyped = UNTYPED,
         caps = caps,

@@ -18,12 +18,7 @@ const TIERS: [&str; 3] = ["tracepoint", "kprobe", "fentry"];
 fn init_script(bin: &Path, load: &Path) -> String {
     let tiers = TIERS.join(" ");
     format!(
-        r#"#!/bin/sh
-mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-mount -t tracefs none /sys/kernel/tracing 2>/dev/null
-mount -t cgroup2 none /sys/fs/cgroup
-echo +memory > /sys/fs/cgroup/cgroup.subtree_control
-mkdir /sys/fs/cgroup/bench
+        r#"{head}mkdir /sys/fs/cgroup/bench
 B={bin}; L={load}
 storm() {{ $L storm --cgroup /sys/fs/cgroup/bench --mib {STORM_MIB} --rounds 3 | awk '/ns_per_page/{{print $2}}' | sort -n | sed -n 2p; }}
 for P in $(seq 1 {PASSES}); do
@@ -44,6 +39,7 @@ done
 echo TIER_DONE
 poweroff -f
 "#,
+        head = guest::MEMCG_V2_INIT_HEAD,
         bin = bin.display(),
         load = load.display(),
     )
