@@ -40,20 +40,23 @@ pub enum Kind {
     Freed(i64),
 }
 
-/// Maps a node_stat_item to its kind and converts `val` (whose unit depends on the item) to bytes.
+/// Maps a node_stat_item to its kind and `val` to bytes. The tracepoint gives every item in pages,
+/// the ones the kernel counts in bytes (slab) or kilobytes (kernel stacks) included: it converts
+/// them (memcg_state_val_in_pages) before it fires, rounding a slab update below a page up to one.
 #[inline(always)]
 fn classify(item: i32, val: i64) -> Option<(Kind, i64)> {
-    let page = get(&g::PAGE_SIZE);
+    let bytes = val * get(&g::PAGE_SIZE);
     if item == get(&g::ITEM_ANON) {
-        Some((Kind::Anon, val * page))
+        Some((Kind::Anon, bytes))
     } else if item == get(&g::ITEM_FILE) {
-        Some((Kind::File, val * page))
-    } else if item == get(&g::ITEM_PAGETABLE) || item == get(&g::ITEM_SEC_PAGETABLE) {
-        Some((Kind::Kernel, val * page))
-    } else if item == get(&g::ITEM_KSTACK_KB) {
-        Some((Kind::Kernel, val * 1024))
-    } else if item == get(&g::ITEM_SLAB_RECL_B) || item == get(&g::ITEM_SLAB_UNRECL_B) {
-        Some((Kind::Kernel, val))
+        Some((Kind::File, bytes))
+    } else if item == get(&g::ITEM_PAGETABLE)
+        || item == get(&g::ITEM_SEC_PAGETABLE)
+        || item == get(&g::ITEM_KSTACK_KB)
+        || item == get(&g::ITEM_SLAB_RECL_B)
+        || item == get(&g::ITEM_SLAB_UNRECL_B)
+    {
+        Some((Kind::Kernel, bytes))
     } else {
         None
     }
