@@ -54,17 +54,27 @@ pub struct ChargeTotals {
     pub file: i64,
     /// Kernel memory charged to the memcg: page tables, KVM secondary page tables, kernel stacks, slab.
     pub kernel: i64,
-    /// The part of `anon` that is guest RAM: charged while the thread served a KVM guest page
-    /// fault, or a user page fault inside a qemu guest RAM mapping.
+    /// The part of `anon` and `shmem` that is guest RAM: charged while the thread served a KVM
+    /// guest page fault, or a user page fault inside a qemu guest RAM mapping (memfd-backed
+    /// guest RAM is shmem).
     pub guest: i64,
+    /// The part of `file` that is shmem: tmpfs, memfd, shared anonymous memory (NR_SHMEM). Only
+    /// the tracepoint programs see it (`CHARGE_SHMEM_COUNTED`).
+    pub shmem: i64,
 }
 
 impl ChargeTotals {
-    /// All charged bytes (anon + file + kernel); `guest` is a part of `anon`.
+    /// All charged bytes (anon + file + kernel); `guest` and `shmem` are parts of them.
     pub const fn total(&self) -> i64 {
         self.anon + self.file + self.kernel
     }
 }
+
+/// `ChargeEvent.flags` / `ChargeValue.flags`: the record is the pair's first.
+pub const CHARGE_FIRST: u32 = 1;
+/// The program that counted the pair tells shmem from the rest of the page cache (the tracepoint
+/// programs, which see NR_SHMEM); without it `shmem` is not a measurement.
+pub const CHARGE_SHMEM_COUNTED: u32 = 2;
 
 /// Key of the in-kernel charge map.
 #[repr(C)]
@@ -87,7 +97,8 @@ pub struct ChargeValue {
     /// tracepoint programs, ns for the kernel-function ones.
     pub last_emit: u64,
     pub tgid: u32,
-    pub _pad: u32,
+    /// `CHARGE_SHMEM_COUNTED` when the program that made the entry counts shmem.
+    pub flags: u32,
 }
 
 #[repr(C)]
@@ -96,8 +107,9 @@ pub struct ChargeEvent {
     pub kind: u32,
     pub tid: u32,
     pub tgid: u32,
-    /// 1 when this is the first record of the pair (the map entry was just created).
-    pub first: u32,
+    /// `CHARGE_FIRST` when this is the first record of the pair (the map entry was just
+    /// created), `CHARGE_SHMEM_COUNTED` as in the pair's map entry.
+    pub flags: u32,
     pub ts_ns: u64,
     pub memcg_id: u64,
     pub totals: ChargeTotals,
@@ -266,6 +278,7 @@ pub mod globals {
     pub const ITEM_KSTACK_KB: &str = "ITEM_KSTACK_KB";
     pub const ITEM_SLAB_RECL_B: &str = "ITEM_SLAB_RECL_B";
     pub const ITEM_SLAB_UNRECL_B: &str = "ITEM_SLAB_UNRECL_B";
+    pub const ITEM_SHMEM: &str = "ITEM_SHMEM";
     pub const OFF_LRUVEC_ID: &str = "OFF_LRUVEC_ID";
     pub const OFF_LRUVEC_ITEM: &str = "OFF_LRUVEC_ITEM";
     pub const OFF_LRUVEC_VAL: &str = "OFF_LRUVEC_VAL";
@@ -345,7 +358,7 @@ pub mod maps {
 // The ring records' sizes are part of the contract between the two sides: a field added on one
 // side only must not compile.
 const _: () = {
-    assert!(size_of::<ChargeEvent>() == 80);
+    assert!(size_of::<ChargeEvent>() == 88);
     assert!(size_of::<OomVictimEvent>() == 136);
     assert!(size_of::<OomAttemptEvent>() == 64);
     assert!(size_of::<ReclaimEvent>() == 64);
@@ -353,7 +366,7 @@ const _: () = {
     assert!(size_of::<ExecEvent>() == 48);
     assert!(size_of::<KillSignalEvent>() == 88);
     assert!(size_of::<ChargeKey>() == 16);
-    assert!(size_of::<ChargeValue>() == 56);
+    assert!(size_of::<ChargeValue>() == 64);
     assert!(size_of::<GuestRanges>() == 64);
 };
 

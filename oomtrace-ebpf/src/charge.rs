@@ -16,7 +16,10 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
-use oomtrace_common::{ChargeEvent, ChargeKey, ChargeTotals, ChargeValue, KIND_CHARGE, stat};
+use oomtrace_common::{
+    CHARGE_FIRST, CHARGE_SHMEM_COUNTED, ChargeEvent, ChargeKey, ChargeTotals, ChargeValue,
+    KIND_CHARGE, stat,
+};
 
 use crate::{
     charge_fn::memcg_id,
@@ -34,6 +37,9 @@ const EVENTS_WAKE_BYTES: u64 = 1 << 20;
 pub enum Kind {
     Anon,
     File,
+    /// The shmem part of a page-cache charge: NR_SHMEM moves with NR_FILE_PAGES (two runs of the
+    /// tracepoint, same thread), so it is a part of `file`, never added to the total.
+    Shmem,
     Kernel,
     /// A free seen by the function tier (uncharge_batch): `bytes` freed, of which this many
     /// were kernel memory. The rest comes off the thread's anon first, then its page cache.
@@ -50,6 +56,8 @@ fn classify(item: i32, val: i64) -> Option<(Kind, i64)> {
         Some((Kind::Anon, bytes))
     } else if item == get(&g::ITEM_FILE) {
         Some((Kind::File, bytes))
+    } else if item == get(&g::ITEM_SHMEM) {
+        Some((Kind::Shmem, bytes))
     } else if item == get(&g::ITEM_PAGETABLE)
         || item == get(&g::ITEM_SEC_PAGETABLE)
         || item == get(&g::ITEM_KSTACK_KB)
@@ -184,8 +192,15 @@ pub fn account<C: EbpfContext, const COARSE: bool>(
             if !counted(memcg_id, tgid) {
                 return Ok(());
             }
+            // The tracepoint programs (the only ones given NR_SHMEM) tell shmem apart.
+            let flags = if get(&g::ITEM_SHMEM) >= 0 {
+                CHARGE_SHMEM_COUNTED
+            } else {
+                0
+            };
             let fresh = ChargeValue {
                 tgid,
+                flags,
                 ..ChargeValue::default()
             };
             if CHARGES.insert(&key, &fresh, 0).is_err() {
@@ -200,7 +215,8 @@ pub fn account<C: EbpfContext, const COARSE: bool>(
             }
         }
     };
-    let guest = matches!(kind, Kind::Anon)
+    // Guest RAM is anonymous memory, or shmem where qemu backs it with a memfd.
+    let guest = matches!(kind, Kind::Anon | Kind::Shmem)
         && get(&g::GUEST_TRACKING) != 0
         && GUEST_SEEN.get(0).is_some_and(|s| *s != 0)
         && IN_GUEST_FAULT.get_ptr(&tid).is_some();
@@ -211,6 +227,7 @@ pub fn account<C: EbpfContext, const COARSE: bool>(
     match kind {
         Kind::Anon => v.totals.anon += bytes,
         Kind::File => v.totals.file += bytes,
+        Kind::Shmem => v.totals.shmem += bytes,
         Kind::Kernel => v.totals.kernel += bytes,
         Kind::Freed(kmem) => {
             v.totals.kernel -= kmem;
@@ -242,7 +259,8 @@ pub fn account<C: EbpfContext, const COARSE: bool>(
         return Ok(());
     }
     let now = if COARSE { now_ns() } else { check_now };
-    emit(tid, tgid, memcg_id, v.totals, now, first);
+    let flags = v.flags | if first { CHARGE_FIRST } else { 0 };
+    emit(tid, tgid, memcg_id, v.totals, now, flags);
     v.emitted_total = total;
     v.last_emit = check_now;
     Ok(())
@@ -266,12 +284,12 @@ fn counted(memcg_id: u64, tgid: u32) -> bool {
 }
 
 #[inline(always)]
-fn emit(tid: u32, tgid: u32, memcg_id: u64, totals: ChargeTotals, now: u64, first: bool) {
+fn emit(tid: u32, tgid: u32, memcg_id: u64, totals: ChargeTotals, now: u64, flags: u32) {
     let event = ChargeEvent {
         kind: KIND_CHARGE,
         tid,
         tgid,
-        first: first as u32,
+        flags,
         ts_ns: now,
         memcg_id,
         totals,

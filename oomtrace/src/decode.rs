@@ -13,6 +13,50 @@ pub struct Charge {
     pub memcg_id: u64,
     pub comm: String,
     pub totals: ChargeTotals,
+    /// The program that counted told shmem from the rest of the page cache (the tracepoint
+    /// tier): `totals.shmem` is a measurement, not a zero.
+    pub shmem_counted: bool,
+}
+
+/// Charge totals as captures before shmem was counted stored them (read, never made).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TotalsBeforeShmem {
+    pub anon: i64,
+    pub file: i64,
+    pub kernel: i64,
+    pub guest: i64,
+}
+
+/// A charge reading as captures before shmem was counted stored it (read, never made).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargeBeforeShmem {
+    pub ts_ns: u64,
+    pub tid: u32,
+    pub tgid: u32,
+    pub memcg_id: u64,
+    pub comm: String,
+    pub totals: TotalsBeforeShmem,
+}
+
+impl From<&ChargeBeforeShmem> for Charge {
+    fn from(c: &ChargeBeforeShmem) -> Self {
+        let t = &c.totals;
+        Self {
+            ts_ns: c.ts_ns,
+            tid: c.tid,
+            tgid: c.tgid,
+            memcg_id: c.memcg_id,
+            comm: c.comm.clone(),
+            totals: ChargeTotals {
+                anon: t.anon,
+                file: t.file,
+                kernel: t.kernel,
+                guest: t.guest,
+                shmem: 0,
+            },
+            shmem_counted: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,7 +178,8 @@ pub struct OomAttempt {
 /// New kinds go at the end: captures store events by variant index.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
-    Charge(Charge),
+    /// A charge record as captures before shmem was counted stored it (read, never made).
+    ChargeBeforeShmem(ChargeBeforeShmem),
     /// An OOM kill as captures before the kernel's memcg facts stored it (read, never made).
     OomVictim(OomVictim),
     Reclaim(Reclaim),
@@ -144,6 +189,7 @@ pub enum Event {
     Exec(Exec),
     KillSignal(KillSignal),
     OomKill(OomKill),
+    Charge(Charge),
 }
 
 impl Event {
@@ -151,6 +197,7 @@ impl Event {
     pub fn ts_ns(&self) -> u64 {
         match self {
             Event::Charge(c) => c.ts_ns,
+            Event::ChargeBeforeShmem(c) => c.ts_ns,
             Event::OomVictim(v) => v.ts_ns,
             Event::Reclaim(r) => r.ts_ns,
             Event::ThreadExit(e) => e.ts_ns,
@@ -210,6 +257,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                 memcg_id: e.memcg_id,
                 comm: comm(&e.comm),
                 totals: e.totals,
+                shmem_counted: e.flags & c::CHARGE_SHMEM_COUNTED != 0,
             })
         }
         c::KIND_OOM_VICTIM => {
@@ -325,7 +373,7 @@ mod tests {
             kind: c::KIND_CHARGE,
             tid: 7,
             tgid: 5,
-            first: 1,
+            flags: c::CHARGE_FIRST | c::CHARGE_SHMEM_COUNTED,
             ts_ns: 99,
             memcg_id: 2906,
             totals: ChargeTotals {
@@ -333,6 +381,7 @@ mod tests {
                 file: 0,
                 kernel: 8,
                 guest: 4096,
+                shmem: 0,
             },
             comm: comm16("CPU 0/KVM"),
         };
@@ -342,6 +391,7 @@ mod tests {
         assert_eq!((d.tid, d.tgid, d.memcg_id, d.ts_ns), (7, 5, 2906, 99));
         assert_eq!(d.comm, "CPU 0/KVM");
         assert_eq!(d.totals.total(), 4104);
+        assert!(d.shmem_counted);
     }
 
     #[test]

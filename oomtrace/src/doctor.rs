@@ -48,11 +48,27 @@ pub struct MemoryKinds {
 }
 
 /// What the charge items and the root memcg's memory.stat say of each kind.
-fn memory_kinds(kbtf: Option<&KernelBtf>, ctl: Option<&MemoryController>) -> MemoryKinds {
+fn memory_kinds(
+    kbtf: Option<&KernelBtf>,
+    ctl: Option<&MemoryController>,
+    charge_tracepoint: bool,
+) -> MemoryKinds {
     let no_item = "this kernel's node_stat_item has no such item: the charge hook cannot see it";
+    let function_tier = "the kernel-function tier of the charge hook (no memcg tracepoint here) \
+        counts shmem as anon (faults) or page cache (writes): per thread it is null; the \
+        memcg's memory.stat shmem is exact";
     let per_thread = match kbtf {
         Some(k) => {
             let i = &k.items;
+            let shmem = KindAvailable {
+                kind: "shmem",
+                available: i.shmem >= 0 && charge_tracepoint,
+                why_not: if i.shmem < 0 {
+                    Some(no_item)
+                } else {
+                    (!charge_tracepoint).then_some(function_tier)
+                },
+            };
             [
                 ("anon", i.anon),
                 ("page_cache", i.file),
@@ -67,6 +83,7 @@ fn memory_kinds(kbtf: Option<&KernelBtf>, ctl: Option<&MemoryController>) -> Mem
                 available: item >= 0,
                 why_not: (item < 0).then_some(no_item),
             })
+            .chain([shmem])
             .collect()
         }
         None => Vec::new(),
@@ -147,7 +164,10 @@ pub fn gather() -> Report {
             })
             .collect();
     let ctl = MemoryController::detect().ok();
-    let memory_kinds = memory_kinds(kbtf.as_ref(), ctl.as_ref());
+    let charge_tracepoint = hooks
+        .iter()
+        .any(|h| h.hook == bpf::plan::CHARGE_HOOK && h.tier == bpf::plan::Tier::Tracepoint);
+    let memory_kinds = memory_kinds(kbtf.as_ref(), ctl.as_ref(), charge_tracepoint);
     Report {
         memory_kinds,
         kept_after_start,

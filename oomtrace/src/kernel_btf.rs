@@ -14,6 +14,8 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub struct ChargeItems {
     pub anon: i32,
     pub file: i32,
+    /// NR_SHMEM: the shmem part of NR_FILE_PAGES.
+    pub shmem: i32,
     pub pagetable: i32,
     pub sec_pagetable: i32,
     pub kernel_stack_kb: i32,
@@ -426,6 +428,7 @@ impl ChargeItems {
         Self {
             anon: get(node, "NR_ANON_MAPPED"),
             file: get(node, "NR_FILE_PAGES"),
+            shmem: get(node, "NR_SHMEM"),
             pagetable: get(node, "NR_PAGETABLE"),
             sec_pagetable: get(node, "NR_SECONDARY_PAGETABLE"),
             kernel_stack_kb: get(node, "NR_KERNEL_STACK_KB"),

@@ -184,6 +184,14 @@ pub fn json_line(clock: &Clock, change: &Change) -> String {
     .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"))
 }
 
+/// Page cache with its shmem part, where it has one and the hook told it apart.
+fn page_cache(file: i64, shmem: Option<i64>) -> String {
+    match shmem {
+        Some(sh) if sh != 0 => format!("{} of which shmem {}", bytes(file), bytes(sh)),
+        _ => bytes(file),
+    }
+}
+
 pub fn write_summary(out: &mut dyn Write, json: bool, s: &Summary) -> std::io::Result<()> {
     if json {
         let line = serde_json::to_string(s)
@@ -218,7 +226,7 @@ pub fn write_summary(out: &mut dyn Write, json: bool, s: &Summary) -> std::io::R
             bytes(p.total),
             bytes(p.peak),
             bytes(p.anon),
-            bytes(p.file),
+            page_cache(p.file, p.shmem),
             bytes(p.kernel),
             bytes(p.guest)
         )?;

@@ -16,29 +16,39 @@ use anyhow::{Context as _, Result, bail};
 
 const MIB: usize = 1 << 20;
 
-/// One allocating thread: name, MiB to touch (0 = until killed), MiB per second, and whether
-/// it unmaps what it touched once done (then lives on).
+/// One allocating thread: name, MiB to touch (0 = until killed), MiB per second, whether it
+/// unmaps what it touched once done (then lives on), and whether it touches shmem (a memfd, as
+/// a memfd-backed guest's RAM or a tmpfs file) instead of anonymous memory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Toucher {
     pub name: String,
     pub mib: usize,
     pub rate: f64,
     pub free: bool,
+    pub shmem: bool,
 }
 
-/// `NAME=MIB@RATE[/free]`, e.g. `CPU 0/KVM=0@40`, `IO iothread1=16@4` or `virtlogd=12@400/free`.
+/// `NAME=MIB@RATE[/free][/shmem]`, e.g. `CPU 0/KVM=0@40`, `IO iothread1=16@4`,
+/// `virtlogd=12@400/free` or `virtiofsd=8@100/shmem`.
 pub fn parse_toucher(s: &str) -> Result<Toucher> {
     let (name, rest) = s.rsplit_once('=').context("expected NAME=MIB@RATE")?;
     let (mib, rate) = rest.split_once('@').context("expected NAME=MIB@RATE")?;
-    let (rate, free) = match rate.strip_suffix("/free") {
-        Some(r) => (r, true),
-        None => (rate, false),
-    };
+    let mut parts = rate.split('/');
+    let rate = parts.next().unwrap_or_default();
+    let (mut free, mut shmem) = (false, false);
+    for flag in parts {
+        match flag {
+            "free" => free = true,
+            "shmem" => shmem = true,
+            _ => bail!("unknown toucher flag /{flag} (free, shmem)"),
+        }
+    }
     let t = Toucher {
         name: name.to_string(),
         mib: mib.parse().context("MIB must be a whole number")?,
         rate: rate.parse().context("RATE must be a number (MiB/s)")?,
         free,
+        shmem,
     };
     if t.name.is_empty() || t.rate <= 0.0 {
         bail!("thread name must not be empty and RATE must be > 0");
@@ -145,6 +155,43 @@ fn is_vcpu_name(name: &str) -> bool {
     name.starts_with("CPU ") && (name.ends_with("/KVM") || name.ends_with("/TCG"))
 }
 
+/// Maps 1 MiB of a fresh memfd (shared) and writes one byte per page: shmem this thread charges.
+/// The memfd's descriptor is closed; its pages live as long as the mapping.
+fn touch_one_shmem_mib() -> Result<*mut libc::c_void> {
+    // SAFETY: memfd_create takes a NUL-terminated name and flags; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"oomtrace-workload".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        bail!("memfd_create failed: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is the memfd just made; ftruncate and mmap only size and map it.
+    let p = unsafe {
+        if libc::ftruncate(fd, MIB as libc::off_t) != 0 {
+            libc::MAP_FAILED
+        } else {
+            libc::mmap(
+                std::ptr::null_mut(),
+                MIB,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        }
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: `fd` is ours; the mapping (if made) keeps the memfd alive.
+    unsafe { libc::close(fd) };
+    if p == libc::MAP_FAILED {
+        bail!("memfd mapping failed: {err}");
+    }
+    let base = p.cast::<u8>();
+    for off in (0..MIB).step_by(4096) {
+        // SAFETY: off < MIB, inside the writable mapping; volatile so the write is not elided.
+        unsafe { std::ptr::write_volatile(base.add(off), 1) };
+    }
+    Ok(p)
+}
+
 fn run_toucher(t: &Toucher) -> Result<usize> {
     let start = Instant::now();
     let mut done = 0usize;
@@ -156,7 +203,11 @@ fn run_toucher(t: &Toucher) -> Result<usize> {
                 break;
             }
         } else {
-            let p = touch_one_mib()?;
+            let p = if t.shmem {
+                touch_one_shmem_mib()?
+            } else {
+                touch_one_mib()?
+            };
             if t.free {
                 maps.push(p);
             }
@@ -291,9 +342,12 @@ mod tests {
                 mib: 0,
                 rate: 40.0,
                 free: false,
+                shmem: false,
             })
         );
         assert!(parse_toucher("virtlogd=12@400/free").is_ok_and(|t| t.free && t.rate == 400.0));
+        assert!(parse_toucher("v=8@10/shmem").is_ok_and(|t| t.shmem && !t.free && t.rate == 10.0));
+        assert!(parse_toucher("v=8@10/huge").is_err());
         assert!(parse_toucher("IO iothread1=16").is_err());
         assert!(parse_toucher("=1@1").is_err());
         assert!(parse_toucher("x=1@0").is_err());

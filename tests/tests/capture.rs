@@ -608,6 +608,10 @@ fn a_capture_of_format_v1_written_before_reads_back_the_same() -> Result<()> {
     }
     let summary = of("summary");
     assert_eq!(summary["counters"]["events"], 305, "{summary}");
+    // Written before shmem was counted: no thread shows a shmem figure (unknown, not zero).
+    let threads = summary["threads"].as_array().context("threads")?;
+    assert!(!threads.is_empty(), "{summary}");
+    assert!(threads.iter().all(|t| t["shmem"].is_null()), "{summary}");
     // What the capture holds of the victim's charges before the kill: as the kernel counted.
     let charged = oom["victim_charged_anon"].as_i64().unwrap_or(0);
     assert!(

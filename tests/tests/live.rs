@@ -500,3 +500,78 @@ fn kernel_memory_per_thread_matches_the_memcgs_kernel_counter() -> Result<()> {
     drop(cg);
     Ok(())
 }
+
+/// Shmem per thread: a thread that fills memfds (as a memfd-backed guest's RAM, or a tmpfs
+/// file) shows them as shmem, a part of its page cache; a thread touching anonymous memory next
+/// to it shows none; the pod's shmem is what the memcg's own memory.stat says.
+#[test]
+fn shmem_per_thread_matches_the_memcgs_shmem() -> Result<()> {
+    if !require_root("shmem_per_thread_matches_the_memcgs_shmem") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let ctl = MemoryController::detect()?;
+    let cg = ScratchCgroup::create(
+        &ctl,
+        &format!("oomtrace-test-shmem-{}", std::process::id()),
+        1 << 30,
+    )?;
+    let path = cg.path.display().to_string();
+    let tail = Tail::start(&["--cgroup", &path])?;
+    let mut w = workload(
+        &path,
+        "virtiofsd",
+        &["virtiofsd=24@200/shmem", "anon=16@200"],
+        30,
+    )?;
+    let touched = touched(&mut w, 2)?;
+    std::thread::sleep(Duration::from_millis(1200));
+    let stat = ctl
+        .memory_stat(&cg.path)
+        .context("the memcg's memory.stat")?;
+    let summary = tail.stop()?;
+    let _ = (w.kill(), w.wait());
+    let by_name = |name: &str| {
+        touched
+            .iter()
+            .find(|(_, n, _)| n == name)
+            .and_then(|(tid, _, bytes)| Some((thread(&summary, *tid)?.clone(), *bytes)))
+    };
+    let (shmem_thread, bytes) = by_name("virtiofsd").context("the shmem thread")?;
+    let (anon_thread, _) = by_name("anon").context("the anon thread")?;
+    let shmem = shmem_thread["shmem"]
+        .as_i64()
+        .context("shmem is measured")?;
+    let file = shmem_thread["file"].as_i64().unwrap_or(0);
+    assert!(
+        within(shmem, bytes, 5.0),
+        "shmem {shmem} vs touched {bytes}"
+    );
+    assert!(
+        within(file, bytes, 5.0),
+        "its page cache {file} holds the shmem"
+    );
+    assert!(
+        shmem_thread["anon"].as_i64().unwrap_or(0) < MIB,
+        "{shmem_thread}"
+    );
+    assert_eq!(anon_thread["shmem"], 0, "{anon_thread}");
+    let pod_shmem: i64 = summary["threads"]
+        .as_array()
+        .context("threads")?
+        .iter()
+        .filter(|t| t["pid"] == w.id())
+        .filter_map(|t| t["shmem"].as_i64())
+        .sum();
+    eprintln!(
+        "shmem: the thread {shmem}, the process {pod_shmem}, memory.stat {}",
+        stat.shmem
+    );
+    assert!(
+        within(pod_shmem, stat.shmem as i64, 5.0),
+        "the process's shmem {pod_shmem} vs memory.stat shmem {}",
+        stat.shmem
+    );
+    drop(cg);
+    Ok(())
+}

@@ -738,6 +738,16 @@ fn matrix(series: guest::Series) -> Result<()> {
             }
             peaks.push(peak);
         }
+        // Shmem per thread is a measurement where the tracepoint counts by item, and null (not
+        // a zero) where a kernel-function tier cannot tell it from anon or page cache.
+        let shmem_told = tier == "tracepoint";
+        if let Some(c) = charges.iter().find(|c| c["shmem"].is_null() == shmem_told) {
+            misses.push(format!(
+                "{}/{run}: shmem {} in a {tier} charge row: {c}",
+                series.name(),
+                if shmem_told { "null" } else { "given" }
+            ));
+        }
         // Frees: the freer's peak is what it touched, and its net comes back to ~0.
         let (name, mib) = FREER;
         let peak = peak_of(&charges, name, "total").unwrap_or(0);

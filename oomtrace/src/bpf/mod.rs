@@ -105,6 +105,8 @@ pub fn load(
         (g::ITEM_KSTACK_KB, items.kernel_stack_kb),
         (g::ITEM_SLAB_RECL_B, items.slab_reclaimable_b),
         (g::ITEM_SLAB_UNRECL_B, items.slab_unreclaimable_b),
+        // Only the tracepoint programs count by item; the others must not say they tell shmem.
+        (g::ITEM_SHMEM, if charge_tp { items.shmem } else { -1 }),
         (g::OFF_VICTIM_COMM, victim.offset_or_missing("comm")),
         (g::OFF_VICTIM_TOTAL_VM, victim.offset_or_missing("total_vm")),
         (g::OFF_VICTIM_ANON, victim.offset_or_missing("anon_rss")),

@@ -40,6 +40,7 @@ fn input(i: u64) -> ModelInput {
                 anon: (i * 4096) as i64,
                 ..Default::default()
             },
+            shmem_counted: true,
         }))
     }
 }

@@ -425,6 +425,7 @@ impl Model {
                 peak: t.peak,
                 anon: t.totals.anon,
                 file: t.totals.file,
+                shmem: self.shmem(&t.totals),
                 kernel: t.totals.kernel,
                 guest: t.guest(),
                 exited: t.exited,
@@ -445,6 +446,7 @@ impl Model {
                     .map_or(t.total(), |p| p.peak.max(t.total())),
                 anon: t.anon,
                 file: t.file,
+                shmem: self.shmem(&t),
                 kernel: t.kernel,
                 guest: self.process_guest(pid),
             })

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::{Change, Model, ProcessInfo};
 use crate::{
     cgroupfs::UsageLimit,
-    decode::{Charge, Event},
+    decode::{Charge, ChargeBeforeShmem, Event},
     kubevirt::budget,
 };
 
@@ -30,8 +30,8 @@ pub enum ModelInput {
     },
     /// A decoded ring-buffer record.
     Event(Event),
-    /// A sweep's reading of the kernel's charge map.
-    Sweep(Charge),
+    /// A sweep's reading as captures before shmem was counted stored it (read, never made).
+    SweepBeforeShmem(ChargeBeforeShmem),
     /// The collector's clock at a sweep (CLOCK_MONOTONIC ns): the windows' samples.
     Tick(u64),
     /// An exited thread's final totals were read; the model lets it go.
@@ -85,6 +85,8 @@ pub enum ModelInput {
     },
     /// Ring-buffer records the collector could not decode (cumulative).
     DecodeErrors(u64),
+    /// A sweep's reading of the kernel's charge map.
+    Sweep(Charge),
 }
 
 impl ModelInput {
@@ -93,6 +95,7 @@ impl ModelInput {
         match self {
             ModelInput::Tick(t) => Some(*t),
             ModelInput::Sweep(c) => Some(c.ts_ns),
+            ModelInput::SweepBeforeShmem(c) => Some(c.ts_ns),
             ModelInput::Event(e) => Some(e.ts_ns()),
             _ => None,
         }
@@ -126,6 +129,7 @@ impl Model {
             }
             ModelInput::Event(e) => self.apply(e),
             ModelInput::Sweep(c) => self.charge(c).map(Change::Charge),
+            ModelInput::SweepBeforeShmem(c) => self.charge(&Charge::from(c)).map(Change::Charge),
             ModelInput::Tick(t) => {
                 self.tick(*t);
                 None

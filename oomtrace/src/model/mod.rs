@@ -78,20 +78,26 @@ impl ThreadState {
         self.class.unwrap_or(ThreadClass::Foreign)
     }
 
+    /// What guest RAM can be made of: anonymous memory, and shmem (a memfd-backed guest's).
+    fn guest_capable(&self) -> i64 {
+        self.totals.anon.max(0) + self.totals.shmem.max(0)
+    }
+
     /// Guest RAM among this thread's charges: charges inside KVM guest faults or inside the
-    /// guest RAM mapping; for a TCG vCPU whose mapping is unknown, all its anonymous charges.
+    /// guest RAM mapping; for a TCG vCPU whose mapping is unknown, all its anonymous (and
+    /// shmem) charges.
     fn guest(&self) -> i64 {
-        let anon = self.totals.anon.max(0);
+        let capable = self.guest_capable();
         if self.tcg_guess {
-            anon
+            capable
         } else {
-            (self.totals.guest + self.guest_found).clamp(0, anon)
+            (self.totals.guest + self.guest_found).clamp(0, capable)
         }
     }
 
-    /// Anonymous bytes not (yet) counted as guest RAM.
+    /// Anonymous (and shmem) bytes not (yet) counted as guest RAM.
     fn untagged_anon(&self) -> i64 {
-        self.totals.anon.max(0) - (self.totals.guest + self.guest_found).max(0)
+        self.guest_capable() - (self.totals.guest + self.guest_found).max(0)
     }
 
     fn set_class(&mut self, info: &ProcessInfo) {
@@ -157,6 +163,9 @@ pub struct Model {
     last_tick_ns: u64,
     /// Apply charges without building their rows (a replay that shows none of them).
     quiet_charges: bool,
+    /// A charge came from a program that does not tell shmem apart (a kernel-function tier, a
+    /// capture from before): no view shows a shmem figure, since its zero is not a measurement.
+    charges_without_shmem: bool,
     budget_constants: budget::Constants,
     budget_ratio: f64,
     /// Pod UID → (namespace, name), from the runtime's state.
@@ -176,6 +185,7 @@ impl Default for Model {
             ooms: Vec::new(),
             last_tick_ns: 0,
             quiet_charges: false,
+            charges_without_shmem: false,
             budget_constants: budget::KUBEVIRT_CURRENT,
             budget_ratio: 1.0,
             pod_names: HashMap::default(),
@@ -218,11 +228,17 @@ fn add(a: &mut ChargeTotals, b: &ChargeTotals) {
     a.file += b.file;
     a.kernel += b.kernel;
     a.guest += b.guest;
+    a.shmem += b.shmem;
 }
 
 impl Model {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The shmem part of `totals`, where every charge so far told it apart.
+    pub(super) fn shmem(&self, totals: &ChargeTotals) -> Option<i64> {
+        (!self.charges_without_shmem).then_some(totals.shmem)
     }
 
     /// Charges still update every total, but return no row (nothing will show them).
@@ -426,6 +442,7 @@ impl Model {
         self.counters.events += 1;
         match event {
             Event::Charge(c) => self.charge(c).map(Change::Charge),
+            Event::ChargeBeforeShmem(c) => self.charge(&Charge::from(c)).map(Change::Charge),
             Event::OomVictim(v) => self.oom(&OomKill {
                 victim: v.clone(),
                 invoker_memcg_id: 0,
@@ -502,6 +519,7 @@ impl Model {
     /// A charge record or a sweep reading: both carry cumulative totals, so the delta is the
     /// difference to what we knew. Returns None when nothing changed.
     pub fn charge(&mut self, c: &Charge) -> Option<ChargeRow> {
+        self.charges_without_shmem |= !c.shmem_counted;
         let key = (c.tid, c.memcg_id);
         if !self.threads.contains_key(&key) {
             let p = self.processes.entry(c.tgid).or_default();
@@ -574,6 +592,7 @@ impl Model {
             total: totals.total(),
             anon: totals.anon,
             file: totals.file,
+            shmem: self.shmem(&totals),
             kernel: totals.kernel,
             guest: totals.guest,
             usage: usage.map(|u| u.usage),

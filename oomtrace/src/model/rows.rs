@@ -35,6 +35,9 @@ pub struct ChargeRow {
     pub total: i64,
     pub anon: i64,
     pub file: i64,
+    /// Of `file`: shmem (tmpfs, memfd, shared anonymous memory); None where the charge hook
+    /// cannot tell it from page cache (the kernel-function tiers, captures before it).
+    pub shmem: Option<i64>,
     pub kernel: i64,
     pub guest: i64,
     pub usage: Option<u64>,
@@ -208,6 +211,8 @@ pub struct ThreadSummary {
     pub peak: i64,
     pub anon: i64,
     pub file: i64,
+    /// Of `file` (None: not told apart, as in `ChargeRow`).
+    pub shmem: Option<i64>,
     pub kernel: i64,
     pub guest: i64,
     pub exited: bool,
@@ -223,6 +228,8 @@ pub struct ProcessSummary {
     pub peak: i64,
     pub anon: i64,
     pub file: i64,
+    /// Of `file` (None: not told apart, as in `ChargeRow`).
+    pub shmem: Option<i64>,
     pub kernel: i64,
     pub guest: i64,
 }

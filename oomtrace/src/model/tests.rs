@@ -15,6 +15,7 @@ fn charge(tid: u32, tgid: u32, memcg: u64, comm: &str, anon: i64) -> Event {
             anon,
             ..Default::default()
         },
+        shmem_counted: true,
     })
 }
 
@@ -122,6 +123,7 @@ fn charge_at(ts: u64, tid: u32, tgid: u32, memcg: u64, comm: &str, anon: i64, gu
             guest,
             ..Default::default()
         },
+        shmem_counted: true,
     })
 }
 
@@ -335,6 +337,7 @@ fn a_thread_renamed_after_its_last_record_takes_the_name_it_exits_with() {
             anon: 819_200,
             ..Default::default()
         },
+        shmem_counted: true,
     };
     assert!(
         m.may_be_renamed(&sweep),
