@@ -89,18 +89,21 @@ pub fn process_info(pid: u32, started_boot_ns: u64, version: Version) -> Option<
     })
 }
 
-/// A qemu process's guest RAM mappings from /proc/<pid>/maps: anonymous read-write mappings of
-/// exactly the guest size (qemu maps guest RAM in one piece per RAM block; THP alignment may add
-/// up to 2 MiB). At most `GUEST_RANGES`, largest first.
+/// A qemu process's guest RAM mappings from /proc/<pid>/maps: read-write mappings of exactly the
+/// guest size (qemu maps guest RAM in one piece per RAM block; THP alignment may add up to
+/// 2 MiB), anonymous, or a shared memfd (`memory-backend-memfd`, which vhost-user devices and
+/// virtiofs need: `/memfd:memory-backend-memfd`). At most `GUEST_RANGES`, largest first.
 pub fn guest_ram_ranges(maps: &str, guest_memory: u64) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = maps
         .lines()
         .filter_map(|line| {
             let mut f = line.split_whitespace();
             let (range, perms) = (f.next()?, f.next()?);
-            // offset, dev, inode; a path (or [heap], [stack]) means not plain anonymous memory.
+            // offset, dev, inode; a path (or [heap], [stack]) means not plain anonymous memory,
+            // unless it is a memfd mapped shared.
             let rest: Vec<&str> = f.collect();
-            if rest.len() > 3 || !perms.starts_with("rw") {
+            let memfd = rest.get(3).is_some_and(|p| p.starts_with("/memfd:")) && perms == "rw-s";
+            if (rest.len() > 3 && !memfd) || !perms.starts_with("rw") {
                 return None;
             }
             let (a, b) = range.split_once('-')?;
@@ -201,7 +204,7 @@ VmFlags: rd wr mr mw me ac sd
     }
 
     #[test]
-    fn guest_ram_is_the_anonymous_rw_mapping_of_guest_size() {
+    fn guest_ram_is_the_anonymous_or_memfd_rw_mapping_of_guest_size() {
         let maps = "\
 55d0a0000000-55d0a0200000 r-xp 00000000 fe:01 123 /usr/bin/qemu-system-x86_64
 55d0a1000000-55d0a1400000 rw-p 00000000 00:00 0 [heap]
@@ -216,9 +219,16 @@ VmFlags: rd wr mr mw me ac sd
             guest_ram_ranges(maps, g),
             vec![
                 (0x7f2000000000, 0x7f2025a00000),
-                (0x7f0000000000, 0x7f0025800000)
+                (0x7f0000000000, 0x7f0025800000),
+                (0x7f3000000000, 0x7f3025800000)
             ]
         );
+        // A memfd mapped private, or another file mapped shared, is not guest RAM.
+        let files = "\
+7f3000000000-7f3025800000 rw-p 00000000 00:01 99 /memfd:pc.ram (deleted)
+7f4000000000-7f4025800000 rw-s 00000000 fe:01 77 /var/lib/disk.img
+";
+        assert!(guest_ram_ranges(files, g).is_empty());
         assert!(guest_ram_ranges(maps, 1 << 30).is_empty());
         assert!(guest_ram_ranges("garbage\n\n-", g).is_empty());
     }

@@ -446,3 +446,109 @@ fn real_qemu_guest_disk_writes_are_page_cache_of_qemus_workers_with_writeback_on
     guest_disk_run("writeback")?;
     guest_disk_run("none")
 }
+
+/// A VM whose guest RAM is a memfd (`memory-backend-memfd`, as vhost-user devices and virtiofs
+/// need): the vCPU faults guest RAM in as shmem, i.e. page cache, not anon. It is guest RAM all
+/// the same: the vCPUs' guest bytes match the kernel's rss of the memfd mapping, they are the
+/// vCPUs' shmem, and the pod's shmem in memory.stat holds them; qemu's overhead stays small.
+#[test]
+fn real_qemu_memfd_guest_ram_is_guest_ram_not_overhead() -> Result<()> {
+    if !require_root("real_qemu_memfd_guest_ram_is_guest_ram_not_overhead") {
+        return Ok(());
+    }
+    let _serial = serial();
+    guest::ensure_tools()?;
+    let ctl = MemoryController::detect()?;
+    let top = format!("oomtrace-test-vmmemfd-{}", std::process::id());
+    let pod = ScratchCgroup::create(&ctl, &format!("{top}/kubepods/burstable/pod{UID}"), 2 << 30)?;
+    let container = pod.path.join(CID);
+    std::fs::create_dir(&container)?;
+    let kernel = guest::debian_cloud_kernel()?;
+    let initrd = guest::initramfs("vm-memfd", &guest_init())?;
+    let tail = Tail::start(&["--cgroup", &pod.path.display().to_string()])?;
+    let backend = format!("memory-backend-memfd,id=pc.ram,size={GUEST_MIB}M,share=on");
+    let (mut qemu, console) = spawn_qemu_in(
+        &container.display().to_string(),
+        &kernel,
+        &initrd,
+        &[
+            "-m",
+            &GUEST_MIB.to_string(),
+            "-object",
+            &backend,
+            "-machine",
+            "memory-backend=pc.ram",
+        ],
+    )?;
+    let qemu_pid = qemu.id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let mut filled = false;
+    let mut lines = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match console.recv_timeout(left) {
+            Ok(l) if l.contains("GUEST-FILLED") => {
+                filled = true;
+                break;
+            }
+            Ok(l) => lines.push(l),
+            Err(_) => break,
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let guest_rss = guest_ram_rss(qemu_pid);
+    let maps = std::fs::read_to_string(format!("/proc/{qemu_pid}/maps")).unwrap_or_default();
+    let stat = ctl.memory_stat(&pod.path);
+    let summary = tail.stop();
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    if !filled {
+        bail!("the guest never filled its RAM: {lines:?}");
+    }
+    let (summary, guest_rss) = (summary?, guest_rss? as i64);
+    let stat = stat.context("the pod's memory.stat")?;
+    assert!(
+        maps.lines()
+            .any(|l| l.contains(" rw-s ") && l.contains("/memfd:")),
+        "qemu's guest RAM is the memfd: {maps}"
+    );
+    let threads = summary["threads"].as_array().context("summary threads")?;
+    let vcpus: Vec<&Value> = threads
+        .iter()
+        .filter(|t| t["pid"] == qemu_pid && t["class"] == "vcpu")
+        .collect();
+    let sum =
+        |ts: &[&Value], field: &str| -> i64 { ts.iter().filter_map(|t| t[field].as_i64()).sum() };
+    let (vcpu_guest, vcpu_shmem) = (sum(&vcpus, "guest"), sum(&vcpus, "shmem"));
+    let qemu_threads: Vec<&Value> = threads.iter().filter(|t| t["pid"] == qemu_pid).collect();
+    let (qemu_total, qemu_guest) = (sum(&qemu_threads, "total"), sum(&qemu_threads, "guest"));
+    println!(
+        "memfd guest RAM: smaps Rss {guest_rss}; vCPU guest {vcpu_guest}, vCPU shmem {vcpu_shmem}; qemu total {qemu_total}, guest {qemu_guest}; memory.stat shmem {}",
+        stat.shmem
+    );
+    assert!(
+        vcpu_guest >= (FILL_MIB << 20) as i64,
+        "the guest filled {FILL_MIB} MiB: vCPU guest RAM {vcpu_guest}"
+    );
+    assert!(
+        within(qemu_guest, guest_rss, 5.0),
+        "qemu's guest RAM {qemu_guest} vs the kernel's rss of the memfd mapping {guest_rss}"
+    );
+    assert!(
+        within(vcpu_shmem, vcpu_guest, 5.0),
+        "the vCPUs' guest RAM is their shmem: {vcpu_shmem} vs {vcpu_guest}"
+    );
+    assert!(
+        stat.shmem as i64 >= vcpu_shmem - vcpu_shmem / 20,
+        "memory.stat shmem {} holds the vCPUs' {vcpu_shmem}",
+        stat.shmem
+    );
+    // Overhead: what qemu charged that is not guest RAM (its binary's pages, heap, TCG's code
+    // buffer): far below the guest RAM, as with anonymous guest RAM.
+    assert!(
+        qemu_total - qemu_guest < guest_rss / 4,
+        "qemu's overhead {} next to guest RAM {guest_rss}",
+        qemu_total - qemu_guest
+    );
+    drop(pod);
+    Ok(())
+}
