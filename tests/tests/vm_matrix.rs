@@ -477,6 +477,24 @@ fn doctor(console: &str) -> Vec<String> {
             ));
         }
     }
+    // Shmem per thread only where the charge hook is the tracepoint (7.x); a function tier
+    // says why not.
+    let charge_tracepoint = report["hooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|h| h["hook"] == "charge" && h["tier"] == "tracepoint");
+    let thread_shmem = report["memory_kinds"]["per_thread"]
+        .as_array()
+        .and_then(|ks| ks.iter().find(|k| k["kind"] == "shmem").cloned())
+        .unwrap_or_default();
+    if thread_shmem["available"] != charge_tracepoint
+        || (!charge_tracepoint && !thread_shmem["why_not"].is_string())
+    {
+        misses.push(format!(
+            "doctor: per-thread shmem {thread_shmem} with the charge tracepoint {charge_tracepoint}"
+        ));
+    }
     if per_memcg
         .iter()
         .any(|k| k["available"] == false && !k["why_not"].is_string())

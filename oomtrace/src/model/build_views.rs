@@ -176,7 +176,11 @@ impl Model {
                 };
                 let b = budget::compute(&shape, &self.budget_constants, self.budget_ratio);
                 let held = self.held_by_class(memcg_id, &now);
-                let clean = m.stat.as_ref().map_or(0.0, super::kinds::clean_share);
+                let shmem_told = !self.charges_without_shmem;
+                let clean = m
+                    .stat
+                    .as_ref()
+                    .map_or(0.0, |s| super::kinds::clean_share(s, shmem_told));
                 (
                     views::budget_views(&b, &held, clean),
                     Some(self.budget_constants.name),

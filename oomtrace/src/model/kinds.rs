@@ -87,14 +87,20 @@ fn kinds_between(
     }
 }
 
-/// The share of a memcg's page cache (shmem included, as the charge hooks count it) that is
-/// clean, for the budget: a class's page cache counts as reclaimable in this proportion. The
-/// kernel keeps no per-thread dirty count, so this is the memcg's ratio, said as such.
-pub fn clean_share(stat: &MemoryStat) -> f64 {
-    if stat.file == 0 {
+/// The share of a memcg's page cache that is clean, for the budget: a class's page cache counts
+/// as reclaimable in this proportion. Shmem is in the denominator only where the charge hook
+/// could not tell it (then it is in the classes' page cache too). The kernel keeps no
+/// per-thread dirty count, so this is the memcg's ratio, said as such.
+pub fn clean_share(stat: &MemoryStat, shmem_told: bool) -> f64 {
+    let cache = if shmem_told {
+        stat.file.saturating_sub(stat.shmem)
+    } else {
+        stat.file
+    };
+    if cache == 0 {
         return 0.0;
     }
-    (stat.clean_file() as f64 / stat.file as f64).clamp(0.0, 1.0)
+    (stat.clean_file() as f64 / cache as f64).clamp(0.0, 1.0)
 }
 
 /// " At the kill the pod held 300 MiB of page cache (dirty 120 MiB, under writeback 20 MiB)

@@ -95,6 +95,12 @@ impl ThreadState {
         }
     }
 
+    /// Page cache that reclaim could drop once clean: shmem left out where the hook told it
+    /// (it is swap-backed, never dropped).
+    fn reclaimable_file(&self) -> i64 {
+        self.totals.file - self.totals.shmem
+    }
+
     /// Anonymous (and shmem) bytes not (yet) counted as guest RAM.
     fn untagged_anon(&self) -> i64 {
         self.guest_capable() - (self.totals.guest + self.guest_found).max(0)
@@ -113,8 +119,9 @@ struct ProcessState {
     info: Option<ProcessInfo>,
     /// Totals of this process's threads that were already forgotten.
     retired: ChargeTotals,
-    /// The same per memcg and class: an exited thread's pages stay with the process until the
-    /// process ends, so they stay in the class views until then.
+    /// The same per memcg and class (total, guest, page cache but shmem): an exited thread's
+    /// pages stay with the process until the process ends, so they stay in the class views
+    /// until then.
     retired_by: HashMap<(u64, ThreadClass), (i64, i64, i64)>,
     /// Guest RAM among the retired totals (as each thread counted it when it was forgotten).
     retired_guest: i64,
@@ -821,7 +828,7 @@ impl Model {
                 let b = p.retired_by.entry((key.1, t.class())).or_default();
                 b.0 += t.totals.total();
                 b.1 += guest;
-                b.2 += t.totals.file;
+                b.2 += t.reclaimable_file();
                 p.live_threads = p.live_threads.saturating_sub(1);
                 if p.dead && p.live_threads == 0 {
                     // Its anonymous pages were uncharged at its exit (by its own last thread,
@@ -892,7 +899,7 @@ impl Model {
                     t.class(),
                     t.totals.total(),
                     t.guest(),
-                    t.totals.file,
+                    t.reclaimable_file(),
                 );
             }
         }

@@ -942,3 +942,53 @@ fn page_cache_outlives_the_process_that_wrote_it() {
     replay.tick(3 * S);
     assert_eq!(classes(&replay), left);
 }
+
+/// Shmem is page cache the kernel cannot drop (swap-backed): where the charge hook tells it, a
+/// class's shmem is never reclaimable, and the memcg's clean share is of its other page cache.
+#[test]
+fn shmem_a_class_charged_is_not_reclaimable_page_cache() {
+    use crate::memory_stat::MemoryStat;
+    let mut m = Model::new();
+    pod(&mut m, 600 << 20);
+    m.set_process_info(10, qemu_info(true));
+    // qemu's main loop fills 200 MiB of a memfd; a foreign process reads 100 MiB of files.
+    let shmem_charge = match file_charge(S, 11, 10, "qemu-system-x86", 200 * MIB) {
+        Event::Charge(mut c) => {
+            c.totals.shmem = 200 * MIB;
+            Event::Charge(c)
+        }
+        other => other,
+    };
+    m.apply(&shmem_charge);
+    m.apply(&file_charge(S, 21, 20, "reader", 100 * MIB));
+    m.feed(&ModelInput::MemoryStat {
+        id: 1,
+        stat: MemoryStat {
+            anon: 10 * MIB as u64,
+            file: 300 * MIB as u64,
+            shmem: 200 * MIB as u64,
+            file_lru: 100 * MIB as u64,
+            ..MemoryStat::default()
+        },
+    });
+    m.tick(10 * S);
+    let v = m.memcg_view(1, 10 * S).unwrap();
+    let b = v.budget.iter().find(|b| b.item == "qemu overhead").unwrap();
+    // Before shmem was told apart, a third of qemu's 200 MiB read as clean page cache.
+    assert_eq!((b.observed, b.reclaimable), (200 * MIB, 0), "{b:?}");
+    let s = m.summary();
+    let t = s.threads.iter().find(|t| t.tid == 11).unwrap();
+    assert_eq!((t.file, t.shmem), (200 * MIB, Some(200 * MIB)));
+    // A charge from a hook that cannot tell shmem: no view shows a shmem figure any more.
+    let untold = match file_charge(2 * S, 31, 30, "other", MIB) {
+        Event::Charge(mut c) => {
+            c.shmem_counted = false;
+            Event::Charge(c)
+        }
+        other => other,
+    };
+    m.apply(&untold);
+    let s = m.summary();
+    assert!(s.threads.iter().all(|t| t.shmem.is_none()));
+    assert!(s.processes.iter().all(|p| p.shmem.is_none()));
+}

@@ -16,7 +16,8 @@ pub const WINDOW_LONG_NS: u64 = 60_000_000_000;
 pub struct ClassVec {
     pub total: [i64; ThreadClass::ALL.len()],
     pub guest: [i64; ThreadClass::ALL.len()],
-    /// Of `total`: page cache and shmem the class's threads charged.
+    /// Of `total`: page cache the class's threads charged, shmem left out where the charge hook
+    /// tells it (reclaim can drop page cache once clean, never shmem).
     pub file: [i64; ThreadClass::ALL.len()],
 }
 
