@@ -34,7 +34,11 @@ pub fn dist(ws: &Path, channel: &str, image: bool) -> Result<Dist> {
     let out = ws.join("target/static");
     std::fs::create_dir_all(&out)?;
     let binary = out.join("oomtrace");
-    let built = ws.join("target").join(TARGET).join("dist/oomtrace");
+    // Where cargo put it: CARGO_TARGET_DIR when set (a stale copy under target/ otherwise).
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| ws.join("target"), |d| ws.join(d));
+    let built = target_dir.join(TARGET).join("dist/oomtrace");
     // Through a temporary name: a running copy of the old binary keeps its inode.
     let tmp = out.join(".oomtrace.new");
     std::fs::copy(&built, &tmp).with_context(|| format!("cannot copy {}", built.display()))?;
