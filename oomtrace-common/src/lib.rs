@@ -61,12 +61,15 @@ pub struct ChargeTotals {
     /// The part of `file` that is shmem: tmpfs, memfd, shared anonymous memory (NR_SHMEM). Only
     /// the tracepoint programs see it (`CHARGE_SHMEM_COUNTED`).
     pub shmem: i64,
+    /// Socket buffers (MEMCG_SOCK, cgroup v2: v1 keeps TCP memory outside the usage), from the
+    /// memcg:mod_memcg_state tracepoint (`CHARGE_SOCK_COUNTED`).
+    pub sock: i64,
 }
 
 impl ChargeTotals {
-    /// All charged bytes (anon + file + kernel); `guest` and `shmem` are parts of them.
+    /// All charged bytes (anon + file + kernel + sock); `guest` and `shmem` are parts of them.
     pub const fn total(&self) -> i64 {
-        self.anon + self.file + self.kernel
+        self.anon + self.file + self.kernel + self.sock
     }
 }
 
@@ -75,6 +78,12 @@ pub const CHARGE_FIRST: u32 = 1;
 /// The program that counted the pair tells shmem from the rest of the page cache (the tracepoint
 /// programs, which see NR_SHMEM); without it `shmem` is not a measurement.
 pub const CHARGE_SHMEM_COUNTED: u32 = 2;
+/// Socket buffers are counted (the memcg:mod_memcg_state program runs, on cgroup v2); without it
+/// `sock` is not a measurement.
+pub const CHARGE_SOCK_COUNTED: u32 = 4;
+/// The tid of the charges made in interrupt context (a socket's receive in softirq, a free in an
+/// RCU callback): they belong to the memcg, not to the thread that happened to be interrupted.
+pub const INTERRUPT_TID: u32 = 0;
 
 /// Key of the in-kernel charge map.
 #[repr(C)]
@@ -97,7 +106,7 @@ pub struct ChargeValue {
     /// tracepoint programs, ns for the kernel-function ones.
     pub last_emit: u64,
     pub tgid: u32,
-    /// `CHARGE_SHMEM_COUNTED` when the program that made the entry counts shmem.
+    /// `CHARGE_SHMEM_COUNTED` / `CHARGE_SOCK_COUNTED` when the programs that run count them.
     pub flags: u32,
 }
 
@@ -108,7 +117,7 @@ pub struct ChargeEvent {
     pub tid: u32,
     pub tgid: u32,
     /// `CHARGE_FIRST` when this is the first record of the pair (the map entry was just
-    /// created), `CHARGE_SHMEM_COUNTED` as in the pair's map entry.
+    /// created), `CHARGE_SHMEM_COUNTED` and `CHARGE_SOCK_COUNTED` as in the pair's map entry.
     pub flags: u32,
     pub ts_ns: u64,
     pub memcg_id: u64,
@@ -279,6 +288,7 @@ pub mod globals {
     pub const ITEM_SLAB_RECL_B: &str = "ITEM_SLAB_RECL_B";
     pub const ITEM_SLAB_UNRECL_B: &str = "ITEM_SLAB_UNRECL_B";
     pub const ITEM_SHMEM: &str = "ITEM_SHMEM";
+    pub const ITEM_SOCK: &str = "ITEM_SOCK";
     pub const OFF_LRUVEC_ID: &str = "OFF_LRUVEC_ID";
     pub const OFF_LRUVEC_ITEM: &str = "OFF_LRUVEC_ITEM";
     pub const OFF_LRUVEC_VAL: &str = "OFF_LRUVEC_VAL";
@@ -358,7 +368,7 @@ pub mod maps {
 // The ring records' sizes are part of the contract between the two sides: a field added on one
 // side only must not compile.
 const _: () = {
-    assert!(size_of::<ChargeEvent>() == 88);
+    assert!(size_of::<ChargeEvent>() == 96);
     assert!(size_of::<OomVictimEvent>() == 136);
     assert!(size_of::<OomAttemptEvent>() == 64);
     assert!(size_of::<ReclaimEvent>() == 64);
@@ -366,7 +376,7 @@ const _: () = {
     assert!(size_of::<ExecEvent>() == 48);
     assert!(size_of::<KillSignalEvent>() == 88);
     assert!(size_of::<ChargeKey>() == 16);
-    assert!(size_of::<ChargeValue>() == 64);
+    assert!(size_of::<ChargeValue>() == 72);
     assert!(size_of::<GuestRanges>() == 64);
 };
 

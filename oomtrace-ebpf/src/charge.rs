@@ -17,8 +17,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use oomtrace_common::{
-    CHARGE_FIRST, CHARGE_SHMEM_COUNTED, ChargeEvent, ChargeKey, ChargeTotals, ChargeValue,
-    KIND_CHARGE, stat,
+    CHARGE_FIRST, CHARGE_SHMEM_COUNTED, CHARGE_SOCK_COUNTED, ChargeEvent, ChargeKey, ChargeTotals,
+    ChargeValue, KIND_CHARGE, stat,
 };
 
 use crate::{
@@ -30,6 +30,9 @@ use crate::{
     },
 };
 
+/// The name of the interrupt pseudo-thread's records.
+const INTERRUPT_COMM: &[u8; 16] = b"[interrupt]\0\0\0\0\0";
+
 /// A quarter of the 4 MiB ring: time to wake the collector.
 const EVENTS_WAKE_BYTES: u64 = 1 << 20;
 
@@ -40,6 +43,8 @@ pub enum Kind {
     /// The shmem part of a page-cache charge: NR_SHMEM moves with NR_FILE_PAGES (two runs of the
     /// tracepoint, same thread), so it is a part of `file`, never added to the total.
     Shmem,
+    /// Socket buffers (MEMCG_SOCK, from memcg:mod_memcg_state).
+    Sock,
     Kernel,
     /// A free seen by the function tier (uncharge_batch): `bytes` freed, of which this many
     /// were kernel memory. The rest comes off the thread's anon first, then its page cache.
@@ -179,6 +184,21 @@ pub fn account<C: EbpfContext, const COARSE: bool>(
     memcg_id: u64,
 ) -> Result<(), i32> {
     let (tid, tgid) = current_ids();
+    account_for::<C, COARSE, false>(ctx, kind, bytes, memcg_id, tid, tgid)
+}
+
+/// `account` for a given thread; `INTERRUPT`: the charge was made in interrupt context, and goes
+/// to the memcg's interrupt pseudo-thread (`INTERRUPT_TID`, named `[interrupt]`), not to the
+/// thread that was interrupted.
+#[inline(always)]
+pub fn account_for<C: EbpfContext, const COARSE: bool, const INTERRUPT: bool>(
+    ctx: &C,
+    kind: Kind,
+    bytes: i64,
+    memcg_id: u64,
+    tid: u32,
+    tgid: u32,
+) -> Result<(), i32> {
     let key = ChargeKey {
         tid,
         _pad: 0,
@@ -192,12 +212,15 @@ pub fn account<C: EbpfContext, const COARSE: bool>(
             if !counted(memcg_id, tgid) {
                 return Ok(());
             }
-            // The tracepoint programs (the only ones given NR_SHMEM) tell shmem apart.
-            let flags = if get(&g::ITEM_SHMEM) >= 0 {
-                CHARGE_SHMEM_COUNTED
-            } else {
-                0
-            };
+            // The tracepoint programs (the only ones given NR_SHMEM and MEMCG_SOCK) tell
+            // shmem apart and count socket buffers.
+            let mut flags = 0;
+            if get(&g::ITEM_SHMEM) >= 0 {
+                flags |= CHARGE_SHMEM_COUNTED;
+            }
+            if get(&g::ITEM_SOCK) >= 0 {
+                flags |= CHARGE_SOCK_COUNTED;
+            }
             let fresh = ChargeValue {
                 tgid,
                 flags,
@@ -228,6 +251,16 @@ pub fn account<C: EbpfContext, const COARSE: bool>(
         Kind::Anon => v.totals.anon += bytes,
         Kind::File => v.totals.file += bytes,
         Kind::Shmem => v.totals.shmem += bytes,
+        // The interrupt pseudo-thread of a memcg is charged from every CPU at once.
+        Kind::Sock if INTERRUPT => {
+            use core::intrinsics::{AtomicOrdering, atomic_xadd};
+            // SAFETY: `v.totals.sock` is an aligned i64 inside the map value, valid for the
+            // run; the add is one atomic instruction (the target has no AtomicI64 in core).
+            unsafe {
+                atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(&mut v.totals.sock, bytes)
+            };
+        }
+        Kind::Sock => v.totals.sock += bytes,
         Kind::Kernel => v.totals.kernel += bytes,
         Kind::Freed(kmem) => {
             v.totals.kernel -= kmem;
@@ -260,7 +293,12 @@ pub fn account<C: EbpfContext, const COARSE: bool>(
     }
     let now = if COARSE { now_ns() } else { check_now };
     let flags = v.flags | if first { CHARGE_FIRST } else { 0 };
-    emit(tid, tgid, memcg_id, v.totals, now, flags);
+    let comm = if INTERRUPT {
+        *INTERRUPT_COMM
+    } else {
+        current_comm()
+    };
+    emit(tid, tgid, memcg_id, v.totals, now, flags, comm);
     v.emitted_total = total;
     v.last_emit = check_now;
     Ok(())
@@ -284,7 +322,15 @@ fn counted(memcg_id: u64, tgid: u32) -> bool {
 }
 
 #[inline(always)]
-fn emit(tid: u32, tgid: u32, memcg_id: u64, totals: ChargeTotals, now: u64, flags: u32) {
+fn emit(
+    tid: u32,
+    tgid: u32,
+    memcg_id: u64,
+    totals: ChargeTotals,
+    now: u64,
+    flags: u32,
+    comm: [u8; 16],
+) {
     let event = ChargeEvent {
         kind: KIND_CHARGE,
         tid,
@@ -293,7 +339,7 @@ fn emit(tid: u32, tgid: u32, memcg_id: u64, totals: ChargeTotals, now: u64, flag
         ts_ns: now,
         memcg_id,
         totals,
-        comm: current_comm(),
+        comm,
     };
     // Waking the collector for every record costs the charging thread a wakeup (microseconds);
     // it reads the ring at every tick anyway. Wake it only when the ring is a quarter full.

@@ -29,6 +29,9 @@ global!(ITEM_SLAB_RECL_B: i32 = -1);
 global!(ITEM_SLAB_UNRECL_B: i32 = -1);
 // NR_SHMEM, set only where a tracepoint program counts charges (-1: shmem not told apart).
 global!(ITEM_SHMEM: i32 = -1);
+// MEMCG_SOCK (enum memcg_stat_item), set only where the tracepoint tier counts charges on
+// cgroup v2 (-1: socket buffers not counted per thread).
+global!(ITEM_SOCK: i32 = -1);
 global!(OFF_LRUVEC_ID: u32 = 8);
 global!(OFF_LRUVEC_ITEM: u32 = 16);
 global!(OFF_LRUVEC_VAL: u32 = 20);

@@ -2,6 +2,9 @@
 //! globals injected by userspace live in `maps` and `globals`.
 #![no_std]
 #![no_main]
+// atomic_xadd: the interrupt pseudo-thread's totals are added to from every CPU.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod capability;
 mod charge;
@@ -16,6 +19,7 @@ mod maps;
 mod oom;
 mod oom_fn;
 mod reclaim;
+mod sock;
 mod task;
 mod thread_exit;
 

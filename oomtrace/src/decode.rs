@@ -16,30 +16,35 @@ pub struct Charge {
     /// The program that counted told shmem from the rest of the page cache (the tracepoint
     /// tier): `totals.shmem` is a measurement, not a zero.
     pub shmem_counted: bool,
+    /// Socket buffers were counted (the tracepoint tier on cgroup v2): `totals.sock` is a
+    /// measurement.
+    pub sock_counted: bool,
 }
 
-/// Charge totals as captures before shmem was counted stored them (read, never made).
+/// Charge totals as captures before shmem and socket buffers were counted stored them (read,
+/// never made).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TotalsBeforeShmem {
+pub struct TotalsBeforeKinds {
     pub anon: i64,
     pub file: i64,
     pub kernel: i64,
     pub guest: i64,
 }
 
-/// A charge reading as captures before shmem was counted stored it (read, never made).
+/// A charge reading as captures before shmem and socket buffers were counted stored it (read,
+/// never made).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChargeBeforeShmem {
+pub struct ChargeBeforeKinds {
     pub ts_ns: u64,
     pub tid: u32,
     pub tgid: u32,
     pub memcg_id: u64,
     pub comm: String,
-    pub totals: TotalsBeforeShmem,
+    pub totals: TotalsBeforeKinds,
 }
 
-impl From<&ChargeBeforeShmem> for Charge {
-    fn from(c: &ChargeBeforeShmem) -> Self {
+impl From<&ChargeBeforeKinds> for Charge {
+    fn from(c: &ChargeBeforeKinds) -> Self {
         let t = &c.totals;
         Self {
             ts_ns: c.ts_ns,
@@ -53,8 +58,10 @@ impl From<&ChargeBeforeShmem> for Charge {
                 kernel: t.kernel,
                 guest: t.guest,
                 shmem: 0,
+                sock: 0,
             },
             shmem_counted: false,
+            sock_counted: false,
         }
     }
 }
@@ -178,8 +185,9 @@ pub struct OomAttempt {
 /// New kinds go at the end: captures store events by variant index.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
-    /// A charge record as captures before shmem was counted stored it (read, never made).
-    ChargeBeforeShmem(ChargeBeforeShmem),
+    /// A charge record as captures before shmem and socket buffers were counted stored it
+    /// (read, never made).
+    ChargeBeforeKinds(ChargeBeforeKinds),
     /// An OOM kill as captures before the kernel's memcg facts stored it (read, never made).
     OomVictim(OomVictim),
     Reclaim(Reclaim),
@@ -197,7 +205,7 @@ impl Event {
     pub fn ts_ns(&self) -> u64 {
         match self {
             Event::Charge(c) => c.ts_ns,
-            Event::ChargeBeforeShmem(c) => c.ts_ns,
+            Event::ChargeBeforeKinds(c) => c.ts_ns,
             Event::OomVictim(v) => v.ts_ns,
             Event::Reclaim(r) => r.ts_ns,
             Event::ThreadExit(e) => e.ts_ns,
@@ -258,6 +266,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                 comm: comm(&e.comm),
                 totals: e.totals,
                 shmem_counted: e.flags & c::CHARGE_SHMEM_COUNTED != 0,
+                sock_counted: e.flags & c::CHARGE_SOCK_COUNTED != 0,
             })
         }
         c::KIND_OOM_VICTIM => {
@@ -382,6 +391,7 @@ mod tests {
                 kernel: 8,
                 guest: 4096,
                 shmem: 0,
+                sock: 0,
             },
             comm: comm16("CPU 0/KVM"),
         };
@@ -391,7 +401,7 @@ mod tests {
         assert_eq!((d.tid, d.tgid, d.memcg_id, d.ts_ns), (7, 5, 2906, 99));
         assert_eq!(d.comm, "CPU 0/KVM");
         assert_eq!(d.totals.total(), 4104);
-        assert!(d.shmem_counted);
+        assert!(d.shmem_counted && !d.sock_counted);
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub struct KindAvailable {
     pub kind: &'static str,
     pub available: bool,
     /// Why not, when not.
-    pub why_not: Option<&'static str>,
+    pub why_not: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -51,8 +51,21 @@ pub struct MemoryKinds {
 fn memory_kinds(
     kbtf: Option<&KernelBtf>,
     ctl: Option<&MemoryController>,
-    charge_tracepoint: bool,
+    hooks: &[bpf::HookChoice],
 ) -> MemoryKinds {
+    let charge_tracepoint = hooks
+        .iter()
+        .any(|h| h.hook == bpf::plan::CHARGE_HOOK && h.tier == bpf::plan::Tier::Tracepoint);
+    let sock_hook = hooks.iter().find(|h| h.hook == bpf::plan::SOCK_HOOK);
+    let sock = KindAvailable {
+        kind: "sock",
+        available: sock_hook.is_some_and(|h| !h.tier.is_off()),
+        why_not: match sock_hook {
+            Some(h) if !h.tier.is_off() => None,
+            Some(h) => Some(h.reason.clone()),
+            None => Some("no plan (tracefs not readable)".to_string()),
+        },
+    };
     let no_item = "this kernel's node_stat_item has no such item: the charge hook cannot see it";
     let function_tier = "the kernel-function tier of the charge hook (no memcg tracepoint here) \
         counts shmem as anon (faults) or page cache (writes): per thread it is null; the \
@@ -64,9 +77,9 @@ fn memory_kinds(
                 kind: "shmem",
                 available: i.shmem >= 0 && charge_tracepoint,
                 why_not: if i.shmem < 0 {
-                    Some(no_item)
+                    Some(no_item.to_string())
                 } else {
-                    (!charge_tracepoint).then_some(function_tier)
+                    (!charge_tracepoint).then(|| function_tier.to_string())
                 },
             };
             [
@@ -81,9 +94,9 @@ fn memory_kinds(
             .map(|(kind, item)| KindAvailable {
                 kind,
                 available: item >= 0,
-                why_not: (item < 0).then_some(no_item),
+                why_not: (item < 0).then(|| no_item.to_string()),
             })
-            .chain([shmem])
+            .chain([shmem, sock])
             .collect()
         }
         None => Vec::new(),
@@ -113,7 +126,8 @@ fn memory_kinds(
                     ),
                     (None, _, true) => Some("cgroup v1's memory.stat has no such key"),
                     (None, _, false) => Some("this kernel's memory.stat has no such key"),
-                },
+                }
+                .map(str::to_string),
             })
             .collect(),
         None => Vec::new(),
@@ -164,10 +178,7 @@ pub fn gather() -> Report {
             })
             .collect();
     let ctl = MemoryController::detect().ok();
-    let charge_tracepoint = hooks
-        .iter()
-        .any(|h| h.hook == bpf::plan::CHARGE_HOOK && h.tier == bpf::plan::Tier::Tracepoint);
-    let memory_kinds = memory_kinds(kbtf.as_ref(), ctl.as_ref(), charge_tracepoint);
+    let memory_kinds = memory_kinds(kbtf.as_ref(), ctl.as_ref(), &hooks);
     Report {
         memory_kinds,
         kept_after_start,
@@ -256,7 +267,7 @@ pub fn print(out: &mut dyn Write, r: &Report, json: bool) -> Result<()> {
             .collect();
         let missing = kinds
             .iter()
-            .filter_map(|k| Some(format!("{}: {}", k.kind, k.why_not?)))
+            .filter_map(|k| Some(format!("{}: {}", k.kind, k.why_not.as_ref()?)))
             .collect();
         (seen.join(", "), missing)
     };

@@ -16,6 +16,8 @@ pub struct ChargeItems {
     pub file: i32,
     /// NR_SHMEM: the shmem part of NR_FILE_PAGES.
     pub shmem: i32,
+    /// MEMCG_SOCK (enum memcg_stat_item): socket buffers, on memcg:mod_memcg_state.
+    pub sock: i32,
     pub pagetable: i32,
     pub sec_pagetable: i32,
     pub kernel_stack_kb: i32,
@@ -210,7 +212,9 @@ impl KernelBtf {
                 path.display()
             )
         })?;
-        let node = enum_values(&btf, "node_stat_item")?;
+        let mut node = enum_values(&btf, "node_stat_item")?;
+        // MEMCG_SOCK and the memcg's own items (a separate enum, numbered after the node ones).
+        node.extend(enum_values(&btf, "memcg_stat_item").unwrap_or_default());
         let offset = |s: &str, m: &str| member_offset(&btf, s, m);
         let memcg_id_path = (|| {
             Some(MemcgIdPath {
@@ -429,6 +433,7 @@ impl ChargeItems {
             anon: get(node, "NR_ANON_MAPPED"),
             file: get(node, "NR_FILE_PAGES"),
             shmem: get(node, "NR_SHMEM"),
+            sock: get(node, "MEMCG_SOCK"),
             pagetable: get(node, "NR_PAGETABLE"),
             sec_pagetable: get(node, "NR_SECONDARY_PAGETABLE"),
             kernel_stack_kb: get(node, "NR_KERNEL_STACK_KB"),

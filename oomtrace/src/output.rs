@@ -220,7 +220,7 @@ pub fn write_summary(out: &mut dyn Write, json: bool, s: &Summary) -> std::io::R
     for p in by_peak.into_iter().take(20) {
         writeln!(
             out,
-            "  {:>7} {:<16} charged {:>11} now, peak {:>11} (anon {}, file {}, kernel {}, guest {})",
+            "  {:>7} {:<16} charged {:>11} now, peak {:>11} (anon {}, file {}, kernel {}{}, guest {})",
             p.pid,
             Visible(&p.process),
             bytes(p.total),
@@ -228,6 +228,10 @@ pub fn write_summary(out: &mut dyn Write, json: bool, s: &Summary) -> std::io::R
             bytes(p.anon),
             page_cache(p.file, p.shmem),
             bytes(p.kernel),
+            match p.sock {
+                Some(s) if s != 0 => format!(", sock {}", bytes(s)),
+                _ => String::new(),
+            },
             bytes(p.guest)
         )?;
     }

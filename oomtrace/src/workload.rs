@@ -26,21 +26,25 @@ pub struct Toucher {
     pub rate: f64,
     pub free: bool,
     pub shmem: bool,
+    /// Fills socket buffers instead: a loopback TCP connection whose receiver never reads,
+    /// written up to MIB MiB or until the kernel takes no more.
+    pub sock: bool,
 }
 
-/// `NAME=MIB@RATE[/free][/shmem]`, e.g. `CPU 0/KVM=0@40`, `IO iothread1=16@4`,
-/// `virtlogd=12@400/free` or `virtiofsd=8@100/shmem`.
+/// `NAME=MIB@RATE[/free][/shmem][/sock]`, e.g. `CPU 0/KVM=0@40`, `IO iothread1=16@4`,
+/// `virtlogd=12@400/free`, `virtiofsd=8@100/shmem` or `passt=8@40/sock`.
 pub fn parse_toucher(s: &str) -> Result<Toucher> {
     let (name, rest) = s.rsplit_once('=').context("expected NAME=MIB@RATE")?;
     let (mib, rate) = rest.split_once('@').context("expected NAME=MIB@RATE")?;
     let mut parts = rate.split('/');
     let rate = parts.next().unwrap_or_default();
-    let (mut free, mut shmem) = (false, false);
+    let (mut free, mut shmem, mut sock) = (false, false, false);
     for flag in parts {
         match flag {
             "free" => free = true,
             "shmem" => shmem = true,
-            _ => bail!("unknown toucher flag /{flag} (free, shmem)"),
+            "sock" => sock = true,
+            _ => bail!("unknown toucher flag /{flag} (free, shmem, sock)"),
         }
     }
     let t = Toucher {
@@ -49,6 +53,7 @@ pub fn parse_toucher(s: &str) -> Result<Toucher> {
         rate: rate.parse().context("RATE must be a number (MiB/s)")?,
         free,
         shmem,
+        sock,
     };
     if t.name.is_empty() || t.rate <= 0.0 {
         bail!("thread name must not be empty and RATE must be > 0");
@@ -192,7 +197,63 @@ fn touch_one_shmem_mib() -> Result<*mut libc::c_void> {
     Ok(p)
 }
 
-fn run_toucher(t: &Toucher) -> Result<usize> {
+/// A loopback TCP connection whose receiver never reads: what the sender writes fills the
+/// receiver's buffer (charged in softirq as the loopback delivers it) and then its own send
+/// queue (charged by the sender). Dropped, both are freed.
+struct UnreadConnection {
+    sender: std::net::TcpStream,
+    _receiver: std::net::TcpStream,
+}
+
+impl UnreadConnection {
+    fn open() -> Result<Self> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        let sender = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let (receiver, _) = listener.accept()?;
+        sender.set_nonblocking(true)?;
+        Ok(Self {
+            sender,
+            _receiver: receiver,
+        })
+    }
+
+    /// Writes up to 1 MiB; the bytes the kernel took (fewer once both buffers are full).
+    fn write_mib(&mut self) -> Result<usize> {
+        use std::io::Write as _;
+        let chunk = [0x5au8; 64 << 10];
+        let mut written = 0;
+        while written < MIB {
+            match self.sender.write(&chunk) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// Touches `t.mib` MiB (anonymous, shmem, or socket buffers) at its rate; the bytes touched, and
+/// the connections to keep open while the thread holds them.
+fn run_toucher(t: &Toucher) -> Result<(usize, Option<UnreadConnection>)> {
+    if t.sock {
+        let mut conn = UnreadConnection::open()?;
+        let start = Instant::now();
+        let (mut steps, mut bytes) = (0usize, 0usize);
+        while t.mib == 0 || steps < t.mib {
+            let n = conn.write_mib()?;
+            bytes += n;
+            steps += 1;
+            if n == 0 {
+                break; // both buffers full: the kernel takes no more
+            }
+            let due = Duration::from_secs_f64(steps as f64 / t.rate);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                thread::sleep(wait);
+            }
+        }
+        return Ok((bytes, Some(conn)));
+    }
     let start = Instant::now();
     let mut done = 0usize;
     let mut maps = Vec::new();
@@ -222,7 +283,7 @@ fn run_toucher(t: &Toucher) -> Result<usize> {
         // SAFETY: `p` is a MIB-sized mapping this thread made and nothing else refers to.
         unsafe { libc::munmap(p, MIB) };
     }
-    Ok(done * MIB)
+    Ok((done * MIB, None))
 }
 
 fn gettid() -> u32 {
@@ -258,10 +319,10 @@ pub fn run(
                 .name(t.name.clone())
                 .spawn(move || -> Result<()> {
                     set_current_thread_name(&t.name);
-                    let bytes = run_toucher(&t)?;
+                    let (bytes, conn) = run_toucher(&t)?;
                     println!("touched {} {} {bytes}", gettid(), t.name);
                     std::io::stdout().flush().ok();
-                    if t.free {
+                    if t.free || conn.is_some() {
                         // A thread that freed lives on (like a sidecar's), so its totals stay.
                         thread::sleep(Duration::from_secs(hold_secs));
                     }
@@ -343,11 +404,13 @@ mod tests {
                 rate: 40.0,
                 free: false,
                 shmem: false,
+                sock: false,
             })
         );
         assert!(parse_toucher("virtlogd=12@400/free").is_ok_and(|t| t.free && t.rate == 400.0));
         assert!(parse_toucher("v=8@10/shmem").is_ok_and(|t| t.shmem && !t.free && t.rate == 10.0));
         assert!(parse_toucher("v=8@10/huge").is_err());
+        assert!(parse_toucher("p=8@40/sock").is_ok_and(|t| t.sock && !t.shmem));
         assert!(parse_toucher("IO iothread1=16").is_err());
         assert!(parse_toucher("=1@1").is_err());
         assert!(parse_toucher("x=1@0").is_err());

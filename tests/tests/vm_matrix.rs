@@ -55,6 +55,8 @@ const EXEC_JOIN_LIMIT_MIB: u64 = 48;
 const GROUP_KILL_UID: &str = "9e8d7c6b-5a49-4838-a726-150000000001";
 const GROUP_KILL_LIMIT_MIB: u64 = 32;
 const GROUP_SIDECARS: [&str; 3] = ["sidecar-a", "sidecar-b", "sidecar-c"];
+/// How much the socket-buffer scenario writes at most (the kernel takes what both buffers hold).
+const SOCK_MIB: u64 = 32;
 
 fn init_script(bin: &str, caps: &str, tiny_kvm: &str, modules: &[String]) -> String {
     let touch = |name: &str, mib: i64| format!("{name}={mib}@400");
@@ -163,6 +165,24 @@ echo "=== BEGIN groupkill"
 grep -E '"type":"(start|oom|oom_group_victim|kill_signal|summary)"' /tmp/gk.out
 sed 's/^/STDERR: /' /tmp/gk.err | head -5
 echo "=== END groupkill"
+# Socket buffers: a thread writes through a loopback connection nobody reads, in a pod (its
+# own send queue, and the receiver's buffer charged in softirq as loopback delivers it).
+S=/sys/fs/cgroup/pod-sock; mkdir $S
+$C $B tail --cgroup /pod-sock --json > /tmp/sock.out 2> /tmp/sock.err &
+TP=$!
+wait_started /tmp/sock.out $TP
+$B workload --process passt --cgroup $S --thread "passt={sock_mib}@200/sock" --hold 600 > /tmp/sockw.out &
+WP=$!
+n=0; while ! grep -q touched /tmp/sockw.out && [ $n -lt 300 ]; do sleep 0.1; n=$((n+1)); done
+sleep 1.5
+grep touched /tmp/sockw.out | sed 's/^/SOCK_WORKLOAD: /'
+echo "SOCK_STAT: $(grep '^sock ' $S/memory.stat)"
+kill -INT $TP; wait $TP
+kill -9 $WP; wait $WP 2>/dev/null
+echo "=== BEGIN sock"
+grep -E '"type":"(start|summary)"' /tmp/sock.out
+sed 's/^/STDERR: /' /tmp/sock.err | head -5
+echo "=== END sock"
 $C $B doctor --json > /tmp/doctor.json 2> /tmp/doctor.err
 echo "DOCTOR_RC: $?"
 echo "=== BEGIN doctor"
@@ -190,6 +210,7 @@ fi
 poweroff -f
 "#,
         head = guest::MEMCG_V2_INIT_HEAD,
+        sock_mib = SOCK_MIB,
         pod_runs = RUNS.join(" "),
         untyped = UNTYPED,
         caps = caps,
@@ -501,6 +522,83 @@ fn doctor(console: &str) -> Vec<String> {
     {
         misses.push(format!(
             "doctor: a kind missing without a reason: {per_memcg:?}"
+        ));
+    }
+    misses
+}
+
+/// Socket buffers per thread against the pod's memory.stat `sock` where the charge hook is the
+/// tracepoint (7.x): the writer's send queue is its own, the receive side (charged in softirq)
+/// the memcg's `[interrupt]` row's, and together they are what the kernel counts; null where a
+/// kernel-function tier counts them as kernel memory.
+fn sock(series: guest::Series, console: &str) -> Vec<String> {
+    let lines = block(console, "sock");
+    let stat: Option<i64> = console.lines().find_map(|l| {
+        l.trim_end_matches('\r')
+            .strip_prefix("SOCK_STAT: sock ")?
+            .trim()
+            .parse()
+            .ok()
+    });
+    let (Some(start), Some(summary)) = (
+        rows(&lines, "start").into_iter().next(),
+        rows(&lines, "summary").into_iter().next(),
+    ) else {
+        return vec![format!(
+            "{}: sock: no start or summary: {lines:?}",
+            series.name()
+        )];
+    };
+    let Some(stat) = stat else {
+        return vec![format!("{}: sock: no memory.stat sock line", series.name())];
+    };
+    let hook_tier = |name: &str| {
+        start["hooks"]
+            .as_array()
+            .and_then(|h| h.iter().find(|h| h["hook"] == name))
+            .map(|h| h["tier"].clone())
+            .unwrap_or_default()
+    };
+    let threads: Vec<&Value> = summary["threads"]
+        .as_array()
+        .map(|t| t.iter().filter(|t| t["memcg"] == "/pod-sock").collect())
+        .unwrap_or_default();
+    let of = |comm: &str| -> i64 {
+        threads
+            .iter()
+            .filter(|t| t["comm"] == comm)
+            .filter_map(|t| t["sock"].as_i64())
+            .sum()
+    };
+    let seen: i64 = threads.iter().filter_map(|t| t["sock"].as_i64()).sum();
+    let (writer, interrupt) = (of("passt"), of("[interrupt]"));
+    println!(
+        "{}: sock: memory.stat {stat}, threads {seen} (the writer {writer}, [interrupt] {interrupt}), charge tier {}, sock hook {}",
+        series.name(),
+        hook_tier("charge"),
+        hook_tier("sock")
+    );
+    let mut misses = Vec::new();
+    if hook_tier("charge") == "tracepoint" {
+        if hook_tier("sock") != "tracepoint" {
+            misses.push(format!("sock hook not on: {start}"));
+        }
+        if stat < 1 << 20 {
+            misses.push(format!(
+                "the scenario filled only {stat} bytes of socket buffers"
+            ));
+        }
+        if !within(seen, stat, 5.0) || writer <= 0 || interrupt <= 0 {
+            misses.push(format!(
+                "{}: sock per thread {seen} (writer {writer}, [interrupt] {interrupt}) vs memory.stat sock {stat}",
+                series.name()
+            ));
+        }
+    } else if threads.iter().any(|t| !t["sock"].is_null()) {
+        misses.push(format!(
+            "{}: sock given under a {} charge tier: {threads:?}",
+            series.name(),
+            hook_tier("charge")
         ));
     }
     misses
@@ -820,6 +918,7 @@ fn matrix(series: guest::Series) -> Result<()> {
     misses.extend(exec_join(series, &console));
     misses.extend(group_kill(series, &console));
     misses.extend(doctor(&console));
+    misses.extend(sock(series, &console));
     assert!(misses.is_empty(), "{misses:#?}");
     println!(
         "{}: charged MiB by tier: {:?}",

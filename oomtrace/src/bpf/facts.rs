@@ -19,6 +19,7 @@ use crate::{
 /// The tracepoints any hook may use.
 const TRACEPOINTS: &[(&str, &str)] = &[
     ("memcg", "mod_memcg_lruvec_state"),
+    ("memcg", "mod_memcg_state"),
     ("oom", "mark_victim"),
     ("sched", "sched_process_exit"),
     ("sched", "sched_process_exec"),
@@ -173,6 +174,10 @@ pub fn gather(
     let facts = KernelFacts {
         tracepoints,
         lruvec_fixed_layout: offsets_are(tracefs, "memcg", "mod_memcg_lruvec_state", &LRUVEC_FIXED),
+        memcg_state_layout: offsets_are(tracefs, "memcg", "mod_memcg_state", &LRUVEC_FIXED)
+            && offsets_are(tracefs, "memcg", "mod_memcg_state", &[("common_flags", 2)]),
+        memcg_v2: crate::cgroupfs::MemoryController::detect()
+            .is_ok_and(|c| c.version == crate::cgroupfs::Version::V2),
         page_fault_user_layout: offsets_are(
             tracefs,
             "exceptions",

@@ -75,6 +75,9 @@ pub fn load(
     let charge_tp = choices
         .iter()
         .any(|c| c.hook == plan::CHARGE_HOOK && c.tier == Tier::Tracepoint);
+    let sock_on = choices
+        .iter()
+        .any(|c| c.hook == plan::SOCK_HOOK && c.tier == Tier::Tracepoint);
     if charge_tp && (items.anon < 0 || items.file < 0) {
         bail!("this kernel's BTF has no NR_ANON_MAPPED/NR_FILE_PAGES in enum node_stat_item");
     }
@@ -107,6 +110,9 @@ pub fn load(
         (g::ITEM_SLAB_UNRECL_B, items.slab_unreclaimable_b),
         // Only the tracepoint programs count by item; the others must not say they tell shmem.
         (g::ITEM_SHMEM, if charge_tp { items.shmem } else { -1 }),
+        // Socket buffers only where their hook is on (the plan turns it off under a
+        // kernel-function charge tier, and on cgroup v1).
+        (g::ITEM_SOCK, if sock_on { items.sock } else { -1 }),
         (g::OFF_VICTIM_COMM, victim.offset_or_missing("comm")),
         (g::OFF_VICTIM_TOTAL_VM, victim.offset_or_missing("total_vm")),
         (g::OFF_VICTIM_ANON, victim.offset_or_missing("anon_rss")),

@@ -53,6 +53,10 @@ pub struct KernelFacts {
     pub lruvec_fixed_layout: bool,
     /// exceptions:page_fault_user has `address` at offset 8.
     pub page_fault_user_layout: bool,
+    /// memcg:mod_memcg_state has the usual layout (id/item/val at 8/16/20, common_flags at 2).
+    pub memcg_state_layout: bool,
+    /// The memory controller is on cgroup v2 (v1 charges socket buffers outside the usage).
+    pub memcg_v2: bool,
     /// Tracepoints whose raw prototype (BTF) is what their raw program reads.
     pub raw_tracepoints: BTreeSet<String>,
     /// Classic tracepoint programs only, as asked for (OOMTRACE_CLASSIC_TRACEPOINTS).
@@ -230,6 +234,8 @@ const UNCHARGE_UNREADABLE: &str = "struct uncharge_gather has no memcg and nr_me
      (5.10 counts pages by type; 7.x uncharges folios through an objcg)";
 /// The hook that tells guest RAM faults of TCG vCPUs and other qemu threads apart.
 pub const GUEST_RAM_HOOK: &str = "guest-ram-fault";
+/// Socket buffers per thread (memcg:mod_memcg_state), with the tracepoint tier of the charges.
+pub const SOCK_HOOK: &str = "sock";
 
 const HOOKS: &[Hook] = &[
     Hook {
@@ -441,6 +447,22 @@ const HOOKS: &[Hook] = &[
         without: "kvm not loaded: KVM guest RAM is told apart by thread class only",
     },
     Hook {
+        hook: SOCK_HOOK,
+        required: false,
+        lazy: false,
+        function: None,
+        // Classic, not raw: the record's common_flags say whether a charge was made in
+        // interrupt context (a receive in softirq), which the raw arguments do not.
+        tracepoint: Some(TracepointHook {
+            category: "memcg",
+            name: "mod_memcg_state",
+            program: "memcg_state",
+            also: None,
+            raw: None,
+        }),
+        without: "socket buffers are not counted per thread (memory.stat's sock is, per memcg)",
+    },
+    Hook {
         hook: GUEST_RAM_HOOK,
         required: false,
         lazy: true,
@@ -643,6 +665,16 @@ fn tracepoint_tier(hook: &Hook, t: &TracepointHook, k: &KernelFacts) -> Verdict 
     if hook.hook == GUEST_RAM_HOOK && !k.page_fault_user_layout {
         return Err(format!("{target} has an unexpected layout"));
     }
+    if hook.hook == SOCK_HOOK {
+        if !k.memcg_state_layout {
+            return Err(format!("{target} has an unexpected layout"));
+        }
+        if !k.memcg_v2 {
+            return Err("cgroup v1 charges socket buffers outside the memory usage \
+                 (memory.kmem.tcp.*), and the tracepoint never sees them"
+                .into());
+        }
+    }
     let mut attach = Vec::new();
     if let Some((category, name, program)) = t.also {
         attach.push(Attach::Tracepoint {
@@ -665,7 +697,27 @@ fn tracepoint_tier(hook: &Hook, t: &TracepointHook, k: &KernelFacts) -> Verdict 
 
 /// The plan for every hook; Err names the hook a forced tier cannot serve and why.
 pub fn plan(k: &KernelFacts, forced: Option<Tier>) -> Result<Vec<HookChoice>, String> {
-    HOOKS.iter().map(|h| choose(h, k, forced)).collect()
+    let mut choices: Vec<HookChoice> = HOOKS
+        .iter()
+        .map(|h| choose(h, k, forced))
+        .collect::<Result<_, _>>()?;
+    // Socket buffers join the tracepoint tier's charge totals; a kernel-function tier counts
+    // them already, as kernel memory (try_charge_memcg without a folio).
+    let charge_tracepoint = choices
+        .iter()
+        .any(|c| c.hook == CHARGE_HOOK && c.tier == Tier::Tracepoint);
+    if let Some(sock) = choices.iter_mut().find(|c| c.hook == SOCK_HOOK)
+        && !charge_tracepoint
+        && !sock.tier.is_off()
+    {
+        sock.tier = Tier::Off;
+        sock.programs.clear();
+        sock.attach.clear();
+        sock.reason = "the charge hook runs on a kernel function, which counts socket buffers \
+             as kernel memory"
+            .into();
+    }
+    Ok(choices)
 }
 
 fn choose(h: &Hook, k: &KernelFacts, forced: Option<Tier>) -> Result<HookChoice, String> {
@@ -865,6 +917,7 @@ mod tests {
 
     const ALL_TRACEPOINTS: &[&str] = &[
         "memcg:mod_memcg_lruvec_state",
+        "memcg:mod_memcg_state",
         "oom:mark_victim",
         "sched:sched_process_exit",
         "sched:sched_process_exec",
@@ -882,6 +935,8 @@ mod tests {
             tracepoints: set(ALL_TRACEPOINTS),
             lruvec_fixed_layout: true,
             page_fault_user_layout: true,
+            memcg_state_layout: true,
+            memcg_v2: false,
             raw_tracepoints: set(&[
                 "mod_memcg_lruvec_state",
                 "page_fault_user",
@@ -934,6 +989,44 @@ mod tests {
 
     fn hook<'a>(plan: &'a [HookChoice], name: &str) -> &'a HookChoice {
         plan.iter().find(|c| c.hook == name).expect("hook in plan")
+    }
+
+    #[test]
+    fn socket_buffers_are_counted_with_the_charge_tracepoint_on_cgroup_v2_only() {
+        let v2 = KernelFacts {
+            memcg_v2: true,
+            ..tracepoints_only()
+        };
+        let p = plan(&v2, None).unwrap();
+        let sock = hook(&p, SOCK_HOOK);
+        assert_eq!(
+            (sock.tier, sock.programs.clone()),
+            (Tier::Tracepoint, vec!["memcg_state"])
+        );
+        // v1: the tracepoint never sees socket buffers.
+        let p = plan(&tracepoints_only(), None).unwrap();
+        let sock = hook(&p, SOCK_HOOK);
+        assert!(
+            sock.tier.is_off() && sock.reason.contains("cgroup v1"),
+            "{sock:?}"
+        );
+        // A kernel-function charge tier counts them as kernel memory already.
+        let kprobes = KernelFacts {
+            kprobe: Ok(()),
+            symbols: debian_6_1().symbols,
+            ..v2.clone()
+        };
+        let p = plan(&kprobes, Some(Tier::Kprobe)).unwrap();
+        let sock = hook(&p, SOCK_HOOK);
+        assert!(sock.tier.is_off() && sock.attach.is_empty(), "{sock:?}");
+        assert!(sock.reason.contains("kernel function"), "{sock:?}");
+        // An unusual record layout: off, said.
+        let odd = KernelFacts {
+            memcg_state_layout: false,
+            ..v2
+        };
+        let sock = hook(&plan(&odd, None).unwrap(), SOCK_HOOK).clone();
+        assert!(sock.reason.contains("unexpected layout"), "{sock:?}");
     }
 
     #[test]

@@ -41,6 +41,7 @@ fn input(i: u64) -> ModelInput {
                 ..Default::default()
             },
             shmem_counted: true,
+            sock_counted: false,
         }))
     }
 }

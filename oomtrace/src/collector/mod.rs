@@ -436,7 +436,7 @@ impl Live {
             // Written by older captures only; the ring carries OomKill.
             Event::OomVictim(v) => v.invoker_tgid,
             Event::OomKillBeforeGroups(k) => k.victim.invoker_tgid,
-            Event::ChargeBeforeShmem(c) => c.tgid,
+            Event::ChargeBeforeKinds(c) => c.tgid,
             Event::Exec(e) => {
                 // A new program: its executable, command line and memcg are new. The model
                 // resets the process's facts at the event; the new ones follow it.
@@ -525,6 +525,7 @@ impl Live {
                 comm: String::new(),
                 totals: value.totals,
                 shmem_counted: value.flags & oomtrace_common::CHARGE_SHMEM_COUNTED != 0,
+                sock_counted: value.flags & oomtrace_common::CHARGE_SOCK_COUNTED != 0,
             });
         }
         self.charge_entries = entries;

@@ -177,6 +177,10 @@ const TABLE: &[(Rule, ThreadClass)] = &[
     (Rule::KernelThreadPrefix("khugepaged"), ThreadClass::Kernel),
     (Rule::KernelThreadPrefix("ksoftirqd"), ThreadClass::Kernel),
     (Rule::KernelThreadPrefix("oom_reaper"), ThreadClass::Kernel),
+    // Charges made in interrupt context (oomtrace's pseudo-thread of a memcg), and on an idle
+    // CPU (its idle task: interrupt work too).
+    (Rule::KernelThreadPrefix("[interrupt]"), ThreadClass::Kernel),
+    (Rule::KernelThreadPrefix("swapper/"), ThreadClass::Kernel),
 ];
 
 /// What is known about a thread. Any field may be empty/None (the kernel log knows only one name).
@@ -324,6 +328,8 @@ mod tests {
             ("slirp4netns", ThreadClass::NetHelper),
             ("swtpm", ThreadClass::Swtpm),
             ("kworker/u8:3", ThreadClass::Kernel),
+            ("[interrupt]", ThreadClass::Kernel),
+            ("swapper/1", ThreadClass::Kernel),
             ("", ThreadClass::Foreign),
         ] {
             assert_eq!(classify_process(name), want, "{name}");

@@ -430,6 +430,7 @@ impl Model {
                 anon: t.totals.anon,
                 file: t.totals.file,
                 shmem: self.shmem(&t.totals),
+                sock: self.sock(&t.totals),
                 kernel: t.totals.kernel,
                 guest: t.guest(),
                 exited: t.exited,
@@ -451,6 +452,7 @@ impl Model {
                 anon: t.anon,
                 file: t.file,
                 shmem: self.shmem(&t),
+                sock: self.sock(&t),
                 kernel: t.kernel,
                 guest: self.process_guest(pid),
             })

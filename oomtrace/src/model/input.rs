@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::{Change, Model, ProcessInfo};
 use crate::{
     cgroupfs::UsageLimit,
-    decode::{Charge, ChargeBeforeShmem, Event},
+    decode::{Charge, ChargeBeforeKinds, Event},
     kubevirt::budget,
 };
 
@@ -30,8 +30,9 @@ pub enum ModelInput {
     },
     /// A decoded ring-buffer record.
     Event(Event),
-    /// A sweep's reading as captures before shmem was counted stored it (read, never made).
-    SweepBeforeShmem(ChargeBeforeShmem),
+    /// A sweep's reading as captures before shmem and socket buffers were counted stored it
+    /// (read, never made).
+    SweepBeforeKinds(ChargeBeforeKinds),
     /// The collector's clock at a sweep (CLOCK_MONOTONIC ns): the windows' samples.
     Tick(u64),
     /// An exited thread's final totals were read; the model lets it go.
@@ -95,7 +96,7 @@ impl ModelInput {
         match self {
             ModelInput::Tick(t) => Some(*t),
             ModelInput::Sweep(c) => Some(c.ts_ns),
-            ModelInput::SweepBeforeShmem(c) => Some(c.ts_ns),
+            ModelInput::SweepBeforeKinds(c) => Some(c.ts_ns),
             ModelInput::Event(e) => Some(e.ts_ns()),
             _ => None,
         }
@@ -129,7 +130,7 @@ impl Model {
             }
             ModelInput::Event(e) => self.apply(e),
             ModelInput::Sweep(c) => self.charge(c).map(Change::Charge),
-            ModelInput::SweepBeforeShmem(c) => self.charge(&Charge::from(c)).map(Change::Charge),
+            ModelInput::SweepBeforeKinds(c) => self.charge(&Charge::from(c)).map(Change::Charge),
             ModelInput::Tick(t) => {
                 self.tick(*t);
                 None

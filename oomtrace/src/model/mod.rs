@@ -173,6 +173,9 @@ pub struct Model {
     /// A charge came from a program that does not tell shmem apart (a kernel-function tier, a
     /// capture from before): no view shows a shmem figure, since its zero is not a measurement.
     charges_without_shmem: bool,
+    /// A charge came from programs that do not count socket buffers (cgroup v1, a function
+    /// tier, an older capture): no view shows a sock figure.
+    charges_without_sock: bool,
     budget_constants: budget::Constants,
     budget_ratio: f64,
     /// Pod UID → (namespace, name), from the runtime's state.
@@ -193,6 +196,7 @@ impl Default for Model {
             last_tick_ns: 0,
             quiet_charges: false,
             charges_without_shmem: false,
+            charges_without_sock: false,
             budget_constants: budget::KUBEVIRT_CURRENT,
             budget_ratio: 1.0,
             pod_names: HashMap::default(),
@@ -236,6 +240,7 @@ fn add(a: &mut ChargeTotals, b: &ChargeTotals) {
     a.kernel += b.kernel;
     a.guest += b.guest;
     a.shmem += b.shmem;
+    a.sock += b.sock;
 }
 
 impl Model {
@@ -246,6 +251,11 @@ impl Model {
     /// The shmem part of `totals`, where every charge so far told it apart.
     pub(super) fn shmem(&self, totals: &ChargeTotals) -> Option<i64> {
         (!self.charges_without_shmem).then_some(totals.shmem)
+    }
+
+    /// The socket buffers of `totals`, where every charge so far counted them.
+    pub(super) fn sock(&self, totals: &ChargeTotals) -> Option<i64> {
+        (!self.charges_without_sock).then_some(totals.sock)
     }
 
     /// Charges still update every total, but return no row (nothing will show them).
@@ -449,7 +459,7 @@ impl Model {
         self.counters.events += 1;
         match event {
             Event::Charge(c) => self.charge(c).map(Change::Charge),
-            Event::ChargeBeforeShmem(c) => self.charge(&Charge::from(c)).map(Change::Charge),
+            Event::ChargeBeforeKinds(c) => self.charge(&Charge::from(c)).map(Change::Charge),
             Event::OomVictim(v) => self.oom(&OomKill {
                 victim: v.clone(),
                 invoker_memcg_id: 0,
@@ -527,6 +537,7 @@ impl Model {
     /// difference to what we knew. Returns None when nothing changed.
     pub fn charge(&mut self, c: &Charge) -> Option<ChargeRow> {
         self.charges_without_shmem |= !c.shmem_counted;
+        self.charges_without_sock |= !c.sock_counted;
         let key = (c.tid, c.memcg_id);
         if !self.threads.contains_key(&key) {
             let p = self.processes.entry(c.tgid).or_default();
@@ -600,6 +611,7 @@ impl Model {
             anon: totals.anon,
             file: totals.file,
             shmem: self.shmem(&totals),
+            sock: self.sock(&totals),
             kernel: totals.kernel,
             guest: totals.guest,
             usage: usage.map(|u| u.usage),

@@ -38,6 +38,9 @@ pub struct ChargeRow {
     /// Of `file`: shmem (tmpfs, memfd, shared anonymous memory); None where the charge hook
     /// cannot tell it from page cache (the kernel-function tiers, captures before it).
     pub shmem: Option<i64>,
+    /// Socket buffers (cgroup v2, tracepoint tier; None where not counted). Charged in
+    /// interrupt context (a receive in softirq), they are the memcg's `[interrupt]` row's.
+    pub sock: Option<i64>,
     pub kernel: i64,
     pub guest: i64,
     pub usage: Option<u64>,
@@ -213,6 +216,8 @@ pub struct ThreadSummary {
     pub file: i64,
     /// Of `file` (None: not told apart, as in `ChargeRow`).
     pub shmem: Option<i64>,
+    /// As in `ChargeRow`.
+    pub sock: Option<i64>,
     pub kernel: i64,
     pub guest: i64,
     pub exited: bool,
@@ -230,6 +235,8 @@ pub struct ProcessSummary {
     pub file: i64,
     /// Of `file` (None: not told apart, as in `ChargeRow`).
     pub shmem: Option<i64>,
+    /// As in `ChargeRow`.
+    pub sock: Option<i64>,
     pub kernel: i64,
     pub guest: i64,
 }

@@ -16,6 +16,7 @@ fn charge(tid: u32, tgid: u32, memcg: u64, comm: &str, anon: i64) -> Event {
             ..Default::default()
         },
         shmem_counted: true,
+        sock_counted: false,
     })
 }
 
@@ -124,6 +125,7 @@ fn charge_at(ts: u64, tid: u32, tgid: u32, memcg: u64, comm: &str, anon: i64, gu
             ..Default::default()
         },
         shmem_counted: true,
+        sock_counted: false,
     })
 }
 
@@ -338,6 +340,7 @@ fn a_thread_renamed_after_its_last_record_takes_the_name_it_exits_with() {
             ..Default::default()
         },
         shmem_counted: true,
+        sock_counted: false,
     };
     assert!(
         m.may_be_renamed(&sweep),
@@ -991,4 +994,31 @@ fn shmem_a_class_charged_is_not_reclaimable_page_cache() {
     let s = m.summary();
     assert!(s.threads.iter().all(|t| t.shmem.is_none()));
     assert!(s.processes.iter().all(|p| p.shmem.is_none()));
+}
+
+/// Socket buffers are part of a thread's total where counted; the memcg's interrupt row (tid 0)
+/// is kernel work, not a tenant's thread; where a charge did not count them, no view shows them.
+#[test]
+fn socket_buffers_count_in_the_total_and_interrupt_charges_are_the_kernels() {
+    let sock_charge = |tid: u32, comm: &str, sock: i64, counted: bool| match charge_at(
+        S, tid, tid, 1, comm, 0, 0,
+    ) {
+        Event::Charge(mut c) => {
+            c.totals.sock = sock;
+            c.sock_counted = counted;
+            Event::Charge(c)
+        }
+        other => other,
+    };
+    let mut m = Model::new();
+    let Some(Change::Charge(r)) = m.apply(&sock_charge(40, "passt", 3 * MIB, true)) else {
+        panic!("a row")
+    };
+    assert_eq!((r.total, r.sock), (3 * MIB, Some(3 * MIB)));
+    m.apply(&sock_charge(0, "[interrupt]", 5 * MIB, true));
+    let s = m.summary();
+    let irq = s.threads.iter().find(|t| t.tid == 0).unwrap();
+    assert_eq!((irq.class, irq.sock), (ThreadClass::Kernel, Some(5 * MIB)));
+    m.apply(&sock_charge(41, "other", 0, false));
+    assert!(m.summary().threads.iter().all(|t| t.sock.is_none()));
 }
