@@ -289,6 +289,7 @@ pub mod globals {
     pub const ITEM_SLAB_UNRECL_B: &str = "ITEM_SLAB_UNRECL_B";
     pub const ITEM_SHMEM: &str = "ITEM_SHMEM";
     pub const ITEM_SOCK: &str = "ITEM_SOCK";
+    pub const STATE_VAL_LONG: &str = "STATE_VAL_LONG";
     pub const OFF_LRUVEC_ID: &str = "OFF_LRUVEC_ID";
     pub const OFF_LRUVEC_ITEM: &str = "OFF_LRUVEC_ITEM";
     pub const OFF_LRUVEC_VAL: &str = "OFF_LRUVEC_VAL";
@@ -363,6 +364,7 @@ pub mod maps {
     pub const GUEST_SEEN: &str = "GUEST_SEEN";
     pub const CHARGE_KIND: &str = "CHARGE_KIND";
     pub const OOM_START: &str = "OOM_START";
+    pub const COUNTING: &str = "COUNTING";
 }
 
 // The ring records' sizes are part of the contract between the two sides: a field added on one

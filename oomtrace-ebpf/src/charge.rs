@@ -25,8 +25,8 @@ use crate::{
     charge_fn::memcg_id,
     globals::{self as g, get},
     maps::{
-        CHARGES, EVENTS, GUEST_SEEN, IN_GUEST_FAULT, SEEN_THREADS, WATCHED, count, ctx_field,
-        current_comm, current_ids, jiffies, now_ns,
+        CHARGES, COUNTING, EVENTS, GUEST_SEEN, IN_GUEST_FAULT, SEEN_THREADS, WATCHED, count,
+        ctx_field, current_comm, current_ids, jiffies, now_ns,
     },
 };
 
@@ -212,14 +212,14 @@ pub fn account_for<C: EbpfContext, const COARSE: bool, const INTERRUPT: bool>(
             if !counted(memcg_id, tgid) {
                 return Ok(());
             }
-            // The tracepoint programs (the only ones given NR_SHMEM and MEMCG_SOCK) tell
-            // shmem apart and count socket buffers.
+            // The tracepoint programs (the only ones given NR_SHMEM) tell shmem apart; socket
+            // buffers are counted once their program is attached.
             let mut flags = 0;
             if get(&g::ITEM_SHMEM) >= 0 {
                 flags |= CHARGE_SHMEM_COUNTED;
             }
-            if get(&g::ITEM_SOCK) >= 0 {
-                flags |= CHARGE_SOCK_COUNTED;
+            if let Some(counting) = COUNTING.get(0) {
+                flags |= *counting & CHARGE_SOCK_COUNTED;
             }
             let fresh = ChargeValue {
                 tgid,

@@ -32,6 +32,8 @@ global!(ITEM_SHMEM: i32 = -1);
 // MEMCG_SOCK (enum memcg_stat_item), set only where the tracepoint tier counts charges on
 // cgroup v2 (-1: socket buffers not counted per thread).
 global!(ITEM_SOCK: i32 = -1);
+// 1: memcg:mod_memcg_state's record has `long val` at 24 (7.0+); 0: `int val` at 20.
+global!(STATE_VAL_LONG: u32 = 0);
 global!(OFF_LRUVEC_ID: u32 = 8);
 global!(OFF_LRUVEC_ITEM: u32 = 16);
 global!(OFF_LRUVEC_VAL: u32 = 20);

@@ -40,6 +40,12 @@ pub static RECLAIM_START: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0)
 #[map]
 pub static GUEST_SEEN: Array<u32> = Array::with_max_entries(1, 0);
 
+/// Slot 0: what the attached programs count beyond the charge hook's own kinds
+/// (`CHARGE_SOCK_COUNTED`), set by userspace once they are attached: a map entry made before
+/// says nothing it cannot vouch for.
+#[map]
+pub static COUNTING: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Kernel-function tier: a thread inside __mem_cgroup_charge → the kind of folio it charges
 /// (anon when it has an mm, page cache when not), taken by its next try_charge_memcg. LRU: an
 /// entry left by a charge that never reached try_charge_memcg (root memcg) ages out.

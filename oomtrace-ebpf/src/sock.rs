@@ -14,12 +14,14 @@ use crate::{
     maps::ctx_field,
 };
 
-/// The record layout of every kernel with the tracepoint (`u64 id; int item; int val;` after the
-/// common header); userspace attaches this program only where the format says so.
+/// The record layout of every kernel with the tracepoint (`u64 id; int item;` after the common
+/// header, then `int val` before 7.0, `long val` since); userspace attaches this program only
+/// where the format says so.
 const COMMON_FLAGS: usize = 2;
 const ID: usize = 8;
 const ITEM: usize = 16;
-const VAL: usize = 20;
+const VAL_INT: usize = 20;
+const VAL_LONG: usize = 24;
 /// TRACE_FLAG_HARDIRQ | TRACE_FLAG_SOFTIRQ | TRACE_FLAG_NMI (include/linux/trace_events.h).
 const IN_INTERRUPT: u8 = 0x08 | 0x10 | 0x40;
 
@@ -31,15 +33,22 @@ pub fn memcg_state(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // SAFETY: as above.
-    let (val, id, flags) = unsafe {
+    let (val, id) = unsafe {
         (
-            ctx_field::<i32>(&ctx, VAL),
+            if get(&g::STATE_VAL_LONG) != 0 {
+                ctx_field::<i64>(&ctx, VAL_LONG)
+            } else {
+                ctx_field::<i32>(&ctx, VAL_INT) as i64
+            },
             ctx_field::<u64>(&ctx, ID),
-            ctx_field::<u8>(&ctx, COMMON_FLAGS),
         )
     };
+    // The common header is not directly loadable from a tracepoint program (the verifier
+    // allows offsets from 8 on): read with a helper, on this rare path only.
+    // SAFETY: common_flags is a u8 at offset 2 of every trace record.
+    let flags: u8 = unsafe { ctx.read_at(COMMON_FLAGS) }.unwrap_or(0);
     // The tracepoint gives the value in pages (MEMCG_SOCK counts pages).
-    let bytes = val as i64 * get(&g::PAGE_SIZE);
+    let bytes = val * get(&g::PAGE_SIZE);
     if flags & IN_INTERRUPT != 0 {
         let _ =
             account_for::<_, true, true>(&ctx, Kind::Sock, bytes, id, INTERRUPT_TID, INTERRUPT_TID);

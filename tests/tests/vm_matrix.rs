@@ -168,14 +168,15 @@ echo "=== END groupkill"
 # Socket buffers: a thread writes through a loopback connection nobody reads, in a pod (its
 # own send queue, and the receiver's buffer charged in softirq as loopback delivers it).
 S=/sys/fs/cgroup/pod-sock; mkdir $S
+ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 $C $B tail --cgroup /pod-sock --json > /tmp/sock.out 2> /tmp/sock.err &
 TP=$!
 wait_started /tmp/sock.out $TP
-$B workload --process passt --cgroup $S --thread "passt={sock_mib}@200/sock" --hold 600 > /tmp/sockw.out &
+$B workload --process passt --cgroup $S --thread "passt={sock_mib}@200/sock" --hold 600 > /tmp/sockw.out 2>&1 &
 WP=$!
 n=0; while ! grep -q touched /tmp/sockw.out && [ $n -lt 300 ]; do sleep 0.1; n=$((n+1)); done
 sleep 1.5
-grep touched /tmp/sockw.out | sed 's/^/SOCK_WORKLOAD: /'
+sed 's/^/SOCK_WORKLOAD: /' /tmp/sockw.out
 echo "SOCK_STAT: $(grep '^sock ' $S/memory.stat)"
 kill -INT $TP; wait $TP
 kill -9 $WP; wait $WP 2>/dev/null

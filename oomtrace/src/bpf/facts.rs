@@ -42,6 +42,22 @@ fn offsets_are(tracefs: &Path, category: &str, name: &str, want: &[(&str, u32)])
     })
 }
 
+/// memcg:mod_memcg_state's layout as the sock program reads it: common_flags at 2, `u64 id` at
+/// 8, `int item` at 16, and `int val` at 20 (before 7.0) or `long val` at 24 (7.0+). Some(long)
+/// when it is so, None for any other layout.
+pub fn memcg_state_val_long(tracefs: &Path) -> Option<bool> {
+    let f = Format::read(tracefs, "memcg", "mod_memcg_state").ok()?;
+    let at = |name: &str, offset: u32| f.field(name).is_some_and(|x| x.offset == offset);
+    if !(at("common_flags", 2) && at("id", 8) && at("item", 16)) {
+        return None;
+    }
+    match f.field("val").map(|v| (v.offset, v.size)) {
+        Some((20, 4)) => Some(false),
+        Some((24, 8)) => Some(true),
+        _ => None,
+    }
+}
+
 /// `name` → its kallsyms symbol for each hooked function: the exact name, else a compiler
 /// clone (`name.constprop.0`, `name.isra.0`) of it. Text symbols only.
 pub fn kallsyms_symbols(text: impl BufRead) -> std::collections::BTreeMap<String, String> {
@@ -174,8 +190,7 @@ pub fn gather(
     let facts = KernelFacts {
         tracepoints,
         lruvec_fixed_layout: offsets_are(tracefs, "memcg", "mod_memcg_lruvec_state", &LRUVEC_FIXED),
-        memcg_state_layout: offsets_are(tracefs, "memcg", "mod_memcg_state", &LRUVEC_FIXED)
-            && offsets_are(tracefs, "memcg", "mod_memcg_state", &[("common_flags", 2)]),
+        memcg_state_layout: memcg_state_val_long(tracefs).is_some(),
         memcg_v2: crate::cgroupfs::MemoryController::detect()
             .is_ok_and(|c| c.version == crate::cgroupfs::Version::V2),
         page_fault_user_layout: offsets_are(

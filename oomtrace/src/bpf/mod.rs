@@ -141,6 +141,10 @@ pub fn load(
         (g::FILTER_ON, filter),
         (g::GUEST_TRACKING, guest),
         (g::LRUVEC_VAL_LONG, kbtf.lruvec_val_long as u32),
+        (
+            g::STATE_VAL_LONG,
+            facts::memcg_state_val_long(tracefs).unwrap_or(false) as u32,
+        ),
         (g::EXIT_GROUP_DEAD_ARG, kbtf.exit_group_dead_arg as u32),
         (g::SELF_TGID, std::process::id()),
     ];
@@ -232,7 +236,12 @@ impl Probes {
     /// unwatched memcg is ever counted.
     pub fn attach(&mut self) -> Result<()> {
         let mut btf = None;
-        for choice in self.choices.iter_mut() {
+        // The socket-buffer program first: once it runs, COUNTING says so, and every charge
+        // map entry made after it (all of them) vouches for its sock figure.
+        let mut order: Vec<usize> = (0..self.choices.len()).collect();
+        order.sort_by_key(|i| self.choices[*i].hook != plan::SOCK_HOOK);
+        for i in order {
+            let choice = &mut self.choices[i];
             if choice.tier.is_off() || choice.lazy {
                 continue;
             }
@@ -281,6 +290,16 @@ impl Probes {
                 }
                 choice.tier = Tier::Off;
                 choice.reason = format!("attach failed: {e:#}");
+                continue;
+            }
+            if choice.hook == plan::SOCK_HOOK {
+                let counting = self
+                    .ebpf
+                    .map_mut(m::COUNTING)
+                    .context("COUNTING map missing")?;
+                Array::<_, u32>::try_from(counting)?
+                    .set(0, &oomtrace_common::CHARGE_SOCK_COUNTED, 0)
+                    .context("cannot tell the charge programs that sockets are counted")?;
             }
         }
         Ok(())

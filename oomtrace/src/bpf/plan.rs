@@ -53,7 +53,7 @@ pub struct KernelFacts {
     pub lruvec_fixed_layout: bool,
     /// exceptions:page_fault_user has `address` at offset 8.
     pub page_fault_user_layout: bool,
-    /// memcg:mod_memcg_state has the usual layout (id/item/val at 8/16/20, common_flags at 2).
+    /// memcg:mod_memcg_state has a layout the sock program reads (facts::memcg_state_val_long).
     pub memcg_state_layout: bool,
     /// The memory controller is on cgroup v2 (v1 charges socket buffers outside the usage).
     pub memcg_v2: bool,
@@ -906,6 +906,7 @@ mod tests {
             m::GUEST_SEEN,
             m::CHARGE_KIND,
             m::OOM_START,
+            m::COUNTING,
         ] {
             assert!(obj.maps.contains_key(map), "map {map} not in the object");
         }
