@@ -1,29 +1,27 @@
 //! memcg:mod_memcg_state → socket buffers (MEMCG_SOCK) per (thread, memcg), into the same
-//! charge totals as the page charges. The classic tracepoint, not a raw one: its record says in
-//! which context the kernel charged (common_flags), and a socket's receive is charged in softirq
-//! context, on whatever thread that interrupted; those charges go to the memcg's interrupt
-//! pseudo-thread. Sends (and receives the reading thread processes) are the thread's own.
-//! Runs only where the memcg's own stat updates are rare next to page charges (MEMCG_KMEM per
-//! kernel page, MEMCG_SOCK per socket buffer batch), so the record's cost does not matter.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+//! charge totals as the page charges. A socket's receive is charged in softirq, on whatever
+//! task that interrupted (another pod's thread, an idle CPU's): a charge made while a task of
+//! another memcg runs is not that task's, and goes to the memcg's interrupt pseudo-thread.
+//! Sends, and receives the memcg's own threads process, are the thread's. The tracepoint fires
+//! for the memcg's own items only (MEMCG_KMEM per kernel page, MEMCG_SOCK per socket buffer
+//! batch), rarely next to page charges, so its classic record costs nothing that matters.
+use aya_ebpf::{helpers::bpf_get_current_task, macros::tracepoint, programs::TracePointContext};
 use oomtrace_common::INTERRUPT_TID;
 
 use crate::{
     charge::{Kind, account, account_for},
     globals::{self as g, get},
     maps::ctx_field,
+    task::task_memcg_id,
 };
 
 /// The record layout of every kernel with the tracepoint (`u64 id; int item;` after the common
 /// header, then `int val` before 7.0, `long val` since); userspace attaches this program only
 /// where the format says so.
-const COMMON_FLAGS: usize = 2;
 const ID: usize = 8;
 const ITEM: usize = 16;
 const VAL_INT: usize = 20;
 const VAL_LONG: usize = 24;
-/// TRACE_FLAG_HARDIRQ | TRACE_FLAG_SOFTIRQ | TRACE_FLAG_NMI (include/linux/trace_events.h).
-const IN_INTERRUPT: u8 = 0x08 | 0x10 | 0x40;
 
 #[tracepoint]
 pub fn memcg_state(ctx: TracePointContext) -> u32 {
@@ -43,13 +41,12 @@ pub fn memcg_state(ctx: TracePointContext) -> u32 {
             ctx_field::<u64>(&ctx, ID),
         )
     };
-    // The common header is not directly loadable from a tracepoint program (the verifier
-    // allows offsets from 8 on): read with a helper, on this rare path only.
-    // SAFETY: common_flags is a u8 at offset 2 of every trace record.
-    let flags: u8 = unsafe { ctx.read_at(COMMON_FLAGS) }.unwrap_or(0);
+    // SAFETY: bpf_get_current_task has no preconditions; the task is read by helpers only.
+    let current = unsafe { bpf_get_current_task() };
+    let foreign = task_memcg_id(current).is_some_and(|own| own != id);
     // The tracepoint gives the value in pages (MEMCG_SOCK counts pages).
     let bytes = val * get(&g::PAGE_SIZE);
-    if flags & IN_INTERRUPT != 0 {
+    if foreign {
         let _ =
             account_for::<_, true, true>(&ctx, Kind::Sock, bytes, id, INTERRUPT_TID, INTERRUPT_TID);
     } else {

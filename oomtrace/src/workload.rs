@@ -28,23 +28,39 @@ pub struct Toucher {
     pub shmem: bool,
     /// Fills socket buffers instead: a loopback TCP connection whose receiver never reads,
     /// written up to MIB MiB or until the kernel takes no more.
-    pub sock: bool,
+    pub sock: Option<Sock>,
 }
 
-/// `NAME=MIB@RATE[/free][/shmem][/sock]`, e.g. `CPU 0/KVM=0@40`, `IO iothread1=16@4`,
-/// `virtlogd=12@400/free`, `virtiofsd=8@100/shmem` or `passt=8@40/sock`.
+/// Which end of a loopback connection whose receiver never reads a toucher is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Sock {
+    /// Both ends, in this thread.
+    Pair,
+    /// Listens on 127.0.0.1:PORT, accepts one connection, never reads it (and holds it).
+    Receive(u16),
+    /// Connects to 127.0.0.1:PORT (retrying until it listens) and writes.
+    Send(u16),
+}
+
+/// `NAME=MIB@RATE[/free][/shmem][/sock|/sock-rx:PORT|/sock-tx:PORT]`, e.g. `CPU 0/KVM=0@40`,
+/// `IO iothread1=16@4`, `virtlogd=12@400/free`, `virtiofsd=8@100/shmem` or `passt=8@40/sock`.
 pub fn parse_toucher(s: &str) -> Result<Toucher> {
     let (name, rest) = s.rsplit_once('=').context("expected NAME=MIB@RATE")?;
     let (mib, rate) = rest.split_once('@').context("expected NAME=MIB@RATE")?;
     let mut parts = rate.split('/');
     let rate = parts.next().unwrap_or_default();
-    let (mut free, mut shmem, mut sock) = (false, false, false);
+    let (mut free, mut shmem, mut sock) = (false, false, None);
     for flag in parts {
-        match flag {
-            "free" => free = true,
-            "shmem" => shmem = true,
-            "sock" => sock = true,
-            _ => bail!("unknown toucher flag /{flag} (free, shmem, sock)"),
+        let port = |p: &str| p.parse::<u16>().context("a port must be a number");
+        match flag.split_once(':') {
+            _ if flag == "free" => free = true,
+            _ if flag == "shmem" => shmem = true,
+            _ if flag == "sock" => sock = Some(Sock::Pair),
+            Some(("sock-rx", p)) => sock = Some(Sock::Receive(port(p)?)),
+            Some(("sock-tx", p)) => sock = Some(Sock::Send(port(p)?)),
+            _ => bail!(
+                "unknown toucher flag /{flag} (free, shmem, sock, sock-rx:PORT, sock-tx:PORT)"
+            ),
         }
     }
     let t = Toucher {
@@ -201,16 +217,40 @@ fn touch_one_shmem_mib() -> Result<*mut libc::c_void> {
 /// receiver's buffer (charged in softirq as the loopback delivers it) and then its own send
 /// queue (charged by the sender). Dropped, both are freed.
 struct UnreadConnection {
-    sender: std::net::TcpStream,
-    _receiver: std::net::TcpStream,
+    sender: Option<std::net::TcpStream>,
+    _receiver: Option<std::net::TcpStream>,
 }
 
 impl UnreadConnection {
-    fn open() -> Result<Self> {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-        let sender = std::net::TcpStream::connect(listener.local_addr()?)?;
-        let (receiver, _) = listener.accept()?;
-        sender.set_nonblocking(true)?;
+    fn open(role: Sock) -> Result<Self> {
+        use std::net::{TcpListener, TcpStream};
+        let (sender, receiver) = match role {
+            Sock::Pair => {
+                let listener = TcpListener::bind(("127.0.0.1", 0))?;
+                let sender = TcpStream::connect(listener.local_addr()?)?;
+                (Some(sender), Some(listener.accept()?.0))
+            }
+            Sock::Receive(port) => {
+                let listener = TcpListener::bind(("127.0.0.1", port))?;
+                (None, Some(listener.accept()?.0))
+            }
+            Sock::Send(port) => {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let sender = loop {
+                    match TcpStream::connect(("127.0.0.1", port)) {
+                        Ok(s) => break s,
+                        Err(_) if Instant::now() < deadline => {
+                            thread::sleep(Duration::from_millis(50))
+                        }
+                        Err(e) => return Err(e).context("nothing listens on the port"),
+                    }
+                };
+                (Some(sender), None)
+            }
+        };
+        if let Some(s) = &sender {
+            s.set_nonblocking(true)?;
+        }
         Ok(Self {
             sender,
             _receiver: receiver,
@@ -220,10 +260,13 @@ impl UnreadConnection {
     /// Writes up to 1 MiB; the bytes the kernel took (fewer once both buffers are full).
     fn write_mib(&mut self) -> Result<usize> {
         use std::io::Write as _;
+        let Some(sender) = self.sender.as_mut() else {
+            return Ok(0); // the receiving end only holds
+        };
         let chunk = [0x5au8; 64 << 10];
         let mut written = 0;
         while written < MIB {
-            match self.sender.write(&chunk) {
+            match sender.write(&chunk) {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e.into()),
@@ -236,8 +279,8 @@ impl UnreadConnection {
 /// Touches `t.mib` MiB (anonymous, shmem, or socket buffers) at its rate; the bytes touched, and
 /// the connections to keep open while the thread holds them.
 fn run_toucher(t: &Toucher) -> Result<(usize, Option<UnreadConnection>)> {
-    if t.sock {
-        let mut conn = UnreadConnection::open()?;
+    if let Some(role) = t.sock {
+        let mut conn = UnreadConnection::open(role)?;
         let start = Instant::now();
         let (mut steps, mut bytes) = (0usize, 0usize);
         while t.mib == 0 || steps < t.mib {
@@ -404,13 +447,20 @@ mod tests {
                 rate: 40.0,
                 free: false,
                 shmem: false,
-                sock: false,
+                sock: None,
             })
         );
         assert!(parse_toucher("virtlogd=12@400/free").is_ok_and(|t| t.free && t.rate == 400.0));
         assert!(parse_toucher("v=8@10/shmem").is_ok_and(|t| t.shmem && !t.free && t.rate == 10.0));
         assert!(parse_toucher("v=8@10/huge").is_err());
-        assert!(parse_toucher("p=8@40/sock").is_ok_and(|t| t.sock && !t.shmem));
+        assert!(parse_toucher("p=8@40/sock").is_ok_and(|t| t.sock == Some(Sock::Pair)));
+        assert!(
+            parse_toucher("p=8@40/sock-rx:5001").is_ok_and(|t| t.sock == Some(Sock::Receive(5001)))
+        );
+        assert!(
+            parse_toucher("p=8@40/sock-tx:5001").is_ok_and(|t| t.sock == Some(Sock::Send(5001)))
+        );
+        assert!(parse_toucher("p=8@40/sock-tx:x").is_err());
         assert!(parse_toucher("IO iothread1=16").is_err());
         assert!(parse_toucher("=1@1").is_err());
         assert!(parse_toucher("x=1@0").is_err());

@@ -165,21 +165,25 @@ echo "=== BEGIN groupkill"
 grep -E '"type":"(start|oom|oom_group_victim|kill_signal|summary)"' /tmp/gk.out
 sed 's/^/STDERR: /' /tmp/gk.err | head -5
 echo "=== END groupkill"
-# Socket buffers: a thread writes through a loopback connection nobody reads, in a pod (its
-# own send queue, and the receiver's buffer charged in softirq as loopback delivers it).
-S=/sys/fs/cgroup/pod-sock; mkdir $S
+# Socket buffers: a thread writes through a loopback connection whose receiver, a process in
+# another container of the pod, never reads: the writer's send queue is its own; the receiver's
+# buffer is charged in softirq while the writer runs, so it is the receiving memcg's, no thread's.
+S=/sys/fs/cgroup/pod-sock; mkdir -p $S/tx $S/rx; echo +memory > $S/cgroup.subtree_control
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 $C $B tail --cgroup /pod-sock --json > /tmp/sock.out 2> /tmp/sock.err &
 TP=$!
 wait_started /tmp/sock.out $TP
-$B workload --process passt --cgroup $S --thread "passt={sock_mib}@200/sock" --hold 600 > /tmp/sockw.out 2>&1 &
+$B workload --process passt-rx --cgroup $S/rx --thread "passt-rx=1@1/sock-rx:5001" --hold 600 > /tmp/sockr.out 2>&1 &
+RP=$!
+$B workload --process passt --cgroup $S/tx --thread "passt={sock_mib}@200/sock-tx:5001" --hold 600 > /tmp/sockw.out 2>&1 &
 WP=$!
 n=0; while ! grep -q touched /tmp/sockw.out && [ $n -lt 300 ]; do sleep 0.1; n=$((n+1)); done
 sleep 1.5
-sed 's/^/SOCK_WORKLOAD: /' /tmp/sockw.out
-echo "SOCK_STAT: $(grep '^sock ' $S/memory.stat)"
+sed 's/^/SOCK_WORKLOAD: /' /tmp/sockw.out /tmp/sockr.out
+echo "SOCK_STAT_TX: $(grep '^sock ' $S/tx/memory.stat)"
+echo "SOCK_STAT_RX: $(grep '^sock ' $S/rx/memory.stat)"
 kill -INT $TP; wait $TP
-kill -9 $WP; wait $WP 2>/dev/null
+kill -9 $WP $RP; wait $WP $RP 2>/dev/null
 echo "=== BEGIN sock"
 grep -E '"type":"(start|summary)"' /tmp/sock.out
 sed 's/^/STDERR: /' /tmp/sock.err | head -5
@@ -528,19 +532,22 @@ fn doctor(console: &str) -> Vec<String> {
     misses
 }
 
-/// Socket buffers per thread against the pod's memory.stat `sock` where the charge hook is the
-/// tracepoint (7.x): the writer's send queue is its own, the receive side (charged in softirq)
-/// the memcg's `[interrupt]` row's, and together they are what the kernel counts; null where a
-/// kernel-function tier counts them as kernel memory.
+/// Socket buffers per thread against each container's memory.stat `sock` where the charge hook
+/// is the tracepoint (7.x): the writer's send queue is its own; the receiver's buffer, charged in
+/// softirq while the writer ran, is the receiving memcg's `[interrupt]` row's, never the
+/// writer's; null where a kernel-function tier counts socket buffers as kernel memory.
 fn sock(series: guest::Series, console: &str) -> Vec<String> {
     let lines = block(console, "sock");
-    let stat: Option<i64> = console.lines().find_map(|l| {
-        l.trim_end_matches('\r')
-            .strip_prefix("SOCK_STAT: sock ")?
-            .trim()
-            .parse()
-            .ok()
-    });
+    let stat = |side: &str| -> Option<i64> {
+        let prefix = format!("SOCK_STAT_{side}: sock ");
+        console.lines().find_map(|l| {
+            l.trim_end_matches('\r')
+                .strip_prefix(prefix.as_str())?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
     let (Some(start), Some(summary)) = (
         rows(&lines, "start").into_iter().next(),
         rows(&lines, "summary").into_iter().next(),
@@ -550,8 +557,11 @@ fn sock(series: guest::Series, console: &str) -> Vec<String> {
             series.name()
         )];
     };
-    let Some(stat) = stat else {
-        return vec![format!("{}: sock: no memory.stat sock line", series.name())];
+    let (Some(tx), Some(rx)) = (stat("TX"), stat("RX")) else {
+        return vec![format!(
+            "{}: sock: no memory.stat sock lines",
+            series.name()
+        )];
     };
     let hook_tier = |name: &str| {
         start["hooks"]
@@ -562,19 +572,22 @@ fn sock(series: guest::Series, console: &str) -> Vec<String> {
     };
     let threads: Vec<&Value> = summary["threads"]
         .as_array()
-        .map(|t| t.iter().filter(|t| t["memcg"] == "/pod-sock").collect())
+        .map(|t| t.iter().collect())
         .unwrap_or_default();
-    let of = |comm: &str| -> i64 {
+    let of = |memcg: &str, comm: Option<&str>| -> i64 {
         threads
             .iter()
-            .filter(|t| t["comm"] == comm)
+            .filter(|t| t["memcg"] == memcg && comm.is_none_or(|c| t["comm"] == c))
             .filter_map(|t| t["sock"].as_i64())
             .sum()
     };
-    let seen: i64 = threads.iter().filter_map(|t| t["sock"].as_i64()).sum();
-    let (writer, interrupt) = (of("passt"), of("[interrupt]"));
+    let (tx_seen, writer) = (of("/pod-sock/tx", None), of("/pod-sock/tx", Some("passt")));
+    let (rx_seen, interrupt) = (
+        of("/pod-sock/rx", None),
+        of("/pod-sock/rx", Some("[interrupt]")),
+    );
     println!(
-        "{}: sock: memory.stat {stat}, threads {seen} (the writer {writer}, [interrupt] {interrupt}), charge tier {}, sock hook {}",
+        "{}: sock: memory.stat tx {tx} rx {rx}; threads tx {tx_seen} (the writer {writer}), rx {rx_seen} ([interrupt] {interrupt}); charge tier {}, sock hook {}",
         series.name(),
         hook_tier("charge"),
         hook_tier("sock")
@@ -584,14 +597,20 @@ fn sock(series: guest::Series, console: &str) -> Vec<String> {
         if hook_tier("sock") != "tracepoint" {
             misses.push(format!("sock hook not on: {start}"));
         }
-        if stat < 1 << 20 {
+        if rx < 1 << 20 || tx < 64 << 10 {
             misses.push(format!(
-                "the scenario filled only {stat} bytes of socket buffers"
+                "the scenario filled only tx {tx} / rx {rx} bytes of socket buffers"
             ));
         }
-        if !within(seen, stat, 5.0) || writer <= 0 || interrupt <= 0 {
+        if !within(writer, tx, 5.0) || !within(tx_seen, tx, 5.0) {
             misses.push(format!(
-                "{}: sock per thread {seen} (writer {writer}, [interrupt] {interrupt}) vs memory.stat sock {stat}",
+                "{}: the writer's sock {writer} (its memcg's threads {tx_seen}) vs memory.stat {tx}",
+                series.name()
+            ));
+        }
+        if !within(interrupt, rx, 5.0) || !within(rx_seen, rx, 5.0) {
+            misses.push(format!(
+                "{}: the receiving memcg's [interrupt] sock {interrupt} (all its rows {rx_seen}) vs memory.stat {rx}",
                 series.name()
             ));
         }

@@ -42,13 +42,13 @@ fn offsets_are(tracefs: &Path, category: &str, name: &str, want: &[(&str, u32)])
     })
 }
 
-/// memcg:mod_memcg_state's layout as the sock program reads it: common_flags at 2, `u64 id` at
-/// 8, `int item` at 16, and `int val` at 20 (before 7.0) or `long val` at 24 (7.0+). Some(long)
-/// when it is so, None for any other layout.
+/// memcg:mod_memcg_state's layout as the sock program reads it: `u64 id` at 8, `int item` at
+/// 16, and `int val` at 20 (before 7.0) or `long val` at 24 (7.0+). Some(long) when it is so,
+/// None for any other layout.
 pub fn memcg_state_val_long(tracefs: &Path) -> Option<bool> {
     let f = Format::read(tracefs, "memcg", "mod_memcg_state").ok()?;
     let at = |name: &str, offset: u32| f.field(name).is_some_and(|x| x.offset == offset);
-    if !(at("common_flags", 2) && at("id", 8) && at("item", 16)) {
+    if !(at("id", 8) && at("item", 16)) {
         return None;
     }
     match f.field("val").map(|v| (v.offset, v.size)) {
