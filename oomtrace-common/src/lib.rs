@@ -81,8 +81,9 @@ pub const CHARGE_SHMEM_COUNTED: u32 = 2;
 /// Socket buffers are counted (the memcg:mod_memcg_state program runs, on cgroup v2); without it
 /// `sock` is not a measurement.
 pub const CHARGE_SOCK_COUNTED: u32 = 4;
-/// The tid of the charges made in interrupt context (a socket's receive in softirq, a free in an
-/// RCU callback): they belong to the memcg, not to the thread that happened to be interrupted.
+/// The tid of the socket-buffer charges made while a task of another memcg ran (a receive in
+/// softirq on another pod's thread or an idle CPU): they belong to the charged memcg, not to the
+/// task that happened to be interrupted.
 pub const INTERRUPT_TID: u32 = 0;
 
 /// Key of the in-kernel charge map.

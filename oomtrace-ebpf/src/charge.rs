@@ -187,9 +187,9 @@ pub fn account<C: EbpfContext, const COARSE: bool>(
     account_for::<C, COARSE, false>(ctx, kind, bytes, memcg_id, tid, tgid)
 }
 
-/// `account` for a given thread; `INTERRUPT`: the charge was made in interrupt context, and goes
-/// to the memcg's interrupt pseudo-thread (`INTERRUPT_TID`, named `[interrupt]`), not to the
-/// thread that was interrupted.
+/// `account` for a given thread; `INTERRUPT`: the charge was made while a task of another memcg
+/// ran (a receive in softirq), and goes to the memcg's interrupt pseudo-thread (`INTERRUPT_TID`,
+/// named `[interrupt]`), not to the task that was interrupted.
 #[inline(always)]
 pub fn account_for<C: EbpfContext, const COARSE: bool, const INTERRUPT: bool>(
     ctx: &C,

@@ -177,8 +177,8 @@ const TABLE: &[(Rule, ThreadClass)] = &[
     (Rule::KernelThreadPrefix("khugepaged"), ThreadClass::Kernel),
     (Rule::KernelThreadPrefix("ksoftirqd"), ThreadClass::Kernel),
     (Rule::KernelThreadPrefix("oom_reaper"), ThreadClass::Kernel),
-    // Charges made in interrupt context (oomtrace's pseudo-thread of a memcg), and on an idle
-    // CPU (its idle task: interrupt work too).
+    // Charges made for a memcg while another memcg's task ran (oomtrace's pseudo-thread of a
+    // memcg: a receive in softirq), and on an idle CPU (its idle task: interrupt work too).
     (Rule::KernelThreadPrefix("[interrupt]"), ThreadClass::Kernel),
     (Rule::KernelThreadPrefix("swapper/"), ThreadClass::Kernel),
 ];

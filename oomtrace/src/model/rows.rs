@@ -38,8 +38,9 @@ pub struct ChargeRow {
     /// Of `file`: shmem (tmpfs, memfd, shared anonymous memory); None where the charge hook
     /// cannot tell it from page cache (the kernel-function tiers, captures before it).
     pub shmem: Option<i64>,
-    /// Socket buffers (cgroup v2, tracepoint tier; None where not counted). Charged in
-    /// interrupt context (a receive in softirq), they are the memcg's `[interrupt]` row's.
+    /// Socket buffers (cgroup v2, tracepoint tier; None where not counted). Charged while a
+    /// task of another memcg ran (a receive in softirq), they are the memcg's `[interrupt]`
+    /// row's.
     pub sock: Option<i64>,
     pub kernel: i64,
     pub guest: i64,
