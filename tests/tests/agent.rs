@@ -359,8 +359,13 @@ fn agent_keeps_every_kill_and_prometheus_scrapes_its_metrics() -> Result<()> {
         "oomtrace_cpu_seconds_total".to_string(),
         "oomtrace_dropped_events_total".to_string(),
     ] {
-        let r = query(prom_port, &format!("max_over_time({q}[5m])"))?;
-        assert!(!r.is_empty(), "no series for {q}");
+        // Scraped at least once: memhold (the only foreign thread of the pod; interrupt work on
+        // an idle CPU is kernel work) lives about a second, and a scrape may not have come yet.
+        wait_until(
+            &format!("a series for {q}"),
+            Duration::from_secs(30),
+            || query(prom_port, &format!("max_over_time({q}[5m])")).is_ok_and(|r| !r.is_empty()),
+        )?;
     }
     // The tier of every hook, as `doctor` chooses it on this kernel (off where no tier works).
     let doctor: Value = serde_json::from_slice(
