@@ -45,7 +45,7 @@ fn offsets_are(tracefs: &Path, category: &str, name: &str, want: &[(&str, u32)])
 /// memcg:mod_memcg_state's layout as the sock program reads it: `u64 id` at 8, `int item` at
 /// 16, and `int val` at 20 (before 7.0) or `long val` at 24 (7.0+). Some(long) when it is so,
 /// None for any other layout.
-pub fn memcg_state_val_long(tracefs: &Path) -> Option<bool> {
+fn memcg_state_val_long(tracefs: &Path) -> Option<bool> {
     let f = Format::read(tracefs, "memcg", "mod_memcg_state").ok()?;
     let at = |name: &str, offset: u32| f.field(name).is_some_and(|x| x.offset == offset);
     if !(at("id", 8) && at("item", 16)) {
@@ -190,7 +190,7 @@ pub fn gather(
     let facts = KernelFacts {
         tracepoints,
         lruvec_fixed_layout: offsets_are(tracefs, "memcg", "mod_memcg_lruvec_state", &LRUVEC_FIXED),
-        memcg_state_layout: memcg_state_val_long(tracefs).is_some(),
+        memcg_state_val_long: memcg_state_val_long(tracefs),
         memcg_v2: crate::cgroupfs::MemoryController::detect()
             .is_ok_and(|c| c.version == crate::cgroupfs::Version::V2),
         page_fault_user_layout: offsets_are(

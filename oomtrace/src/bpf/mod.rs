@@ -143,7 +143,7 @@ pub fn load(
         (g::LRUVEC_VAL_LONG, kbtf.lruvec_val_long as u32),
         (
             g::STATE_VAL_LONG,
-            facts::memcg_state_val_long(tracefs).unwrap_or(false) as u32,
+            facts.memcg_state_val_long.unwrap_or(false) as u32,
         ),
         (g::EXIT_GROUP_DEAD_ARG, kbtf.exit_group_dead_arg as u32),
         (g::SELF_TGID, std::process::id()),

@@ -53,8 +53,9 @@ pub struct KernelFacts {
     pub lruvec_fixed_layout: bool,
     /// exceptions:page_fault_user has `address` at offset 8.
     pub page_fault_user_layout: bool,
-    /// memcg:mod_memcg_state has a layout the sock program reads (facts::memcg_state_val_long).
-    pub memcg_state_layout: bool,
+    /// memcg:mod_memcg_state's layout as the sock program reads it: Some(its `val` is a long),
+    /// None for a layout it cannot read (facts::memcg_state_val_long).
+    pub memcg_state_val_long: Option<bool>,
     /// The memory controller is on cgroup v2 (v1 charges socket buffers outside the usage).
     pub memcg_v2: bool,
     /// Tracepoints whose raw prototype (BTF) is what their raw program reads.
@@ -666,7 +667,7 @@ fn tracepoint_tier(hook: &Hook, t: &TracepointHook, k: &KernelFacts) -> Verdict 
         return Err(format!("{target} has an unexpected layout"));
     }
     if hook.hook == SOCK_HOOK {
-        if !k.memcg_state_layout {
+        if k.memcg_state_val_long.is_none() {
             return Err(format!("{target} has an unexpected layout"));
         }
         if !k.memcg_v2 {
@@ -936,7 +937,7 @@ mod tests {
             tracepoints: set(ALL_TRACEPOINTS),
             lruvec_fixed_layout: true,
             page_fault_user_layout: true,
-            memcg_state_layout: true,
+            memcg_state_val_long: Some(false),
             memcg_v2: false,
             raw_tracepoints: set(&[
                 "mod_memcg_lruvec_state",
@@ -1023,7 +1024,7 @@ mod tests {
         assert!(sock.reason.contains("kernel function"), "{sock:?}");
         // An unusual record layout: off, said.
         let odd = KernelFacts {
-            memcg_state_layout: false,
+            memcg_state_val_long: None,
             ..v2
         };
         let sock = hook(&plan(&odd, None).unwrap(), SOCK_HOOK).clone();
