@@ -117,9 +117,20 @@ pub fn kinds_line(out: &mut dyn Write, k: &crate::model::kinds::KindsView) -> io
 fn class_table(out: &mut dyn Write, m: &MemcgView) -> io::Result<()> {
     writeln!(
         out,
-        "  {:<22} {:>11} {:>11} {:>11} {:>11} {:>11}",
-        "class", "now", "peak", "guest", "10 s", "60 s"
+        "  {:<22} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "class",
+        "now",
+        "peak",
+        "guest",
+        "anon",
+        "page cache",
+        "shmem",
+        "sock",
+        "kernel",
+        "10 s",
+        "60 s"
     )?;
+    let or_dash = |v: Option<i64>| v.map_or_else(|| "-".into(), bytes);
     for c in m
         .classes
         .iter()
@@ -127,16 +138,46 @@ fn class_table(out: &mut dyn Write, m: &MemcgView) -> io::Result<()> {
     {
         writeln!(
             out,
-            "  {:<22} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            "  {:<22} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
             c.class.name(),
             bytes(c.now),
             bytes(c.peak),
             bytes(c.guest),
+            bytes(c.anon),
+            bytes(c.page_cache),
+            or_dash(c.shmem),
+            or_dash(c.sock),
+            bytes(c.kernel),
             signed(c.last_10s),
             signed(c.last_60s)
         )?;
     }
     Ok(())
+}
+
+/// "anon 76.0 MiB, kernel 240.0 KiB": the kinds a process or thread charged, the ones that are
+/// not noise, largest first; a kind the hook could not tell (None) is left out.
+fn kinds_cell(
+    anon: i64,
+    page_cache: i64,
+    shmem: Option<i64>,
+    sock: Option<i64>,
+    kernel: i64,
+) -> String {
+    let mut kinds = [
+        ("anon", anon),
+        ("page cache", page_cache),
+        ("shmem", shmem.unwrap_or(0)),
+        ("sock", sock.unwrap_or(0)),
+        ("kernel", kernel),
+    ];
+    kinds.sort_by_key(|(_, b)| std::cmp::Reverse(b.abs()));
+    kinds
+        .iter()
+        .filter(|(_, b)| !crate::model::views::is_noise(&[*b]))
+        .map(|(k, b)| format!("{k} {}", bytes(*b)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn budget_table(out: &mut dyn Write, m: &MemcgView) -> io::Result<()> {
@@ -169,20 +210,21 @@ fn budget_table(out: &mut dyn Write, m: &MemcgView) -> io::Result<()> {
 fn process_table(out: &mut dyn Write, ps: &[ProcessView], n: usize) -> io::Result<()> {
     writeln!(
         out,
-        "  {:>7} {:<16} {:<22} {:>11} {:>11} {:>11} {:>11}",
+        "  {:>7} {:<16} {:<22} {:>11} {:>11} {:>11} {:>11}  kinds",
         "pid", "process", "class", "now", "peak", "10 s", "60 s"
     )?;
     for p in ps.iter().take(n) {
         writeln!(
             out,
-            "  {:>7} {:<16} {:<22} {:>11} {:>11} {:>11} {:>11}",
+            "  {:>7} {:<16} {:<22} {:>11} {:>11} {:>11} {:>11}  {}",
             p.pid,
             Visible(&p.process),
             p.class.name(),
             bytes(p.now),
             bytes(p.peak),
             signed(p.last_10s),
-            signed(p.last_60s)
+            signed(p.last_60s),
+            kinds_cell(p.anon, p.page_cache, p.shmem, p.sock, p.kernel)
         )?;
     }
     Ok(())
@@ -191,20 +233,21 @@ fn process_table(out: &mut dyn Write, ps: &[ProcessView], n: usize) -> io::Resul
 fn thread_table(out: &mut dyn Write, ts: &[ThreadView], n: usize) -> io::Result<()> {
     writeln!(
         out,
-        "  {:>7} {:<16} {:<16} {:<22} {:>11} {:>11} {:>11}",
+        "  {:>7} {:<16} {:<16} {:<22} {:>11} {:>11} {:>11}  kinds",
         "tid", "thread", "process", "class", "now", "10 s", "60 s"
     )?;
     for t in ts.iter().take(n) {
         writeln!(
             out,
-            "  {:>7} {:<16} {:<16} {:<22} {:>11} {:>11} {:>11}",
+            "  {:>7} {:<16} {:<16} {:<22} {:>11} {:>11} {:>11}  {}",
             t.tid,
             Visible(&t.comm),
             Visible(&t.process),
             t.class.name(),
             bytes(t.now),
             signed(t.last_10s),
-            signed(t.last_60s)
+            signed(t.last_60s),
+            kinds_cell(t.anon, t.page_cache, t.shmem, t.sock, t.kernel)
         )?;
     }
     Ok(())

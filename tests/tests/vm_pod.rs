@@ -403,12 +403,29 @@ fn guest_disk_run(cache: &str) -> Result<()> {
     let workers = file_of(&|t| t["class"] == "qemu-worker");
     let all_qemu = file_of(&|_| true);
     let pod_file: i64 = threads.iter().filter_map(|t| t["file"].as_i64()).sum();
+    // The pod's class view: the qemu-worker class's page cache, as `tail --by class` shows it.
+    let pod_view = summary["memcgs"]
+        .as_array()
+        .and_then(|ms| {
+            ms.iter().find(|m| {
+                m["memcg"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with(&format!("pod{UID}")))
+            })
+        })
+        .context("the pod's memcg view in the summary")?;
+    let class_cache = pod_view["classes"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["class"] == "qemu-worker"))
+        .and_then(|c| c["page_cache"].as_i64())
+        .unwrap_or(0);
     println!(
-        "cache={cache}: the guest wrote {DISK_MIB} MiB; memory.stat page cache +{} KiB; oomtrace: qemu's worker threads {} KiB, all of qemu {} KiB, the pod {} KiB of page cache",
+        "cache={cache}: the guest wrote {DISK_MIB} MiB; memory.stat page cache +{} KiB; oomtrace: qemu's worker threads {} KiB, all of qemu {} KiB, the pod {} KiB of page cache; the pod's qemu-worker class {} KiB",
         kernel_cache / 1024,
         workers / 1024,
         all_qemu / 1024,
-        pod_file / 1024
+        pod_file / 1024,
+        class_cache / 1024
     );
     let disk_bytes = (DISK_MIB << 20) as i64;
     if cache == "writeback" {
@@ -425,10 +442,16 @@ fn guest_disk_run(cache: &str) -> Result<()> {
             within(pod_file, kernel_cache, 5.0),
             "the pod's threads charged {pod_file} bytes of page cache, memory.stat says {kernel_cache}"
         );
+        assert!(
+            within(class_cache, kernel_cache, 5.0),
+            "the pod's qemu-worker class holds {class_cache} bytes of page cache, memory.stat says {kernel_cache}"
+        );
     } else {
         assert!(
-            kernel_cache < disk_bytes / 20 && workers < disk_bytes / 20,
-            "cache=none: page cache {kernel_cache} bytes (kernel), {workers} (oomtrace's workers)"
+            kernel_cache < disk_bytes / 20
+                && workers < disk_bytes / 20
+                && class_cache < disk_bytes / 20,
+            "cache=none: page cache {kernel_cache} bytes (kernel), {workers} (oomtrace's workers), {class_cache} (their class)"
         );
     }
     Ok(())

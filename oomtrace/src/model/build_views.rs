@@ -121,6 +121,8 @@ impl Model {
         let ago = |w| m.classes.at(now_ns, w).map(|(_, v)| *v).unwrap_or(now);
         let classes = views::class_views(
             &now,
+            &m.class_kinds,
+            self.kinds_told(),
             &m.class_peak,
             &ago(WINDOW_SHORT_NS),
             &ago(WINDOW_LONG_NS),
@@ -237,6 +239,10 @@ impl Model {
                     peak: t.peak,
                     anon: t.totals.anon,
                     guest,
+                    page_cache: t.totals.file - t.totals.shmem,
+                    shmem: self.shmem(&t.totals),
+                    sock: self.sock(&t.totals),
+                    kernel: t.totals.kernel,
                     last_10s: total - ago10.0,
                     last_60s: total - ago60.0,
                     overhead_10s: (total - guest) - (ago10.0 - ago10.1),
@@ -267,6 +273,10 @@ impl Model {
                 peak: 0,
                 anon: 0,
                 guest: 0,
+                page_cache: 0,
+                shmem: self.kinds_told().shmem(0),
+                sock: self.kinds_told().sock(0),
+                kernel: 0,
                 last_10s: 0,
                 last_60s: 0,
                 overhead_10s: 0,
@@ -280,6 +290,10 @@ impl Model {
             p.now += t.now;
             p.anon += t.anon;
             p.guest += t.guest;
+            p.page_cache += t.page_cache;
+            p.shmem = p.shmem.zip(t.shmem).map(|(a, b)| a + b);
+            p.sock = p.sock.zip(t.sock).map(|(a, b)| a + b);
+            p.kernel += t.kernel;
             p.last_10s += t.last_10s;
             p.last_60s += t.last_60s;
             p.overhead_10s += t.overhead_10s;
@@ -289,8 +303,13 @@ impl Model {
             .into_values()
             .map(|mut p| {
                 if let Some(s) = self.processes.get(&p.pid) {
-                    p.now += s.retired.total();
-                    p.anon += s.retired.anon;
+                    let r = &s.retired;
+                    p.now += r.total();
+                    p.anon += r.anon;
+                    p.page_cache += r.file - r.shmem;
+                    p.shmem = p.shmem.map(|v| v + r.shmem);
+                    p.sock = p.sock.map(|v| v + r.sock);
+                    p.kernel += r.kernel;
                     p.peak = s.peak.max(p.now);
                 }
                 p

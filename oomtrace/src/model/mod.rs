@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use rustc_hash::FxHashMap as HashMap;
 
 pub use rows::*;
-use views::ClassVec;
+use views::{ClassKinds, ClassVec};
 
 use self::history::Series;
 use crate::{
@@ -95,12 +95,6 @@ impl ThreadState {
         }
     }
 
-    /// Page cache that reclaim could drop once clean: shmem left out where the hook told it
-    /// (it is swap-backed, never dropped).
-    fn reclaimable_file(&self) -> i64 {
-        self.totals.file - self.totals.shmem
-    }
-
     /// Anonymous (and shmem) bytes not (yet) counted as guest RAM.
     fn untagged_anon(&self) -> i64 {
         self.guest_capable() - (self.totals.guest + self.guest_found).max(0)
@@ -122,7 +116,7 @@ struct ProcessState {
     /// The same per memcg and class (total, guest, page cache but shmem): an exited thread's
     /// pages stay with the process until the process ends, so they stay in the class views
     /// until then.
-    retired_by: HashMap<(u64, ThreadClass), (i64, i64, i64)>,
+    retired_by: HashMap<(u64, ThreadClass), (ChargeTotals, i64)>,
     /// Guest RAM among the retired totals (as each thread counted it when it was forgotten).
     retired_guest: i64,
     /// Its last thread exited: the retired buckets go with its last forgotten thread.
@@ -151,6 +145,8 @@ struct MemcgState {
     /// This memcg and everything below it, per class, at each tick.
     classes: Series<ClassVec>,
     class_peak: ClassVec,
+    /// The same by kind, at the latest tick.
+    class_kinds: ClassKinds,
     /// Page cache that processes which ended left charged here, per the class that wrote it:
     /// page cache outlives its writer (a `dd` that exited), so it stays in the class views until
     /// an uncharge (reclaim, truncation) is counted against whichever thread does it.
@@ -211,18 +207,19 @@ impl Default for Model {
 /// memory) but never more than the page cache it charged there (a tier that does not see frees
 /// must not keep a dead process's anonymous memory alive).
 fn page_cache_left(
-    retired_by: &HashMap<(u64, ThreadClass), (i64, i64, i64)>,
+    retired_by: &HashMap<(u64, ThreadClass), (ChargeTotals, i64)>,
 ) -> Vec<(u64, ThreadClass, i64)> {
     // memcg → (net, page cache, (class, its page cache) that charged the most).
     let mut per_memcg: BTreeMap<u64, (i64, i64, (ThreadClass, i64))> = BTreeMap::new();
-    for ((memcg, class), (total, _, file)) in retired_by {
+    for ((memcg, class), (totals, _)) in retired_by {
+        let (total, file) = (totals.total(), totals.file - totals.shmem);
         let e = per_memcg
             .entry(*memcg)
             .or_insert((0, 0, (*class, i64::MIN)));
         e.0 += total;
         e.1 += file;
-        if (*file, std::cmp::Reverse(*class)) > (e.2.1, std::cmp::Reverse(e.2.0)) {
-            e.2 = (*class, *file);
+        if (file, std::cmp::Reverse(*class)) > (e.2.1, std::cmp::Reverse(e.2.0)) {
+            e.2 = (*class, file);
         }
     }
     per_memcg
@@ -251,6 +248,14 @@ impl Model {
     /// The shmem part of `totals`, where every charge so far told it apart.
     pub(super) fn shmem(&self, totals: &ChargeTotals) -> Option<i64> {
         (!self.charges_without_shmem).then_some(totals.shmem)
+    }
+
+    /// Which kinds every charge so far could tell.
+    pub(super) fn kinds_told(&self) -> views::KindsTold {
+        views::KindsTold {
+            shmem: !self.charges_without_shmem,
+            sock: !self.charges_without_sock,
+        }
     }
 
     /// The socket buffers of `totals`, where every charge so far counted them.
@@ -838,9 +843,8 @@ impl Model {
                 add(&mut p.retired, &t.totals);
                 p.retired_guest += guest;
                 let b = p.retired_by.entry((key.1, t.class())).or_default();
-                b.0 += t.totals.total();
+                add(&mut b.0, &t.totals);
                 b.1 += guest;
-                b.2 += t.reclaimable_file();
                 p.live_threads = p.live_threads.saturating_sub(1);
                 if p.dead && p.live_threads == 0 {
                     // Its anonymous pages were uncharged at its exit (by its own last thread,
@@ -895,7 +899,13 @@ impl Model {
     /// sweep; replay calls it with the recorded stamps.
     pub fn tick(&mut self, now_ns: u64) {
         self.last_tick_ns = self.last_tick_ns.max(now_ns);
-        let mut own: HashMap<u64, ClassVec> = HashMap::default();
+        // Per memcg, its own bytes per class: totals (for the windows) and kinds.
+        let mut own: HashMap<u64, (ClassVec, ClassKinds)> = HashMap::default();
+        let mut put = |memcg: u64, class: ThreadClass, t: &ChargeTotals, guest: i64| {
+            let (v, k) = own.entry(memcg).or_default();
+            v.add(class, t.total(), guest, t.file - t.shmem);
+            k.add(class, t);
+        };
         let dead: std::collections::HashSet<u32> = self
             .processes
             .iter()
@@ -907,41 +917,41 @@ impl Model {
             // A process whose last thread exited holds nothing any more; its exit uncharges
             // land on whichever of its threads ran the teardown.
             if !dead.contains(&t.tgid) {
-                own.entry(*memcg).or_default().add(
-                    t.class(),
-                    t.totals.total(),
-                    t.guest(),
-                    t.reclaimable_file(),
-                );
+                put(*memcg, t.class(), &t.totals, t.guest());
             }
         }
         for p in self.processes.values().filter(|p| !p.dead) {
-            for ((memcg, class), (total, guest, file)) in &p.retired_by {
-                own.entry(*memcg)
-                    .or_default()
-                    .add(*class, *total, *guest, *file);
+            for ((memcg, class), (totals, guest)) in &p.retired_by {
+                put(*memcg, *class, totals, *guest);
             }
         }
         for (id, m) in &self.memcgs {
             for (class, bytes) in &m.left_behind {
-                own.entry(*id).or_default().add(*class, *bytes, 0, *bytes);
+                let page_cache = ChargeTotals {
+                    file: *bytes,
+                    ..ChargeTotals::default()
+                };
+                put(*id, *class, &page_cache, 0);
             }
         }
         // Roll each memcg's own bytes up into every known ancestor.
         let parents = self.parents();
-        let mut subtree: HashMap<u64, ClassVec> = HashMap::default();
-        for (id, v) in &own {
+        let mut subtree: HashMap<u64, (ClassVec, ClassKinds)> = HashMap::default();
+        for (id, (v, k)) in &own {
             let mut at = Some(*id);
             while let Some(m) = at {
-                subtree.entry(m).or_default().add_all(v);
+                let (sv, sk) = subtree.entry(m).or_default();
+                sv.add_all(v);
+                sk.add_all(k);
                 at = parents.get(&m).copied();
             }
         }
         for (id, m) in self.memcgs.iter_mut() {
-            let v = subtree.get(id).copied().unwrap_or_default();
+            let (v, k) = subtree.get(id).copied().unwrap_or_default();
             if !v.is_zero() || !m.classes.is_empty() {
                 m.classes.record(now_ns, v);
                 m.class_peak.max_with(&v);
+                m.class_kinds = k;
             }
             if let Some(u) = m.usage {
                 m.usage_history.record(now_ns, u.usage);

@@ -1022,3 +1022,90 @@ fn socket_buffers_count_in_the_total_and_interrupt_charges_are_the_kernels() {
     m.apply(&sock_charge(41, "other", 0, false));
     assert!(m.summary().threads.iter().all(|t| t.sock.is_none()));
 }
+
+/// Every split shows kinds: a class's, a process's and a thread's bytes by kind add up to their
+/// total, a forgotten thread's kinds stay in its class until its process ends, and a kind a
+/// charge could not tell is null in every view.
+#[test]
+fn class_process_and_thread_views_split_their_bytes_by_kind() {
+    let with = |ts: u64, tid: u32, comm: &str, f: &dyn Fn(&mut ChargeTotals)| match charge_at(
+        ts, tid, 10, 1, comm, 0, 0,
+    ) {
+        Event::Charge(mut c) => {
+            f(&mut c.totals);
+            c.sock_counted = true;
+            Event::Charge(c)
+        }
+        other => other,
+    };
+    let mut m = Model::new();
+    pod(&mut m, 600 << 20);
+    m.set_process_info(10, qemu_info(true));
+    m.apply(&with(S, 11, "worker", &|t| t.file = 64 * MIB));
+    m.apply(&with(S, 12, "qemu-system-x86", &|t| {
+        t.file = 8 * MIB;
+        t.shmem = 8 * MIB;
+        t.sock = 2 * MIB;
+        t.kernel = MIB;
+    }));
+    m.apply(&with(S, 13, "CPU 0/KVM", &|t| {
+        t.anon = 100 * MIB;
+        t.guest = 100 * MIB;
+    }));
+    // The worker ends; its page cache stays with qemu's class views.
+    m.forget_thread(11);
+    m.tick(2 * S);
+    let v = m.memcg_view(1, 2 * S).unwrap();
+    let class = |c: ThreadClass| v.classes.iter().find(|v| v.class == c).cloned().unwrap();
+    let worker = class(ThreadClass::QemuWorker);
+    assert_eq!(
+        (worker.now, worker.page_cache, worker.anon),
+        (64 * MIB, 64 * MIB, 0)
+    );
+    let main = class(ThreadClass::QemuOther);
+    assert_eq!(
+        (
+            main.now,
+            main.page_cache,
+            main.shmem,
+            main.sock,
+            main.kernel
+        ),
+        (11 * MIB, 0, Some(8 * MIB), Some(2 * MIB), MIB)
+    );
+    let vcpu = class(ThreadClass::Vcpu);
+    assert_eq!(
+        (vcpu.anon, vcpu.guest, vcpu.shmem),
+        (100 * MIB, 100 * MIB, Some(0))
+    );
+    let snap = m.snapshot(2 * S);
+    let p = snap.processes.iter().find(|p| p.pid == 10).unwrap();
+    assert_eq!(
+        (p.now, p.anon, p.page_cache, p.shmem, p.sock, p.kernel),
+        (
+            175 * MIB,
+            100 * MIB,
+            64 * MIB,
+            Some(8 * MIB),
+            Some(2 * MIB),
+            MIB
+        )
+    );
+    let t = snap.threads.iter().find(|t| t.tid == 12).unwrap();
+    assert_eq!(
+        (t.page_cache, t.shmem, t.sock),
+        (0, Some(8 * MIB), Some(2 * MIB))
+    );
+    // A charge from a hook that counts no sockets: sock is null in every view, shmem still told.
+    m.apply(&charge(14, 10, 1, "IO iothread1", MIB));
+    m.tick(3 * S);
+    let snap = m.snapshot(3 * S);
+    assert!(
+        snap.memcgs[0]
+            .classes
+            .iter()
+            .all(|c| c.sock.is_none() && c.shmem.is_some())
+    );
+    assert!(snap.processes.iter().all(|p| p.sock.is_none()));
+    assert!(snap.threads.iter().all(|t| t.sock.is_none()));
+}

@@ -48,6 +48,57 @@ impl ClassVec {
     }
 }
 
+/// Bytes per class by kind, at the latest tick only (the growth windows need the totals alone,
+/// so the history keeps `ClassVec`). Indexed by `ThreadClass::ALL` order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassKinds {
+    pub anon: [i64; ThreadClass::ALL.len()],
+    /// Page cache but shmem (all of it where the charge hook does not tell shmem apart).
+    pub page_cache: [i64; ThreadClass::ALL.len()],
+    pub shmem: [i64; ThreadClass::ALL.len()],
+    pub sock: [i64; ThreadClass::ALL.len()],
+    pub kernel: [i64; ThreadClass::ALL.len()],
+}
+
+impl ClassKinds {
+    pub fn add(&mut self, class: ThreadClass, t: &oomtrace_common::ChargeTotals) {
+        let i = class.index();
+        self.anon[i] += t.anon;
+        self.page_cache[i] += t.file - t.shmem;
+        self.shmem[i] += t.shmem;
+        self.sock[i] += t.sock;
+        self.kernel[i] += t.kernel;
+    }
+
+    pub fn add_all(&mut self, other: &ClassKinds) {
+        for i in 0..self.anon.len() {
+            self.anon[i] += other.anon[i];
+            self.page_cache[i] += other.page_cache[i];
+            self.shmem[i] += other.shmem[i];
+            self.sock[i] += other.sock[i];
+            self.kernel[i] += other.kernel[i];
+        }
+    }
+}
+
+/// Which kinds the charges so far could tell: a figure the hook could not measure is null,
+/// never a zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KindsTold {
+    pub shmem: bool,
+    pub sock: bool,
+}
+
+impl KindsTold {
+    pub fn shmem(self, bytes: i64) -> Option<i64> {
+        self.shmem.then_some(bytes)
+    }
+
+    pub fn sock(self, bytes: i64) -> Option<i64> {
+        self.sock.then_some(bytes)
+    }
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ClassView {
     pub class: ThreadClass,
@@ -56,6 +107,15 @@ pub struct ClassView {
     pub peak: i64,
     /// Of `now`: guest RAM (vCPU charges inside guest faults, or TCG vCPU anon).
     pub guest: i64,
+    /// Of `now`, by kind, as the class's threads charged it: anonymous memory (guest RAM is
+    /// part of it), page cache but shmem, shmem, socket buffers (null where the hook cannot
+    /// tell shmem or does not count sockets), kernel memory. Charges since oomtrace started,
+    /// like `now`: memory a process held before is in the budget's `observed`, not here.
+    pub anon: i64,
+    pub page_cache: i64,
+    pub shmem: Option<i64>,
+    pub sock: Option<i64>,
+    pub kernel: i64,
     pub last_10s: i64,
     pub last_60s: i64,
 }
@@ -133,6 +193,11 @@ pub struct ProcessView {
     /// Of `now`: anonymous memory (what the kernel's rss_anon counts), and guest RAM.
     pub anon: i64,
     pub guest: i64,
+    /// Of `now`, the other kinds (as in `ClassView`).
+    pub page_cache: i64,
+    pub shmem: Option<i64>,
+    pub sock: Option<i64>,
+    pub kernel: i64,
     pub last_10s: i64,
     pub last_60s: i64,
     /// Growth without guest RAM.
@@ -155,8 +220,13 @@ pub struct ThreadView {
     pub container: Option<String>,
     pub now: i64,
     pub peak: i64,
+    /// Of `now`, by kind (as in `ClassView`).
     pub anon: i64,
     pub guest: i64,
+    pub page_cache: i64,
+    pub shmem: Option<i64>,
+    pub sock: Option<i64>,
+    pub kernel: i64,
     pub last_10s: i64,
     pub last_60s: i64,
     pub overhead_10s: i64,
@@ -197,6 +267,8 @@ pub fn is_noise(values: &[i64]) -> bool {
 
 pub fn class_views(
     now: &ClassVec,
+    kinds: &ClassKinds,
+    told: KindsTold,
     peak: &ClassVec,
     ago10: &ClassVec,
     ago60: &ClassVec,
@@ -210,6 +282,11 @@ pub fn class_views(
             now: now.total[i],
             peak: peak.total[i].max(now.total[i]),
             guest: now.guest[i],
+            anon: kinds.anon[i],
+            page_cache: kinds.page_cache[i],
+            shmem: told.shmem(kinds.shmem[i]),
+            sock: told.sock(kinds.sock[i]),
+            kernel: kinds.kernel[i],
             last_10s: now.total[i] - ago10.total[i],
             last_60s: now.total[i] - ago60.total[i],
         })
