@@ -247,7 +247,7 @@ impl Model {
 
     /// The shmem part of `totals`, where every charge so far told it apart.
     pub(super) fn shmem(&self, totals: &ChargeTotals) -> Option<i64> {
-        (!self.charges_without_shmem).then_some(totals.shmem)
+        self.kinds_told().shmem(totals.shmem)
     }
 
     /// Which kinds every charge so far could tell.
@@ -260,7 +260,7 @@ impl Model {
 
     /// The socket buffers of `totals`, where every charge so far counted them.
     pub(super) fn sock(&self, totals: &ChargeTotals) -> Option<i64> {
-        (!self.charges_without_sock).then_some(totals.sock)
+        self.kinds_told().sock(totals.sock)
     }
 
     /// Charges still update every total, but return no row (nothing will show them).
