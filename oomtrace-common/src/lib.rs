@@ -350,6 +350,7 @@ pub mod globals {
     pub const OFF_UG_MEMCG: &str = "OFF_UG_MEMCG";
     pub const OFF_UG_NR_MEMORY: &str = "OFF_UG_NR_MEMORY";
     pub const OFF_UG_NR_KMEM: &str = "OFF_UG_NR_KMEM";
+    pub const OFF_PAGE_MAPPING: &str = "OFF_PAGE_MAPPING";
 }
 
 /// Map names, shared so that neither side can misspell them.

@@ -1,8 +1,9 @@
 //! Kernel-function tier of the charge hook: try_charge_memcg(memcg, gfp_mask, nr_pages), entered
 //! for every charge request (most are served from the per-CPU stock inside it), by fentry or
-//! kprobe. The request is exact; its kind comes from __mem_cgroup_charge (folio charges: anon
-//! when charged for an mm, page cache otherwise); anything else (slab, page tables, kernel
-//! stacks) is kernel memory. Frees of folios are seen at uncharge_batch (memcg, pages, kernel
+//! kprobe. The request is exact; its kind comes from __mem_cgroup_charge (folio charges: page
+//! cache when the page is already in a file's mapping, as 5.10 and older put it before charging
+//! it for the writer's mm, or when charged for no mm; anon otherwise); anything else (slab, page
+//! tables, kernel stacks) is kernel memory. Frees of folios are seen at uncharge_batch (memcg, pages, kernel
 //! pages), attributed to the freeing thread like the tracepoint tier's.
 use aya_ebpf::{
     EbpfContext,
@@ -52,10 +53,24 @@ fn charge_request<C: EbpfContext>(ctx: &C, memcg: u64, nr_pages: u64) {
     let _ = account::<_, false>(ctx, kind, (nr_pages as i64) * get(&g::PAGE_SIZE), id);
 }
 
+/// page->mapping's low bit: the page is anonymous (an anon_vma, not an address_space).
+const PAGE_MAPPING_ANON: u64 = 1;
+
 #[inline(always)]
-fn folio_charge(mm: u64) {
+fn folio_charge(page: u64, mm: u64) {
     let (tid, _) = current_ids();
-    let kind = if mm != 0 { KIND_ANON } else { KIND_FILE };
+    let off = get(&g::OFF_PAGE_MAPPING);
+    let mapping = if off >= 0 && page != 0 {
+        read(page + off as u64).unwrap_or(0)
+    } else {
+        0
+    };
+    let in_file = mapping != 0 && mapping & PAGE_MAPPING_ANON == 0;
+    let kind = if mm != 0 && !in_file {
+        KIND_ANON
+    } else {
+        KIND_FILE
+    };
     let _ = CHARGE_KIND.insert(&tid, &kind, 0);
 }
 
@@ -123,12 +138,12 @@ pub fn uncharge_kprobe(ctx: ProbeContext) -> u32 {
 /// __mem_cgroup_charge(folio, mm, gfp): says what the next try_charge_memcg is for.
 #[fentry(function = "__mem_cgroup_charge")]
 pub fn folio_charge_fentry(ctx: FEntryContext) -> u32 {
-    folio_charge(ctx.arg(1));
+    folio_charge(ctx.arg(0), ctx.arg(1));
     0
 }
 
 #[kprobe]
 pub fn folio_charge_kprobe(ctx: ProbeContext) -> u32 {
-    folio_charge(ctx.arg(1).unwrap_or(0));
+    folio_charge(ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0));
     0
 }

@@ -85,6 +85,8 @@ global!(OFF_KN_ID: u64 = 0);
 global!(OFF_UG_MEMCG: u64 = 0);
 global!(OFF_UG_NR_MEMORY: u64 = 8);
 global!(OFF_UG_NR_KMEM: i64 = -1);
+/// struct page's `mapping` (-1: unknown; the charge's kind then comes from its mm alone).
+global!(OFF_PAGE_MAPPING: i64 = -1);
 
 #[inline(always)]
 pub fn get<T: Copy>(v: &'static T) -> T {

@@ -121,6 +121,10 @@ pub struct KernelBtf {
     pub oom_group: Option<OomGroupOffsets>,
     /// None: no struct uncharge_gather in BTF (frees are then not seen by the function tier).
     pub uncharge_gather: Option<UnchargeGather>,
+    /// struct page's `mapping`: a page already in a file's mapping when it is charged is
+    /// page cache, even where the kernel charges it for an mm (5.10 and older, and shmem).
+    #[serde(default)]
+    pub page_mapping: Option<u64>,
     /// The HOOKED_FUNCTIONS present in vmlinux BTF (what fentry can attach to; module
     /// functions such as kvm's are in the module's split BTF, not here).
     pub functions: Vec<String>,
@@ -300,6 +304,7 @@ impl KernelBtf {
             victim,
             oom_group,
             uncharge_gather,
+            page_mapping: offset("page", "mapping"),
             functions,
             raw_tracepoints,
             lruvec_val_long,

@@ -204,6 +204,11 @@ pub fn load(
         loader.override_global(g::OFF_UG_NR_MEMORY, &u.nr_memory, true);
         loader.override_global(g::OFF_UG_NR_KMEM, &u.nr_kmem, true);
     }
+    // (Bound here: the loader borrows it until load.)
+    let page_mapping = kbtf.page_mapping.and_then(|o| i64::try_from(o).ok());
+    if let Some(off) = &page_mapping {
+        loader.override_global(g::OFF_PAGE_MAPPING, off, true);
+    }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
         anyhow::anyhow!(
             "loading the eBPF programs failed: {e}; oomtrace needs root (CAP_BPF and CAP_PERFMON)"
