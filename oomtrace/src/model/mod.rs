@@ -323,11 +323,13 @@ impl Model {
             .map(|i| i.comm.as_str())
     }
 
-    /// (tid, tgid) of every thread not yet forgotten.
+    /// (tid, tgid) of every task not yet forgotten: what the housekeeping looks for in /proc.
+    /// Not the interrupt pseudo-thread, which is no task and never exits (looked for as
+    /// /proc/0/task/0, it was forgotten after 30 s, and with it a receiver's socket buffers).
     pub fn live_threads(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
         self.threads
             .iter()
-            .filter(|(_, t)| !t.exited)
+            .filter(|((tid, _), t)| !t.exited && *tid != oomtrace_common::INTERRUPT_TID)
             .map(|((tid, _), t)| (*tid, t.tgid))
     }
 

@@ -1019,6 +1019,9 @@ fn socket_buffers_count_in_the_total_and_interrupt_charges_are_the_kernels() {
     let s = m.summary();
     let irq = s.threads.iter().find(|t| t.tid == 0).unwrap();
     assert_eq!((irq.class, irq.sock), (ThreadClass::Kernel, Some(5 * MIB)));
+    // No task: the housekeeping never looks for it in /proc, so it is never forgotten.
+    assert!(m.live_threads().all(|(tid, _)| tid != 0));
+    assert!(m.live_threads().any(|(tid, _)| tid == 40));
     m.apply(&sock_charge(41, "other", 0, false));
     assert!(m.summary().threads.iter().all(|t| t.sock.is_none()));
 }
