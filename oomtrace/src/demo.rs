@@ -1,6 +1,7 @@
 //! `oomtrace demo`: the seed's memhold experiment in a VM-pod-shaped memory cgroup. A stand-in
 //! for qemu (its command line says `-name guest=default_demo-vm -m 192M`) whose "CPU 0/TCG"
-//! vCPU faults in 160 MiB of guest RAM and whose "IO iothread1" takes 16 MiB; then a "memhold"
+//! vCPU faults in 160 MiB of guest RAM and whose "IO iothread1" takes 16 MiB, a virtiofsd
+//! sidecar that shares 8 MiB of shmem (a memfd, as it shares the guest's files); then a "memhold"
 //! exec'd into the pod grows until the pod's 256 MiB limit is hit and the OOM killer takes qemu.
 //! Traced live, with class summaries every 3 s and the post-mortem at the kill.
 use std::{
@@ -75,8 +76,8 @@ pub async fn run(json: bool, out: &mut dyn Write) -> Result<Summary> {
         writeln!(
             out,
             "oomtrace demo: memory cgroup {} limited to {}; starting a qemu-system-x86 stand-in for VM \
-             default/demo-vm (CPU 0/TCG faults in 160 MiB of guest RAM, IO iothread1 16 MiB), then, after \
-             3.5 s, a memhold that grows 48 MiB/s to 120 MiB",
+             default/demo-vm (CPU 0/TCG faults in 160 MiB of guest RAM, IO iothread1 16 MiB) and a virtiofsd \
+             sidecar (8 MiB of shmem), then, after 3.5 s, a memhold that grows 48 MiB/s to 120 MiB",
             ctl.display_path(&cg.path),
             output::bytes(DEMO_LIMIT as i64)
         )?;
@@ -104,6 +105,10 @@ pub async fn run(json: bool, out: &mut dyn Write) -> Result<Summary> {
         )
         .and_then(|q| {
             children.push(q);
+            spawn_workload(&cg_path, "virtiofsd", &["virtiofsd=8@8/shmem"], 3600, 0.0)
+        })
+        .and_then(|v| {
+            children.push(v);
             spawn_workload(&cg_path, "memhold", &["memhold=120@48"], 3600, 3.5)
         });
         match spawned {
