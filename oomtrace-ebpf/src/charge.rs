@@ -18,7 +18,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use oomtrace_common::{
     CHARGE_FIRST, CHARGE_SHMEM_COUNTED, CHARGE_SOCK_COUNTED, ChargeEvent, ChargeKey, ChargeTotals,
-    ChargeValue, KIND_CHARGE, stat,
+    ChargeValue, INTERRUPT_TID, KIND_CHARGE, stat,
 };
 
 use crate::{
@@ -32,6 +32,19 @@ use crate::{
 
 /// The name of the interrupt pseudo-thread's records.
 const INTERRUPT_COMM: &[u8; 16] = b"[interrupt]\0\0\0\0\0";
+
+/// `*field += bytes`; `shared`: as one atomic instruction, for an entry charged from every CPU.
+#[inline(always)]
+fn add(field: &mut i64, bytes: i64, shared: bool) {
+    if shared {
+        use core::intrinsics::{AtomicOrdering, atomic_xadd};
+        // SAFETY: `field` is an aligned i64 inside a map value, valid for the run; the add is
+        // one atomic instruction (the target has no AtomicI64 in core).
+        unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(field, bytes) };
+    } else {
+        *field += bytes;
+    }
+}
 
 /// A quarter of the 4 MiB ring: time to wake the collector.
 const EVENTS_WAKE_BYTES: u64 = 1 << 20;
@@ -243,31 +256,27 @@ pub fn account_for<C: EbpfContext, const COARSE: bool, const INTERRUPT: bool>(
         && get(&g::GUEST_TRACKING) != 0
         && GUEST_SEEN.get(0).is_some_and(|s| *s != 0)
         && IN_GUEST_FAULT.get_ptr(&tid).is_some();
-    // SAFETY: `value` points into the map entry for this thread's own key; only this thread
-    // updates it, and one charge program is attached (tracepoint and kprobe programs never
-    // nest on a CPU; an fentry run nested in an interrupt could lose one add, never corrupt).
+    // The interrupt pseudo-thread's entry (tid 0, which is also every CPU's idle task: what
+    // it charges is interrupt work too) is charged from every CPU at once; any other entry
+    // only by its own thread.
+    let shared = INTERRUPT || tid == INTERRUPT_TID;
+    // SAFETY: `value` points into the map entry for this key, valid for the run; only this
+    // thread updates a thread's entry, and one charge program is attached (tracepoint and
+    // kprobe programs never nest on a CPU; an fentry run nested in an interrupt could lose one
+    // add, never corrupt); the shared entry is added to atomically.
     let v = unsafe { &mut *value };
     match kind {
-        Kind::Anon => v.totals.anon += bytes,
-        Kind::File => v.totals.file += bytes,
-        Kind::Shmem => v.totals.shmem += bytes,
-        // The interrupt pseudo-thread of a memcg is charged from every CPU at once.
-        Kind::Sock if INTERRUPT => {
-            use core::intrinsics::{AtomicOrdering, atomic_xadd};
-            // SAFETY: `v.totals.sock` is an aligned i64 inside the map value, valid for the
-            // run; the add is one atomic instruction (the target has no AtomicI64 in core).
-            unsafe {
-                atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(&mut v.totals.sock, bytes)
-            };
-        }
-        Kind::Sock => v.totals.sock += bytes,
-        Kind::Kernel => v.totals.kernel += bytes,
+        Kind::Anon => add(&mut v.totals.anon, bytes, shared),
+        Kind::File => add(&mut v.totals.file, bytes, shared),
+        Kind::Shmem => add(&mut v.totals.shmem, bytes, shared),
+        Kind::Sock => add(&mut v.totals.sock, bytes, shared),
+        Kind::Kernel => add(&mut v.totals.kernel, bytes, shared),
         Kind::Freed(kmem) => {
-            v.totals.kernel -= kmem;
+            add(&mut v.totals.kernel, -kmem, shared);
             let rest = bytes - kmem;
             let from_anon = rest.min(v.totals.anon.max(0));
-            v.totals.anon -= from_anon;
-            v.totals.file -= rest - from_anon;
+            add(&mut v.totals.anon, -from_anon, shared);
+            add(&mut v.totals.file, -(rest - from_anon), shared);
         }
     }
     if guest {
@@ -293,7 +302,7 @@ pub fn account_for<C: EbpfContext, const COARSE: bool, const INTERRUPT: bool>(
     }
     let now = if COARSE { now_ns() } else { check_now };
     let flags = v.flags | if first { CHARGE_FIRST } else { 0 };
-    let comm = if INTERRUPT {
+    let comm = if shared {
         *INTERRUPT_COMM
     } else {
         current_comm()
