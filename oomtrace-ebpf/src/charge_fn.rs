@@ -3,8 +3,8 @@
 //! kprobe. The request is exact; its kind comes from __mem_cgroup_charge (folio charges: page
 //! cache when the page is already in a file's mapping, as 5.10 and older put it before charging
 //! it for the writer's mm, or when charged for no mm; anon otherwise); anything else (slab, page
-//! tables, kernel stacks) is kernel memory. Frees of folios are seen at uncharge_batch (memcg, pages, kernel
-//! pages), attributed to the freeing thread like the tracepoint tier's.
+//! tables, kernel stacks) is kernel memory. Frees of folios are seen at uncharge_batch (memcg,
+//! pages, kernel pages), attributed to the freeing thread like the tracepoint tier's.
 use aya_ebpf::{
     EbpfContext,
     macros::{fentry, kprobe},
